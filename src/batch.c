@@ -1,0 +1,536 @@
+/*
+ * batch.c
+ *		One micro-batch: plan it, then read, write and commit it.
+ *
+ * Exactly-once comes from two transactions per batch:
+ *
+ *	1. plan: find the next slice of the source (the files not yet in
+ *	   sluice.file), claim it for batch N and record batch N as 'planned'.
+ *	   If a planned batch already exists (a crash, a failure), it is taken
+ *	   again instead, with the same id and the same files.
+ *	2. process: lock batch N, COPY its files into the sink, mark the files
+ *	   and the batch committed, and commit: the sink rows and the offsets
+ *	   become durable together through the WAL, or not at all.
+ *
+ * The batch row is locked first and the final update only succeeds while
+ * the batch is still 'planned', so of two workers racing for one batch (a
+ * stale worker after a restart) only one commits it; the other blocks on
+ * the lock, then finds the batch committed and rolls back.
+ *
+ * sluice.crash_at makes the worker SIGKILL itself at a named stage of the
+ * first attempt of each batch, for the crash tests.
+ */
+#include "postgres.h"
+
+#include <signal.h>
+#include <sys/stat.h>
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "sluice.h"
+
+/* key class for pg_advisory_xact_lock(class, pipeline id) while planning */
+#define SLUICE_PLAN_LOCK_CLASS 1936487779
+
+typedef struct PipelineConfig
+{
+	char	   *name;
+	char	   *state;
+	int64		trigger_ms;
+	char	   *dir;
+	char	   *pattern;
+	int			max_files;		/* 0 for no limit */
+	List	   *options;
+	List	   *attnames;
+	Oid			target;
+} PipelineConfig;
+
+/* what the error context callback names */
+typedef struct BatchErrorContext
+{
+	const char *pipeline;
+	int64		batch_id;
+	const char *file;
+} BatchErrorContext;
+
+static void
+batch_error_context(void *arg)
+{
+	BatchErrorContext *c = arg;
+
+	if (c->file)
+		errcontext("sluice pipeline \"%s\", batch " INT64_FORMAT ", file \"%s\"",
+				   c->pipeline, c->batch_id, c->file);
+	else if (c->batch_id > 0)
+		errcontext("sluice pipeline \"%s\", batch " INT64_FORMAT, c->pipeline, c->batch_id);
+	else
+		errcontext("sluice pipeline \"%s\"", c->pipeline);
+}
+
+static uint64
+spi_run(const char *sql, int nargs, Oid *types, Datum *values, int expected_rc)
+{
+	int			rc = SPI_execute_with_args(sql, nargs, types, values, NULL, false, 0);
+
+	if (rc != expected_rc)
+		elog(ERROR, "sluice catalog query failed: %s", SPI_result_code_string(rc));
+	return SPI_processed;
+}
+
+static char *
+spi_text(int row, int col)
+{
+	return SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col);
+}
+
+static int64
+spi_int64(int row, int col)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, &isnull);
+
+	return isnull ? 0 : DatumGetInt64(d);
+}
+
+static void
+xact_begin(const char *activity)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, activity);
+}
+
+static void
+xact_end(void)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+static void
+crash_point(const char *stage, int attempts)
+{
+	if (attempts == 1 && strcmp(sluice_crash_at, stage) == 0)
+	{
+		ereport(LOG,
+				(errmsg("sluice worker kills itself at stage \"%s\" as sluice.crash_at asks", stage)));
+		kill(MyProcPid, SIGKILL);
+		for (;;)
+			pause();
+	}
+}
+
+/* Read the pipeline's row, in the current transaction; NULL if it is gone. */
+static PipelineConfig *
+pipeline_load(int32 id)
+{
+	Oid			types[1] = {INT4OID};
+	Datum		values[1] = {Int32GetDatum(id)};
+	PipelineConfig *cfg;
+	char	   *header;
+	char	   *max_files;
+	char	   *target;
+	bool		isnull;
+	Datum		names;
+	Datum	   *elems;
+	int			nelems;
+
+	if (spi_run("SELECT p.name, p.state,"
+				"  CASE WHEN p.trigger = 'available_now' THEN 0"
+				"       ELSE (extract(epoch FROM p.trigger::interval) * 1000)::int8 END,"
+				"  s->>'dir', s->>'pattern', s->>'max_files_per_trigger', s->>'header',"
+				"  s->>'delimiter', s->>'quote', s->>'escape', s->>'null', s->>'encoding',"
+				"  ARRAY(SELECT c->>'name' FROM jsonb_array_elements(s->'columns') c),"
+				"  p.sink->>'relid'"
+				" FROM sluice.pipeline p, LATERAL (SELECT p.source) AS x(s) WHERE p.id = $1",
+				1, types, values, SPI_OK_SELECT) == 0)
+		return NULL;
+
+	cfg = palloc0(sizeof(PipelineConfig));
+	cfg->name = spi_text(0, 1);
+	cfg->state = spi_text(0, 2);
+	cfg->trigger_ms = spi_int64(0, 3);
+	cfg->dir = spi_text(0, 4);
+	cfg->pattern = spi_text(0, 5);
+	max_files = spi_text(0, 6);
+	cfg->max_files = max_files ? pg_strtoint32(max_files) : 0;
+	header = spi_text(0, 7);
+	cfg->options = csv_copy_options(header && strcmp(header, "true") == 0,
+									spi_text(0, 8), spi_text(0, 9), spi_text(0, 10),
+									spi_text(0, 11), spi_text(0, 12));
+	names = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 13, &isnull);
+	deconstruct_array(DatumGetArrayTypeP(names), TEXTOID, -1, false, TYPALIGN_INT,
+					  &elems, NULL, &nelems);
+	for (int i = 0; i < nelems; i++)
+		cfg->attnames = lappend(cfg->attnames, TextDatumGetCString(elems[i]));
+	target = spi_text(0, 14);
+	cfg->target = target ? atooid(target) : InvalidOid;
+	return cfg;
+}
+
+static Datum
+files_array(List *files, int field)
+{
+	int			n = list_length(files);
+	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
+	ListCell   *lc;
+	int			i = 0;
+
+	foreach(lc, files)
+	{
+		CsvFile    *f = lfirst(lc);
+
+		if (field == 0)
+			elems[i++] = CStringGetTextDatum(f->path);
+		else if (field == 1)
+			elems[i++] = Int64GetDatum(f->size);
+		else
+			elems[i++] = TimestampTzGetDatum(f->mtime);
+	}
+	if (field == 0)
+		return PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
+	if (field == 1)
+		return PointerGetDatum(construct_array(elems, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	return PointerGetDatum(construct_array(elems, n, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
+/*
+ * Files that were committed and have since changed are reported once, as a
+ * warning and in sluice.errors; they are never read again.
+ */
+static void
+report_changed_files(PipelineConfig *cfg, int32 id, List *files)
+{
+	Oid			types[4] = {INT4OID, TEXTARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID};
+	Datum		values[4] = {Int32GetDatum(id), files_array(files, 0),
+	files_array(files, 1), files_array(files, 2)};
+	uint64		n;
+
+	n = spi_run("WITH c AS (SELECT * FROM unnest($2::text[], $3::int8[], $4::timestamptz[]) AS c(path, size, mtime)),"
+				" ch AS (UPDATE sluice.file f SET changed_at = now() FROM c"
+				"   WHERE f.pipeline_id = $1 AND f.path = c.path AND f.committed AND f.changed_at IS NULL"
+				"     AND (f.size <> c.size OR f.mtime <> c.mtime)"
+				"   RETURNING f.path, f.batch_id, f.size AS old_size, c.size AS new_size)"
+				" INSERT INTO sluice.error (pipeline_id, batch_id, sqlstate, message, detail, hint)"
+				" SELECT $1, batch_id, '01000',"
+				"   format('file \"%s\" changed after it was processed', path),"
+				"   format('It was read by batch %s with %s bytes and now has %s bytes; it will not be read again.',"
+				"          batch_id, old_size, new_size),"
+				"   'Write new data to a new file, and move files into the directory only once they are complete.'"
+				" FROM ch RETURNING message, detail",
+				4, types, values, SPI_OK_INSERT_RETURNING);
+	for (uint64 i = 0; i < n; i++)
+		ereport(WARNING,
+				(errmsg("%s", spi_text(i, 1)), errdetail("%s", spi_text(i, 2))));
+}
+
+/*
+ * Plan the next batch, or take up a planned one.  Returns its id, 0 when
+ * there is nothing to do, -1 when the pipeline should stop.
+ */
+static int64
+batch_plan(PipelineRun *run, int *attempts)
+{
+	Oid			types[6] = {INT4OID, TEXTARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, INT8OID, INT4OID};
+	Datum		values[6];
+	char		nulls[6] = "      ";
+	PipelineConfig *cfg;
+	List	   *files;
+	int64		batch_id;
+	int64		candidates;
+	int64		claimed;
+
+	values[0] = Int32GetDatum(run->id);
+
+	cfg = pipeline_load(run->id);
+	if (cfg == NULL || (!run->run_once && strcmp(cfg->state, "running") != 0))
+		return -1;
+	run->trigger_ms = cfg->trigger_ms;
+
+	/* a planned batch comes first: replay it, same id, same files */
+	if (spi_run("UPDATE sluice.batch b SET attempts = attempts + 1 FROM ("
+				"  SELECT batch_id FROM sluice.batch WHERE pipeline_id = $1 AND status = 'planned'"
+				"  ORDER BY batch_id LIMIT 1 FOR UPDATE SKIP LOCKED) o"
+				" WHERE b.pipeline_id = $1 AND b.batch_id = o.batch_id"
+				" RETURNING b.batch_id, b.attempts",
+				1, types, values, SPI_OK_UPDATE_RETURNING) > 0)
+	{
+		*attempts = (int) spi_int64(0, 2);
+		return spi_int64(0, 1);
+	}
+
+	/* a new batch: one planner at a time per pipeline, without a row lock */
+	values[1] = Int32GetDatum(SLUICE_PLAN_LOCK_CLASS);
+	spi_run("SELECT pg_advisory_xact_lock($2, $1)", 2,
+			(Oid[]) {INT4OID, INT4OID}, values, SPI_OK_SELECT);
+
+	files = csv_list_files(cfg->dir, cfg->pattern);
+	report_changed_files(cfg, run->id, files);
+
+	spi_run("SELECT coalesce(max(batch_id), 0) + 1 FROM sluice.batch WHERE pipeline_id = $1",
+			1, types, values, SPI_OK_SELECT);
+	batch_id = spi_int64(0, 1);
+
+	values[1] = files_array(files, 0);
+	values[2] = files_array(files, 1);
+	values[3] = files_array(files, 2);
+	values[4] = Int64GetDatum(batch_id);
+	values[5] = Int32GetDatum(cfg->max_files);
+	if (cfg->max_files == 0)
+		nulls[5] = 'n';
+	if (SPI_execute_with_args("WITH c AS ("
+							  "  SELECT * FROM unnest($2::text[], $3::int8[], $4::timestamptz[]) AS c(path, size, mtime)"
+							  "  WHERE NOT EXISTS (SELECT 1 FROM sluice.file f WHERE f.pipeline_id = $1 AND f.path = c.path)),"
+							  " claim AS (INSERT INTO sluice.file (pipeline_id, path, size, mtime, batch_id)"
+							  "  SELECT $1, path, size, mtime, $5 FROM c ORDER BY mtime, path LIMIT $6"
+							  "  ON CONFLICT DO NOTHING RETURNING 1)"
+							  " SELECT (SELECT count(*) FROM c), (SELECT count(*) FROM claim)",
+							  6, types, values, nulls, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not claim files");
+	candidates = spi_int64(0, 1);
+	claimed = spi_int64(0, 2);
+
+	LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
+	run->slot->files_pending = (int32) (candidates - claimed);
+	LWLockRelease(sluice_shared->lock);
+
+	if (claimed == 0)
+		return 0;
+
+	spi_run("INSERT INTO sluice.batch (pipeline_id, batch_id, status, attempts, planned_at)"
+			" VALUES ($1, $5, 'planned', 1, now())",
+			5, types, values, SPI_OK_INSERT);
+	*attempts = 1;
+	return batch_id;
+}
+
+/*
+ * Read, write and commit a planned batch in one transaction.  Returns false
+ * if another worker committed it first.
+ */
+static bool
+batch_process(PipelineRun *run, int64 batch_id, int attempts, BatchErrorContext *errctx,
+			  double plan_ms)
+{
+	Oid			types[6] = {INT4OID, INT8OID, TEXTARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, INT8OID};
+	Datum		values[6];
+	PipelineConfig *cfg;
+	List	   *files = NIL;
+	ListCell   *lc;
+	uint64		rows = 0;
+	int64		bytes = 0;
+	instr_time	start;
+	instr_time	elapsed;
+	double		write_ms;
+	char	   *durations;
+
+	INSTR_TIME_SET_CURRENT(start);
+	values[0] = Int32GetDatum(run->id);
+	values[1] = Int64GetDatum(batch_id);
+
+	cfg = pipeline_load(run->id);
+	if (cfg == NULL)
+		return false;
+	if (spi_run("SELECT 1 FROM sluice.batch WHERE pipeline_id = $1 AND batch_id = $2"
+				" AND status = 'planned' FOR UPDATE",
+				2, types, values, SPI_OK_SELECT) == 0)
+		return false;
+
+	spi_run("SELECT path FROM sluice.file WHERE pipeline_id = $1 AND batch_id = $2 ORDER BY mtime, path",
+			2, types, values, SPI_OK_SELECT);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		CsvFile    *f = palloc0(sizeof(CsvFile));
+
+		f->path = spi_text(i, 1);
+		files = lappend(files, f);
+	}
+
+	csv_check_read_privilege();
+	foreach(lc, files)
+	{
+		CsvFile    *f = lfirst(lc);
+		struct stat st;
+
+		errctx->file = f->path;
+		pgstat_report_activity(STATE_RUNNING,
+							   psprintf("batch " INT64_FORMAT ": reading %s", batch_id, f->path));
+		if (stat(f->path, &st) == 0)
+		{
+			f->size = st.st_size;
+			f->mtime = time_t_to_timestamptz(st.st_mtime);
+		}
+		rows += csv_copy_file(cfg->target, cfg->attnames, cfg->options, f->path);
+		bytes += f->size;
+		if (foreach_current_index(lc) == 0)
+			crash_point("after_read", attempts);
+	}
+	errctx->file = NULL;
+	crash_point("after_sink", attempts);
+
+	INSTR_TIME_SET_CURRENT(elapsed);
+	INSTR_TIME_SUBTRACT(elapsed, start);
+	write_ms = INSTR_TIME_GET_MILLISEC(elapsed);
+	durations = psprintf("{\"plan\": %.3f, \"write\": %.3f, \"total\": %.3f}",
+						 plan_ms, write_ms, plan_ms + write_ms);
+
+	values[2] = files_array(files, 0);
+	values[3] = files_array(files, 1);
+	values[4] = files_array(files, 2);
+	spi_run("UPDATE sluice.file f SET committed = true, size = c.size, mtime = c.mtime"
+			" FROM unnest($3::text[], $4::int8[], $5::timestamptz[]) AS c(path, size, mtime)"
+			" WHERE f.pipeline_id = $1 AND f.batch_id = $2 AND f.path = c.path",
+			5, types, values, SPI_OK_UPDATE);
+
+	/* the compare-and-set that makes the batch ours */
+	values[2] = Int64GetDatum((int64) rows);
+	values[3] = Int64GetDatum(bytes);
+	values[4] = CStringGetTextDatum(durations);
+	values[5] = Int32GetDatum(list_length(files));
+	if (spi_run("UPDATE sluice.batch SET status = 'committed', committed_at = now(),"
+				"  input_rows = $3, bytes = $4, durations = $5::text::jsonb, files = $6"
+				" WHERE pipeline_id = $1 AND batch_id = $2 AND status = 'planned'",
+				6, (Oid[]) {INT4OID, INT8OID, INT8OID, INT8OID, TEXTOID, INT4OID},
+				values, SPI_OK_UPDATE) != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("batch " INT64_FORMAT " of pipeline \"%s\" was committed by another worker",
+						batch_id, run->name)));
+
+	values[0] = CStringGetTextDatum(run->name);
+	spi_run("SELECT pg_notify('sluice_progress', $1)", 1, (Oid[]) {TEXTOID}, values, SPI_OK_SELECT);
+
+	crash_point("before_commit", attempts);
+	return true;
+}
+
+/* Record a failure in a fresh transaction, and in the worker's slot. */
+static void
+batch_record_failure(PipelineRun *run, int64 batch_id, ErrorData *edata)
+{
+	Oid			types[7] = {INT4OID, INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+	Datum		values[7];
+	char		nulls[7] = "       ";
+	const char *strs[4] = {edata->message, edata->detail, edata->hint, edata->context};
+
+	values[0] = Int32GetDatum(run->id);
+	values[1] = Int64GetDatum(batch_id);
+	if (batch_id <= 0)
+		nulls[1] = 'n';
+	values[2] = CStringGetTextDatum(unpack_sql_state(edata->sqlerrcode));
+	for (int i = 0; i < 4; i++)
+	{
+		if (strs[i])
+			values[3 + i] = CStringGetTextDatum(strs[i]);
+		else
+			nulls[3 + i] = 'n';
+	}
+
+	xact_begin("recording a failure");
+	if (SPI_execute_with_args("INSERT INTO sluice.error (pipeline_id, batch_id, sqlstate, message, detail, hint, context)"
+							  " SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS (SELECT 1 FROM sluice.pipeline WHERE id = $1)",
+							  7, types, values, nulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not record the failure");
+	spi_run("UPDATE sluice.pipeline SET state = 'failed' WHERE id = $1", 1, types, values, SPI_OK_UPDATE);
+	values[0] = CStringGetTextDatum(run->name);
+	spi_run("SELECT pg_notify('sluice_progress', $1)", 1, (Oid[]) {TEXTOID}, values, SPI_OK_SELECT);
+	xact_end();
+
+	LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
+	run->slot->failed = true;
+	run->slot->sqlerrcode = edata->sqlerrcode;
+	strlcpy(run->slot->message, edata->message ? edata->message : "", SLUICE_MSG_LEN);
+	strlcpy(run->slot->detail, edata->detail ? edata->detail : "", SLUICE_MSG_LEN);
+	strlcpy(run->slot->hint, edata->hint ? edata->hint : "", SLUICE_MSG_LEN);
+	strlcpy(run->slot->context, edata->context ? edata->context : "", SLUICE_MSG_LEN);
+	LWLockRelease(sluice_shared->lock);
+}
+
+/*
+ * Run one batch through both transactions.  A failure rolls the batch back,
+ * is logged and recorded, and leaves the batch planned for a retry.
+ */
+BatchOutcome
+batch_run(PipelineRun *run)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	BatchErrorContext errctx = {run->name, 0, NULL};
+	ErrorContextCallback callback;
+	volatile BatchOutcome outcome = BATCH_NONE;
+	volatile int64 batch_id = 0;
+
+	callback.callback = batch_error_context;
+	callback.arg = &errctx;
+	callback.previous = error_context_stack;
+	error_context_stack = &callback;
+
+	PG_TRY();
+	{
+		instr_time	start;
+		instr_time	elapsed;
+		int			attempts = 0;
+
+		INSTR_TIME_SET_CURRENT(start);
+		xact_begin("planning a batch");
+		batch_id = batch_plan(run, &attempts);
+		xact_end();
+		INSTR_TIME_SET_CURRENT(elapsed);
+		INSTR_TIME_SUBTRACT(elapsed, start);
+
+		if (batch_id < 0)
+			outcome = BATCH_STOP;
+		else if (batch_id > 0)
+		{
+			errctx.batch_id = batch_id;
+			LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
+			run->slot->current_batch = batch_id;
+			LWLockRelease(sluice_shared->lock);
+			crash_point("after_plan", attempts);
+
+			xact_begin("processing a batch");
+			if (batch_process(run, batch_id, attempts, &errctx, INSTR_TIME_GET_MILLISEC(elapsed)))
+			{
+				xact_end();
+				crash_point("after_commit", attempts);
+				LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
+				run->slot->batches_committed++;
+				run->slot->current_batch = 0;
+				LWLockRelease(sluice_shared->lock);
+			}
+			else
+				xact_end();		/* someone else's batch; nothing written */
+			outcome = BATCH_COMMITTED;
+		}
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		error_context_stack = callback.previous;
+		batch_record_failure(run, batch_id, edata);
+		FreeErrorData(edata);
+		outcome = BATCH_FAILED;
+	}
+	PG_END_TRY();
+
+	error_context_stack = callback.previous;
+	return outcome;
+}

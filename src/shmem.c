@@ -1,0 +1,146 @@
+/*
+ * shmem.c
+ *		The worker slot array in shared memory, and waking the launcher.
+ *
+ * All slot fields are read and written under sluice_shared->lock.  Shared
+ * memory is reset by a crash restart, so a slot never outlives the
+ * processes that use it.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "miscadmin.h"
+#include "postmaster/bgworker.h"
+#include "storage/latch.h"
+
+#include "sluice.h"
+
+SluiceShared *sluice_shared = NULL;
+
+static uint64 next_generation = 0;
+static bool wake_at_commit = false;
+static bool xact_callback_registered = false;
+
+/*
+ * Reserve a free slot for a pipeline.  Returns -1 when the pipeline already
+ * has a slot (a worker runs it, or is about to) or no slot is free; the
+ * caller tells which by slot_pipeline_busy().
+ */
+int
+slot_reserve(int32 pipeline_id, pid_t waiter, uint64 *generation)
+{
+	int			found = -1;
+
+	LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < sluice_max_workers; i++)
+	{
+		SluiceSlot *slot = &sluice_shared->slots[i];
+
+		if (slot->pipeline_id == pipeline_id)
+		{
+			found = -1;
+			break;
+		}
+		if (slot->pipeline_id == 0 && found < 0)
+			found = i;
+	}
+	if (found >= 0)
+	{
+		SluiceSlot *slot = &sluice_shared->slots[found];
+
+		memset(slot, 0, sizeof(SluiceSlot));
+		slot->pipeline_id = pipeline_id;
+		slot->waiter_pid = waiter;
+		/* unique enough: pid in the high bits, a local counter below */
+		slot->generation = ((uint64) MyProcPid << 32) | ++next_generation;
+		*generation = slot->generation;
+	}
+	LWLockRelease(sluice_shared->lock);
+	return found;
+}
+
+/* Free a slot, unless it was reserved again meanwhile. */
+void
+slot_release(int slotno, uint64 generation)
+{
+	LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
+	if (sluice_shared->slots[slotno].generation == generation)
+		sluice_shared->slots[slotno].pipeline_id = 0;
+	LWLockRelease(sluice_shared->lock);
+}
+
+bool
+slot_pipeline_busy(int32 pipeline_id)
+{
+	bool		busy = false;
+
+	LWLockAcquire(sluice_shared->lock, LW_SHARED);
+	for (int i = 0; i < sluice_max_workers; i++)
+		if (sluice_shared->slots[i].pipeline_id == pipeline_id)
+			busy = true;
+	LWLockRelease(sluice_shared->lock);
+	return busy;
+}
+
+static void
+wake_launcher_now(void)
+{
+	LWLockAcquire(sluice_shared->lock, LW_SHARED);
+	if (sluice_shared->launcher_latch)
+		SetLatch(sluice_shared->launcher_latch);
+	LWLockRelease(sluice_shared->lock);
+}
+
+static void
+wake_xact_callback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_COMMIT && wake_at_commit)
+		wake_launcher_now();
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
+		event == XACT_EVENT_PARALLEL_COMMIT || event == XACT_EVENT_PARALLEL_ABORT)
+		wake_at_commit = false;
+}
+
+/*
+ * Wake the launcher when the current transaction commits, so that it sees
+ * what start(), stop() and friends changed, and a rolled-back call starts
+ * or stops nothing.
+ */
+void
+sluice_wake_launcher(void)
+{
+	if (!xact_callback_registered)
+	{
+		RegisterXactCallback(wake_xact_callback, NULL);
+		xact_callback_registered = true;
+	}
+	wake_at_commit = true;
+}
+
+/*
+ * Register a pipeline worker for a reserved slot.  Returns NULL when no
+ * background worker slot is free.
+ */
+BackgroundWorkerHandle *
+sluice_start_worker(int slotno, SluiceWorkerArgs *args, pid_t notify_pid)
+{
+	BackgroundWorker worker;
+	BackgroundWorkerHandle *handle;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "sluice");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "sluice_worker_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "sluice worker for pipeline %d", args->pipeline_id);
+	snprintf(worker.bgw_type, BGW_MAXLEN, "sluice worker");
+	worker.bgw_main_arg = Int32GetDatum(slotno);
+	worker.bgw_notify_pid = notify_pid;
+	StaticAssertStmt(sizeof(SluiceWorkerArgs) <= BGW_EXTRALEN, "worker arguments too long");
+	memcpy(worker.bgw_extra, args, sizeof(SluiceWorkerArgs));
+
+	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+		return NULL;
+	return handle;
+}

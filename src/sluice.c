@@ -1,0 +1,133 @@
+/*
+ * sluice.c
+ *		Module entry point: settings, shared memory hooks and the
+ *		registration of the launcher.  Everything here runs in the
+ *		postmaster while shared_preload_libraries is processed.
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "postmaster/bgworker.h"
+#include "storage/ipc.h"
+#include "storage/shmem.h"
+#include "utils/guc.h"
+
+#include "sluice.h"
+
+PG_MODULE_MAGIC;
+
+char	   *sluice_database = NULL;
+int			sluice_max_workers = 4;
+int			sluice_launcher_naptime = 10;
+int			sluice_restart_delay = 5;
+char	   *sluice_crash_at = NULL;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static Size
+sluice_shmem_size(void)
+{
+	return add_size(offsetof(SluiceShared, slots),
+					mul_size(sluice_max_workers, sizeof(SluiceSlot)));
+}
+
+static void
+sluice_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(sluice_shmem_size());
+	RequestNamedLWLockTranche("sluice", 1);
+}
+
+static void
+sluice_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	sluice_shared = ShmemInitStruct("sluice", sluice_shmem_size(), &found);
+	if (!found)
+	{
+		memset(sluice_shared, 0, sluice_shmem_size());
+		sluice_shared->lock = &(GetNamedLWLockTranche("sluice"))->lock;
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+static bool
+check_crash_at(char **newval, void **extra, GucSource source)
+{
+	static const char *const stages[] = {
+		"", "after_plan", "after_read", "after_sink", "before_commit", "after_commit"
+	};
+
+	for (int i = 0; i < lengthof(stages); i++)
+		if (strcmp(*newval, stages[i]) == 0)
+			return true;
+	GUC_check_errdetail("Valid stages are after_plan, after_read, after_sink, before_commit and after_commit.");
+	return false;
+}
+
+void		_PG_init(void);
+
+void
+_PG_init(void)
+{
+	BackgroundWorker worker;
+
+	if (!process_shared_preload_libraries_in_progress)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("sluice must be loaded via shared_preload_libraries"),
+				 errhint("Add sluice to shared_preload_libraries in postgresql.conf and restart the server.")));
+
+	DefineCustomStringVariable("sluice.database",
+							   "Database whose pipelines the sluice launcher runs.",
+							   NULL, &sluice_database, "postgres",
+							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("sluice.max_workers",
+							"Maximum number of sluice pipeline workers running at once.",
+							"Each running pipeline and each sluice.run_once() call uses one; "
+							"they also count against max_worker_processes.",
+							&sluice_max_workers, 4, 1, 1024,
+							PGC_POSTMASTER, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("sluice.launcher_naptime",
+							"Longest time the launcher sleeps between two looks at the catalog.",
+							"The launcher is woken at once by start, stop and worker exits; this is a safety net.",
+							&sluice_launcher_naptime, 10, 1, 3600,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("sluice.restart_delay",
+							"Least time between two starts of a pipeline's worker after it died.",
+							NULL, &sluice_restart_delay, 5, 0, 3600,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomStringVariable("sluice.crash_at",
+							   "Testing only: a worker kills itself with SIGKILL at this stage of the first attempt of each batch.",
+							   "One of after_plan, after_read, after_sink, before_commit, after_commit; empty for never.",
+							   &sluice_crash_at, "",
+							   PGC_SUSET, GUC_NOT_IN_SAMPLE, check_crash_at, NULL, NULL);
+	MarkGUCPrefixReserved("sluice");
+
+	if (IsBinaryUpgrade)
+		return;
+
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = sluice_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = sluice_shmem_startup;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 5;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "sluice");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "sluice_launcher_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "sluice launcher");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "sluice launcher");
+	RegisterBackgroundWorker(&worker);
+}

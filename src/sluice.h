@@ -1,0 +1,121 @@
+/*
+ * sluice.h
+ *		Shared declarations of the sluice extension: settings, the shared
+ *		memory slot array, the background worker entry points and the
+ *		micro-batch machinery.
+ */
+#ifndef SLUICE_H
+#define SLUICE_H
+
+#include "postgres.h"
+
+#include "nodes/pg_list.h"
+#include "storage/lwlock.h"
+#include "storage/latch.h"
+#include "utils/timestamp.h"
+
+/* settings (sluice.c) */
+extern char *sluice_database;
+extern int	sluice_max_workers;
+extern int	sluice_launcher_naptime;
+extern int	sluice_restart_delay;
+extern char *sluice_crash_at;
+
+#define SLUICE_MSG_LEN 1024
+
+/*
+ * One slot per worker that runs or may run a pipeline.  A slot is reserved
+ * for a pipeline by whoever starts its worker (the launcher, or a backend
+ * running sluice.run_once()), which makes "one worker per pipeline" a single
+ * check under the lock.  The worker fills in its results; the slot is freed
+ * by the last of the worker and the waiting backend to let go of it.
+ */
+typedef struct SluiceSlot
+{
+	int32		pipeline_id;	/* 0 when the slot is free */
+	uint64		generation;		/* changes on every reservation */
+	pid_t		worker_pid;		/* 0 until the worker attached, and after */
+	pid_t		waiter_pid;		/* run_once caller, 0 if none */
+	bool		worker_done;	/* the worker attached and has exited */
+	bool		finished;		/* ... and it ended its loop normally */
+	int64		batches_committed;
+	int64		current_batch;
+	int32		files_pending;
+	bool		failed;
+	int			sqlerrcode;
+	char		message[SLUICE_MSG_LEN];
+	char		detail[SLUICE_MSG_LEN];
+	char		hint[SLUICE_MSG_LEN];
+	char		context[SLUICE_MSG_LEN];
+} SluiceSlot;
+
+typedef struct SluiceShared
+{
+	LWLock	   *lock;
+	Latch	   *launcher_latch;
+	SluiceSlot	slots[FLEXIBLE_ARRAY_MEMBER];
+} SluiceShared;
+
+extern SluiceShared *sluice_shared;
+
+/* what a worker is told at launch, through bgw_extra */
+typedef struct SluiceWorkerArgs
+{
+	Oid			database;
+	Oid			owner;
+	int32		pipeline_id;
+	uint64		generation;
+	bool		available_now;	/* drain what is there, then exit */
+	bool		run_once;		/* started by sluice.run_once() */
+} SluiceWorkerArgs;
+
+/* shmem.c */
+extern void sluice_shmem_init(void);
+extern int	slot_reserve(int32 pipeline_id, pid_t waiter, uint64 *generation);
+extern void slot_release(int slotno, uint64 generation);
+extern bool slot_pipeline_busy(int32 pipeline_id);
+extern void sluice_wake_launcher(void);
+extern struct BackgroundWorkerHandle *sluice_start_worker(int slotno, SluiceWorkerArgs *args,
+														  pid_t notify_pid);
+
+/* launcher.c, worker.c */
+extern PGDLLEXPORT void sluice_launcher_main(Datum arg);
+extern PGDLLEXPORT void sluice_worker_main(Datum arg);
+
+/* batch.c */
+typedef enum BatchOutcome
+{
+	BATCH_NONE,					/* nothing to read */
+	BATCH_COMMITTED,			/* a batch committed */
+	BATCH_FAILED,				/* a batch failed; the failure is recorded */
+	BATCH_STOP					/* the pipeline is gone or no longer running */
+} BatchOutcome;
+
+typedef struct PipelineRun
+{
+	int32		id;
+	char	   *name;
+	bool		run_once;
+	bool		available_now;
+	int64		trigger_ms;
+	SluiceSlot *slot;
+} PipelineRun;
+
+extern BatchOutcome batch_run(PipelineRun *run);
+
+/* csv_source.c */
+typedef struct CsvFile
+{
+	char	   *path;
+	int64		size;
+	TimestampTz mtime;
+} CsvFile;
+
+extern List *csv_list_files(const char *dir, const char *pattern);
+extern List *csv_copy_options(bool header, const char *delimiter, const char *quote,
+							  const char *escape, const char *null_string,
+							  const char *encoding);
+extern uint64 csv_copy_file(Oid target, List *attnames, List *options, const char *path);
+extern void csv_check_read_privilege(void);
+
+#endif							/* SLUICE_H */
