@@ -356,9 +356,9 @@ SELECT p.name,
                        FROM sluice.batch AS b
                       WHERE b.pipeline_id = p.id AND b.status = 'committed') AS total ON true
   LEFT JOIN LATERAL (SELECT e.message, e.at FROM sluice.error AS e
-                      WHERE e.pipeline_id = p.id
+                      WHERE e.pipeline_id = p.id AND e.sqlstate NOT LIKE '01%'
                       ORDER BY e.id DESC LIMIT 1) AS err ON true;
-COMMENT ON VIEW sluice.pipelines IS 'one row per pipeline: state, worker, last batch, backlog, last error';
+COMMENT ON VIEW sluice.pipelines IS 'one row per pipeline: state, worker, last batch, backlog, last failure';
 
 CREATE VIEW sluice.errors WITH (security_invoker = true) AS
 SELECT p.name AS pipeline, e.batch_id, e.sqlstate, e.message, e.detail, e.hint, e.context,
