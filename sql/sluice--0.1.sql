@@ -195,6 +195,11 @@ BEGIN
         RAISE EXCEPTION 'name, source, sink and trigger of a pipeline must not be null'
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
+    IF name = '' OR length(name) > 63 THEN
+        RAISE EXCEPTION 'invalid pipeline name "%"', name
+            USING ERRCODE = 'invalid_name',
+                  DETAIL = 'A pipeline name has 1 to 63 characters.';
+    END IF;
     IF current_database() <> current_setting('sluice.database') THEN
         RAISE EXCEPTION 'sluice pipelines run only in database "%"', current_setting('sluice.database')
             USING ERRCODE = 'object_not_in_prerequisite_state',
@@ -277,46 +282,40 @@ END
 $$;
 COMMENT ON FUNCTION sluice.create_pipeline IS 'create a stopped pipeline from a source to a sink';
 
-CREATE FUNCTION sluice.drop_pipeline(name text)
-RETURNS void LANGUAGE plpgsql VOLATILE STRICT
+-- set a pipeline's state (NULL: drop it) and wake the launcher at commit
+CREATE FUNCTION sluice._set_state(pipeline_name text, new_state text)
+RETURNS void LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    DELETE FROM sluice.pipeline AS p WHERE p.name = drop_pipeline.name;
+    IF new_state IS NULL THEN
+        DELETE FROM sluice.pipeline AS p WHERE p.name = pipeline_name;
+    ELSE
+        UPDATE sluice.pipeline AS p SET state = new_state WHERE p.name = pipeline_name;
+    END IF;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'pipeline "%" does not exist', name USING ERRCODE = 'undefined_object';
+        RAISE EXCEPTION 'pipeline "%" does not exist', pipeline_name USING ERRCODE = 'undefined_object';
     END IF;
     PERFORM sluice._wake();
 END
 $$;
+
+CREATE FUNCTION sluice.drop_pipeline(name text)
+RETURNS void LANGUAGE sql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT sluice._set_state(name, NULL) $$;
 COMMENT ON FUNCTION sluice.drop_pipeline IS 'stop a pipeline and forget it, with its batches, files and errors';
 
 CREATE FUNCTION sluice.start(name text)
-RETURNS void LANGUAGE plpgsql VOLATILE STRICT
+RETURNS void LANGUAGE sql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    UPDATE sluice.pipeline AS p SET state = 'running' WHERE p.name = start.name;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'pipeline "%" does not exist', name USING ERRCODE = 'undefined_object';
-    END IF;
-    PERFORM sluice._wake();
-END
-$$;
+AS $$ SELECT sluice._set_state(name, 'running') $$;
 COMMENT ON FUNCTION sluice.start IS 'run a pipeline in a background worker from the next commit on; retries a failed one';
 
 CREATE FUNCTION sluice.stop(name text)
-RETURNS void LANGUAGE plpgsql VOLATILE STRICT
+RETURNS void LANGUAGE sql VOLATILE STRICT
 SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    UPDATE sluice.pipeline AS p SET state = 'stopped' WHERE p.name = stop.name;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'pipeline "%" does not exist', name USING ERRCODE = 'undefined_object';
-    END IF;
-    PERFORM sluice._wake();
-END
-$$;
+AS $$ SELECT sluice._set_state(name, 'stopped') $$;
 COMMENT ON FUNCTION sluice.stop IS 'stop a pipeline''s worker after commit; a batch in flight rolls back and is replayed later';
 
 CREATE FUNCTION sluice.run_once(name text)
@@ -364,6 +363,7 @@ CREATE VIEW sluice.errors WITH (security_invoker = true) AS
 SELECT p.name AS pipeline, e.batch_id, e.sqlstate, e.message, e.detail, e.hint, e.context,
        e.at AS time
   FROM sluice.error AS e JOIN sluice.pipeline AS p ON p.id = e.pipeline_id;
+GRANT SELECT ON sluice.pipelines, sluice.errors TO PUBLIC;
 COMMENT ON VIEW sluice.errors IS 'failures and warnings of pipelines, newest last';
 
 CREATE FUNCTION sluice.progress(name text, n int DEFAULT 10)

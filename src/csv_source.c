@@ -167,6 +167,38 @@ csv_copy_file(Oid target, List *attnames, List *options, const char *path)
 }
 
 /*
+ * Parse "CREATE TABLE t (<columns>)".  A syntax error is reported as an
+ * invalid column list, without a cursor position that would point into a
+ * query the user never wrote.
+ */
+static List *
+parse_column_list(const char *columns)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	List	   *parsed = NIL;
+
+	PG_TRY();
+	{
+		parsed = raw_parser(psprintf("CREATE TABLE sluice_columns (%s)", columns), RAW_PARSE_DEFAULT);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid column list \"%s\"", columns),
+				 errdetail("%s", edata->message),
+				 errhint("Give column names and types, as in 'id int, amount numeric, ts timestamptz'.")));
+	}
+	PG_END_TRY();
+	return parsed;
+}
+
+/*
  * sluice._parse_columns(columns text) returns setof (name text, type text)
  *
  * Parses a column list such as "id int, amount numeric(12,2)" with the SQL
@@ -186,7 +218,7 @@ sluice_parse_columns(PG_FUNCTION_ARGS)
 
 	InitMaterializedSRF(fcinfo, 0);
 
-	parsed = raw_parser(psprintf("CREATE TABLE sluice_columns (%s)", columns), RAW_PARSE_DEFAULT);
+	parsed = parse_column_list(columns);
 	if (list_length(parsed) == 1 && IsA(((RawStmt *) linitial(parsed))->stmt, CreateStmt))
 		stmt = (CreateStmt *) ((RawStmt *) linitial(parsed))->stmt;
 	if (stmt == NULL || stmt->tableElts == NIL || stmt->inhRelations != NIL ||

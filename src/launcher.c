@@ -3,8 +3,8 @@
  *		The sluice launcher: one static background worker per cluster that
  *		keeps a worker alive for every pipeline whose state is 'running'.
  *
- * The launcher sleeps on its latch.  It is woken by start(), stop(),
- * drop_pipeline() and create_pipeline() after they commit, and by the
+ * The launcher sleeps on its latch.  It is woken by start(), stop() and
+ * drop_pipeline() after they commit, and by the
  * postmaster when one of its workers exits (bgw_notify_pid).  Each wake-up
  * reads the catalog once and reconciles: workers of pipelines that are no
  * longer running are terminated, running pipelines without a worker get
