@@ -14,8 +14,10 @@
  *
  * The batch row is locked first and the final update only succeeds while
  * the batch is still 'planned', so of two workers racing for one batch (a
- * stale worker after a restart) only one commits it; the other blocks on
- * the lock, then finds the batch committed and rolls back.
+ * stale worker after a restart) only one commits it: a planner skips a
+ * planned batch that another worker holds (SKIP LOCKED), and a worker that
+ * already took one up blocks on the row lock, then finds the batch no
+ * longer planned and writes nothing.
  *
  * sluice.crash_at makes the worker SIGKILL itself at a named stage of the
  * first attempt of each batch, for the crash tests.
@@ -482,6 +484,7 @@ batch_run(PipelineRun *run)
 		instr_time	start;
 		instr_time	elapsed;
 		int			attempts = 0;
+		bool		ours;
 
 		INSTR_TIME_SET_CURRENT(start);
 		xact_begin("planning a batch");
@@ -501,17 +504,15 @@ batch_run(PipelineRun *run)
 			crash_point("after_plan", attempts);
 
 			xact_begin("processing a batch");
-			if (batch_process(run, batch_id, attempts, &errctx, INSTR_TIME_GET_MILLISEC(elapsed)))
-			{
-				xact_end();
+			ours = batch_process(run, batch_id, attempts, &errctx, INSTR_TIME_GET_MILLISEC(elapsed));
+			xact_end();			/* if not ours, nothing was written */
+			if (ours)
 				crash_point("after_commit", attempts);
-				LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
+			LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
+			if (ours)
 				run->slot->batches_committed++;
-				run->slot->current_batch = 0;
-				LWLockRelease(sluice_shared->lock);
-			}
-			else
-				xact_end();		/* someone else's batch; nothing written */
+			run->slot->current_batch = 0;
+			LWLockRelease(sluice_shared->lock);
 			outcome = BATCH_COMMITTED;
 		}
 	}

@@ -9,10 +9,15 @@
  * reads the catalog once and reconciles: workers of pipelines that are no
  * longer running are terminated, running pipelines without a worker get
  * one, at most once per sluice.restart_delay so a worker that keeps dying
- * does not spin.  After a crash restart the launcher starts again with the
+ * does not spin.  The worker slots in shared memory, not the launcher's own
+ * memory, say which workers exist, so a restarted launcher keeps control of
+ * the workers its predecessor started; every worker sets the current
+ * launcher's latch when it exits.  After a crash restart the launcher starts again with the
  * server and brings every running pipeline back.
  */
 #include "postgres.h"
+
+#include <signal.h>
 
 #include "access/xact.h"
 #include "catalog/pg_extension.h"
@@ -204,7 +209,29 @@ launcher_reconcile(void)
 		lw->generation = generation;
 	}
 
-	/* stop workers of pipelines that are no longer running */
+	/*
+	 * Stop the workers of pipelines that are no longer running.  This goes by
+	 * the slots, not by our handles, so that it also reaches workers that an
+	 * earlier launcher started.  A slot's worker_pid is cleared before that
+	 * worker exits, so the pid cannot have been reused.
+	 */
+	LWLockAcquire(sluice_shared->lock, LW_SHARED);
+	for (int i = 0; i < sluice_max_workers; i++)
+	{
+		SluiceSlot *slot = &sluice_shared->slots[i];
+		bool		wanted = false;
+
+		if (slot->pipeline_id == 0 || slot->worker_pid == 0 || slot->waiter_pid != 0)
+			continue;			/* free, not started yet, or a run_once() */
+		foreach(lc, running)
+			if (((RunningPipeline *) lfirst(lc))->id == slot->pipeline_id)
+				wanted = true;
+		if (!wanted)
+			kill(slot->worker_pid, SIGTERM);
+	}
+	LWLockRelease(sluice_shared->lock);
+
+	/* forget pipelines that are no longer running, once their worker is gone */
 	foreach(lc, launched)
 	{
 		LaunchedWorker *lw = lfirst(lc);
@@ -216,11 +243,7 @@ launcher_reconcile(void)
 			pid_t		pid;
 
 			if (GetBackgroundWorkerPid(lw->handle, &pid) != BGWH_STOPPED)
-			{
-				TerminateBackgroundWorker(lw->handle);
-				lw->seen = true;	/* keep it until it is gone */
 				continue;
-			}
 			slot_release(lw->slotno, lw->generation);
 			pfree(lw->handle);
 		}

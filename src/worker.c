@@ -45,6 +45,9 @@ worker_detach(int code, Datum arg)
 		if (slot->waiter_pid == 0)
 			slot->pipeline_id = 0;
 	}
+	/* the launcher that started us may be gone: tell the current one */
+	if (sluice_shared->launcher_latch)
+		SetLatch(sluice_shared->launcher_latch);
 	LWLockRelease(sluice_shared->lock);
 }
 
@@ -126,15 +129,8 @@ sluice_worker_main(Datum arg)
 	for (;;)
 	{
 		TimestampTz start = GetCurrentTimestamp();
+		TimestampTz next;
 		BatchOutcome outcome;
-		long		wait_ms;
-
-		CHECK_FOR_INTERRUPTS();
-		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-		}
 
 		outcome = batch_run(&run);
 		if (outcome == BATCH_FAILED || outcome == BATCH_STOP)
@@ -149,13 +145,29 @@ sluice_worker_main(Datum arg)
 			continue;
 		}
 
-		/* like Spark's processing-time trigger: start batches an interval apart */
-		wait_ms = run.trigger_ms - TimestampDifferenceMilliseconds(start, GetCurrentTimestamp());
-		if (outcome == BATCH_COMMITTED && wait_ms <= 0)
-			continue;
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 Max(wait_ms, 100), PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
+		/*
+		 * Like Spark's processing-time trigger: batches start an interval
+		 * apart, the next one at once when a batch took longer.  An idle
+		 * trigger of zero still sleeps a little.
+		 */
+		next = TimestampTzPlusMilliseconds(start, outcome == BATCH_COMMITTED ?
+										   run.trigger_ms : Max(run.trigger_ms, 100));
+		for (;;)
+		{
+			long		wait_ms = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), next);
+
+			CHECK_FOR_INTERRUPTS();
+			if (ConfigReloadPending)
+			{
+				ConfigReloadPending = false;
+				ProcessConfigFile(PGC_SIGHUP);
+			}
+			if (wait_ms <= 0)
+				break;
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 wait_ms, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+		}
 	}
 
 	if (drained)
