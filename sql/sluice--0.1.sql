@@ -10,6 +10,7 @@ CREATE TABLE sluice.pipeline (
     source      jsonb NOT NULL,
     sink        jsonb NOT NULL,
     trigger     text NOT NULL,
+    transform   text,
     state       text NOT NULL DEFAULT 'stopped' CHECK (state IN ('running', 'stopped', 'failed')),
     created_at  timestamptz NOT NULL DEFAULT now()
 );
@@ -26,6 +27,7 @@ CREATE TABLE sluice.batch (
     committed_at timestamptz,
     files        int,
     input_rows   bigint,
+    sink_rows    bigint,
     bytes        bigint,
     durations    jsonb,
     PRIMARY KEY (pipeline_id, batch_id)
@@ -179,17 +181,196 @@ AS $$
 $$;
 COMMENT ON FUNCTION sluice.append_sink IS 'a sink appending every row to a table, exactly once';
 
+CREATE FUNCTION sluice.merge_sink(target regclass, key text[], on_match text DEFAULT 'update')
+RETURNS jsonb LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF target IS NULL OR key IS NULL OR on_match IS NULL THEN
+        RAISE EXCEPTION 'target, key and on_match of a merge sink must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF cardinality(key) = 0 OR array_position(key, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'the key of a merge sink needs at least one column, and no null'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF on_match NOT IN ('update', 'ignore') THEN
+        RAISE EXCEPTION 'invalid on_match "%"', on_match
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use ''update'' (the latest row wins) or ''ignore'' (a row already in the target stays as it is).';
+    END IF;
+    RETURN jsonb_build_object('type', 'merge', 'target', target::text, 'relid', target::oid,
+                              'key', to_jsonb(key), 'on_match', on_match);
+END
+$$;
+COMMENT ON FUNCTION sluice.merge_sink IS 'a sink upserting rows by key with MERGE; replays and duplicates change nothing';
+
+CREATE FUNCTION sluice.function_sink(fn regprocedure)
+RETURNS jsonb LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT (SELECT pronargs = 2 AND proargtypes[0] = 'bigint'::regtype AND proargtypes[1] = 'regclass'::regtype
+              FROM pg_proc WHERE oid = fn) THEN
+        RAISE EXCEPTION 'function % cannot be a function sink', fn
+            USING ERRCODE = 'wrong_object_type',
+                  DETAIL = 'A function sink takes (batch_id bigint, batch regclass).';
+    END IF;
+    RETURN jsonb_build_object('type', 'function', 'function', fn::text, 'fnoid', fn::oid);
+END
+$$;
+COMMENT ON FUNCTION sluice.function_sink IS 'a sink calling fn(batch_id bigint, batch regclass) in the batch transaction';
+
+-- the statement that creates the staging table "batch" of a source, in the worker
+CREATE FUNCTION sluice._stage_sql(source jsonb)
+RETURNS text LANGUAGE sql IMMUTABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT format('CREATE TEMP TABLE batch (%s) ON COMMIT DROP',
+                  string_agg(format('%I %s', c->>'name', c->>'type'), ', ' ORDER BY o))
+      FROM jsonb_array_elements(source->'columns') WITH ORDINALITY AS x(c, o)
+$$;
+
+-- the statement that writes the relation "input" to a sink; $1 is the batch id
+CREATE FUNCTION sluice._sink_sql(sink jsonb, input regclass)
+RETURNS text LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cols text[];
+    keys text[];
+    target text := format('%s', (sink->>'relid')::oid::regclass);
+BEGIN
+    SELECT array_agg(quote_ident(attname::text) ORDER BY attnum) INTO cols
+      FROM pg_attribute WHERE attrelid = input AND attnum > 0 AND NOT attisdropped;
+    CASE sink->>'type'
+    WHEN 'append' THEN
+        RETURN format('INSERT INTO %1$s (%2$s) SELECT %2$s FROM %3$s', target, array_to_string(cols, ', '), input);
+    WHEN 'merge' THEN
+        SELECT array_agg(quote_ident(k)) INTO keys FROM jsonb_array_elements_text(sink->'key') AS k;
+        -- the last row of a key in file and line order (the staging table's) wins
+        RETURN format('MERGE INTO %1$s AS t USING (SELECT DISTINCT ON (%2$s) * FROM %3$s ORDER BY %2$s, ctid DESC) AS s'
+                      ' ON %4$s WHEN MATCHED THEN %5$s WHEN NOT MATCHED THEN INSERT (%6$s) VALUES (%7$s)',
+                      target, array_to_string(keys, ', '), input,
+                      (SELECT string_agg(format('t.%s = s.%1$s', k), ' AND ') FROM unnest(keys) AS k),
+                      CASE WHEN sink->>'on_match' = 'ignore' OR cols <@ keys THEN 'DO NOTHING'
+                           ELSE 'UPDATE SET ' || (SELECT string_agg(format('%s = s.%1$s', c), ', ')
+                                                    FROM unnest(cols) AS c WHERE c <> ALL (keys)) END,
+                      array_to_string(cols, ', '),
+                      (SELECT string_agg('s.' || c, ', ') FROM unnest(cols) AS c));
+    WHEN 'function' THEN
+        RETURN format('SELECT %s($1, %L::regclass)', (sink->>'fnoid')::oid::regproc, input);
+    END CASE;
+END
+$$;
+
+-- null keys never match in MERGE, so a replay would insert them again: refuse them
+CREATE FUNCTION sluice._null_key_sql(sink jsonb, input regclass)
+RETURNS text LANGUAGE sql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT format('SELECT count(*) FROM %s WHERE %s', input,
+                  string_agg(format('%I IS NULL', k), ' OR '))
+      FROM jsonb_array_elements_text(sink->'key') AS k
+$$;
+
 -- Pipelines.
 
+-- the columns a transform returns, found by planning it over an empty
+-- "batch"; the temporary tables go away with the block's subtransaction
+CREATE FUNCTION sluice._transform_columns(pipeline_name text, source jsonb, transform text)
+RETURNS jsonb LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cols jsonb;
+    msg text;
+    det text;
+BEGIN
+    BEGIN
+        EXECUTE sluice._stage_sql(source);
+        EXECUTE format('CREATE TEMP TABLE batch_out ON COMMIT DROP AS SELECT * FROM (%s) AS q LIMIT 0', transform);
+        SELECT jsonb_agg(jsonb_build_object('name', attname, 'type', format_type(atttypid, atttypmod))
+                         ORDER BY attnum) INTO cols
+          FROM pg_attribute
+         WHERE attrelid = 'pg_temp.batch_out'::regclass AND attnum > 0 AND NOT attisdropped;
+        RAISE EXCEPTION USING ERRCODE = 'SLU01';
+    EXCEPTION
+        WHEN SQLSTATE 'SLU01' THEN
+            NULL;
+        WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+            RAISE EXCEPTION 'invalid transform for pipeline "%"', pipeline_name
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = msg,
+                      HINT = 'A transform is a query over the relation "batch", which has the source''s columns.';
+    END;
+    RETURN cols;
+END
+$$;
+
+-- the target of an append or merge sink must take the columns it receives
+CREATE FUNCTION sluice._check_target(pipeline_name text, sink jsonb, cols jsonb)
+RETURNS void LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    relid oid := (sink->>'relid')::oid;
+    col record;
+    att record;
+    k text;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = relid AND relkind IN ('r', 'p')) THEN
+        RAISE EXCEPTION 'target % of pipeline "%" is not a table', sink->>'target', pipeline_name
+            USING ERRCODE = 'wrong_object_type';
+    END IF;
+    IF NOT has_table_privilege(relid, 'INSERT')
+       OR (sink->>'type' = 'merge' AND NOT has_table_privilege(relid, 'SELECT, UPDATE')) THEN
+        RAISE EXCEPTION 'permission denied for table %', relid::regclass
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = format('Pipeline "%s" writes into it as %I.', pipeline_name, current_user);
+    END IF;
+    FOR col IN SELECT c->>'name' AS name, (c->>'type')::regtype AS type
+                 FROM jsonb_array_elements(cols) AS c LOOP
+        SELECT a.atttypid::regtype AS type, a.attgenerated INTO att
+          FROM pg_attribute a
+         WHERE a.attrelid = relid AND a.attname = col.name AND a.attnum > 0 AND NOT a.attisdropped;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'column "%" of the source of pipeline "%" does not exist in table %',
+                            col.name, pipeline_name, relid::regclass
+                USING ERRCODE = 'undefined_column';
+        ELSIF att.attgenerated <> '' THEN
+            RAISE EXCEPTION 'column "%" of table % is generated and cannot be written by pipeline "%"',
+                            col.name, relid::regclass, pipeline_name
+                USING ERRCODE = 'generated_always';
+        ELSIF att.type <> col.type AND NOT EXISTS (
+                SELECT 1 FROM pg_cast
+                 WHERE castsource = col.type AND casttarget = att.type AND castcontext IN ('a', 'i')) THEN
+            RAISE EXCEPTION 'column "%" of type % does not fit column "%" of type % of table %',
+                            col.name, col.type, col.name, att.type, relid::regclass
+                USING ERRCODE = 'datatype_mismatch',
+                      DETAIL = format('Pipeline "%s" has no assignment cast from %s to %s.',
+                                      pipeline_name, col.type, att.type),
+                      HINT = 'Cast the column in a transform.';
+        END IF;
+    END LOOP;
+    FOR k IN SELECT jsonb_array_elements_text(sink->'key') LOOP
+        IF NOT EXISTS (SELECT 1 FROM jsonb_array_elements(cols) AS c WHERE c->>'name' = k) THEN
+            RAISE EXCEPTION 'key column "%" of pipeline "%" is not among the columns it receives', k, pipeline_name
+                USING ERRCODE = 'undefined_column';
+        END IF;
+    END LOOP;
+END
+$$;
+
 CREATE FUNCTION sluice.create_pipeline(name text, source jsonb, sink jsonb,
-                                       trigger text DEFAULT '1 second')
+                                       trigger text DEFAULT '1 second',
+                                       transform text DEFAULT NULL)
 RETURNS void LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    relid oid;
-    col record;
-    att record;
+    cols jsonb := source->'columns';
 BEGIN
     IF name IS NULL OR source IS NULL OR sink IS NULL OR trigger IS NULL THEN
         RAISE EXCEPTION 'name, source, sink and trigger of a pipeline must not be null'
@@ -236,51 +417,33 @@ BEGIN
     END IF;
     PERFORM sluice._check_directory(source->>'dir');
 
-    IF sink->>'type' IS DISTINCT FROM 'append' THEN
+    IF transform IS NOT NULL THEN
+        cols := sluice._transform_columns(name, source, transform);
+    END IF;
+
+    CASE
+    WHEN sink->>'type' = 'append' AND sink ? 'relid'
+      OR sink->>'type' = 'merge' AND sink ? 'relid' AND jsonb_typeof(sink->'key') = 'array' THEN
+        PERFORM sluice._check_target(name, sink, cols);
+    WHEN sink->>'type' = 'function' AND sink ? 'fnoid' THEN
+        IF NOT has_function_privilege((sink->>'fnoid')::oid, 'EXECUTE') THEN
+            RAISE EXCEPTION 'permission denied for function %', sink->>'function'
+                USING ERRCODE = 'insufficient_privilege',
+                      DETAIL = format('Pipeline "%s" calls it as %I.', name, current_user);
+        END IF;
+    ELSE
         RAISE EXCEPTION 'invalid sink for pipeline "%"', name
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Describe the sink with sluice.append_sink().';
-    END IF;
-    relid := (sink->>'relid')::oid;
-    IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = relid AND relkind IN ('r', 'p')) THEN
-        RAISE EXCEPTION 'target % of pipeline "%" is not a table', sink->>'target', name
-            USING ERRCODE = 'wrong_object_type';
-    END IF;
-    IF NOT has_table_privilege(relid, 'INSERT') THEN
-        RAISE EXCEPTION 'permission denied for table %', relid::regclass
-            USING ERRCODE = 'insufficient_privilege',
-                  DETAIL = format('Pipeline "%s" inserts into it as %I.', name, current_user);
-    END IF;
-    FOR col IN SELECT c->>'name' AS name, (c->>'type')::regtype AS type
-                 FROM jsonb_array_elements(source->'columns') AS c LOOP
-        SELECT a.atttypid::regtype AS type, a.attgenerated INTO att
-          FROM pg_attribute a
-         WHERE a.attrelid = relid AND a.attname = col.name AND a.attnum > 0 AND NOT a.attisdropped;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'column "%" of the source of pipeline "%" does not exist in table %',
-                            col.name, name, relid::regclass
-                USING ERRCODE = 'undefined_column';
-        ELSIF att.attgenerated <> '' THEN
-            RAISE EXCEPTION 'column "%" of table % is generated and cannot be written by pipeline "%"',
-                            col.name, relid::regclass, name
-                USING ERRCODE = 'generated_always';
-        ELSIF att.type <> col.type AND NOT EXISTS (
-                SELECT 1 FROM pg_cast
-                 WHERE castsource = col.type AND casttarget = att.type AND castcontext IN ('a', 'i')) THEN
-            RAISE EXCEPTION 'column "%" of type % does not fit column "%" of type % of table %',
-                            col.name, col.type, col.name, att.type, relid::regclass
-                USING ERRCODE = 'datatype_mismatch',
-                      DETAIL = format('Pipeline "%s" would write it without a transform.', name);
-        END IF;
-    END LOOP;
+                  HINT = 'Describe the sink with sluice.append_sink(), sluice.merge_sink() or sluice.function_sink().';
+    END CASE;
 
-    INSERT INTO sluice.pipeline (name, source, sink, trigger)
-    VALUES (create_pipeline.name, source, sink, trigger);
+    INSERT INTO sluice.pipeline (name, source, sink, trigger, transform)
+    VALUES (create_pipeline.name, source, sink, trigger, transform);
 EXCEPTION WHEN unique_violation THEN
     RAISE EXCEPTION 'pipeline "%" already exists', name USING ERRCODE = 'duplicate_object';
 END
 $$;
-COMMENT ON FUNCTION sluice.create_pipeline IS 'create a stopped pipeline from a source to a sink';
+COMMENT ON FUNCTION sluice.create_pipeline IS 'create a stopped pipeline from a source, through an optional transform, to a sink';
 
 -- set a pipeline's state (NULL: drop it) and wake the launcher at commit
 CREATE FUNCTION sluice._set_state(pipeline_name text, new_state text)
@@ -368,7 +531,7 @@ COMMENT ON VIEW sluice.errors IS 'failures and warnings of pipelines, newest las
 
 CREATE FUNCTION sluice.progress(name text, n int DEFAULT 10)
 RETURNS TABLE (batch_id bigint, status text, attempts int, files int, input_rows bigint,
-               bytes bigint, rows_per_second numeric, duration_ms jsonb,
+               sink_rows bigint, bytes bigint, rows_per_second numeric, duration_ms jsonb,
                start_offset jsonb, end_offset jsonb,
                planned_at timestamptz, committed_at timestamptz)
 LANGUAGE plpgsql STABLE STRICT
@@ -383,7 +546,7 @@ BEGIN
         RAISE EXCEPTION 'pipeline "%" does not exist', progress.name USING ERRCODE = 'undefined_object';
     END IF;
     RETURN QUERY
-    SELECT b.batch_id, b.status, b.attempts, b.files, b.input_rows, b.bytes,
+    SELECT b.batch_id, b.status, b.attempts, b.files, b.input_rows, b.sink_rows, b.bytes,
            round(b.input_rows * 1000.0 / nullif((b.durations->>'total')::numeric, 0), 1),
            b.durations,
            jsonb_build_object('log_offset', b.batch_id - 1),

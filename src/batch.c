@@ -54,6 +54,9 @@ typedef struct PipelineConfig
 	List	   *options;
 	List	   *attnames;
 	Oid			target;
+	bool		staged;			/* COPY into "batch" first, then the sink */
+	char	   *stage_sql;
+	char	   *transform;
 } PipelineConfig;
 
 /* what the error context callback names */
@@ -156,7 +159,7 @@ pipeline_load(int32 id)
 				"  s->>'dir', s->>'pattern', s->>'max_files_per_trigger', s->>'header',"
 				"  s->>'delimiter', s->>'quote', s->>'escape', s->>'null', s->>'encoding',"
 				"  ARRAY(SELECT c->>'name' FROM jsonb_array_elements(s->'columns') c),"
-				"  p.sink->>'relid'"
+				"  p.sink->>'relid', p.sink->>'type', p.transform, sluice._stage_sql(s)"
 				" FROM sluice.pipeline p, LATERAL (SELECT p.source) AS x(s) WHERE p.id = $1",
 				1, types, values, SPI_OK_SELECT) == 0)
 		return NULL;
@@ -180,6 +183,9 @@ pipeline_load(int32 id)
 		cfg->attnames = lappend(cfg->attnames, TextDatumGetCString(elems[i]));
 	target = spi_text(0, 14);
 	cfg->target = target ? atooid(target) : InvalidOid;
+	cfg->transform = spi_text(0, 16);
+	cfg->staged = strcmp(spi_text(0, 15), "append") != 0 || cfg->transform != NULL;
+	cfg->stage_sql = spi_text(0, 17);
 	return cfg;
 }
 
@@ -319,6 +325,59 @@ batch_plan(PipelineRun *run, int *attempts)
 	return batch_id;
 }
 
+static Oid
+temp_relid(const char *name)
+{
+	Datum		value = CStringGetTextDatum(psprintf("pg_temp.%s", name));
+
+	spi_run("SELECT $1::regclass::oid", 1, (Oid[]) {TEXTOID}, &value, SPI_OK_SELECT);
+	return (Oid) spi_int64(0, 1);
+}
+
+/*
+ * Write the staging table "batch" to a sink that is not a plain append:
+ * through the transform if there is one, then with the statement that
+ * sluice._sink_sql() makes for the sink.  Returns the rows the sink took,
+ * or -1 for a function sink.
+ */
+static int64
+batch_write_staged(PipelineRun *run, PipelineConfig *cfg, Oid stage, int64 batch_id)
+{
+	Oid			input = stage;
+	Oid			types[2] = {INT4OID, OIDOID};
+	Datum		values[2] = {Int32GetDatum(run->id), ObjectIdGetDatum(InvalidOid)};
+	char	   *sql;
+	char	   *sink_type;
+	Datum		id = Int64GetDatum(batch_id);
+
+	if (cfg->transform)
+	{
+		spi_run(psprintf("CREATE TEMP TABLE batch_out ON COMMIT DROP AS SELECT * FROM (%s) AS q",
+						 cfg->transform), 0, NULL, NULL, SPI_OK_UTILITY);
+		input = temp_relid("batch_out");
+	}
+	values[1] = ObjectIdGetDatum(input);
+
+	spi_run("SELECT sluice._sink_sql(sink, $2::regclass), sluice._null_key_sql(sink, $2::regclass),"
+			" sink->>'type' FROM sluice.pipeline WHERE id = $1",
+			2, types, values, SPI_OK_SELECT);
+	sql = spi_text(0, 1);
+	sink_type = spi_text(0, 3);
+	if (strcmp(sink_type, "merge") == 0)
+	{
+		spi_run(spi_text(0, 2), 0, NULL, NULL, SPI_OK_SELECT);
+		if (spi_int64(0, 1) > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_NOT_NULL_VIOLATION),
+					 errmsg("%lld rows of batch " INT64_FORMAT " have a null key",
+							(long long) spi_int64(0, 1), batch_id),
+					 errdetail("A merge sink matches rows by key, and a null key never matches.")));
+	}
+	if (SPI_execute_with_args(sql, 1, (Oid[]) {INT8OID}, &id, NULL, false, 0) < 0)
+		elog(ERROR, "could not write batch to the sink");
+	return strcmp(sink_type, "function") == 0 ? -1 : (int64) SPI_processed;
+}
+
 /*
  * Read, write and commit a planned batch in one transaction.  Returns false
  * if another worker committed it first.
@@ -327,8 +386,8 @@ static bool
 batch_process(PipelineRun *run, int64 batch_id, int attempts, BatchErrorContext *errctx,
 			  double plan_ms)
 {
-	Oid			types[6] = {INT4OID, INT8OID, TEXTARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, INT8OID};
-	Datum		values[6];
+	Oid			types[5] = {INT4OID, INT8OID, TEXTARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID};
+	Datum		values[7];
 	PipelineConfig *cfg;
 	List	   *files = NIL;
 	ListCell   *lc;
@@ -338,6 +397,8 @@ batch_process(PipelineRun *run, int64 batch_id, int attempts, BatchErrorContext 
 	instr_time	elapsed;
 	double		write_ms;
 	char	   *durations;
+	Oid			copy_into;
+	int64		sink_rows;
 
 	INSTR_TIME_SET_CURRENT(start);
 	values[0] = Int32GetDatum(run->id);
@@ -346,6 +407,7 @@ batch_process(PipelineRun *run, int64 batch_id, int attempts, BatchErrorContext 
 	cfg = pipeline_load(run->id);
 	if (cfg == NULL)
 		return false;
+	copy_into = cfg->target;
 	if (spi_run("SELECT 1 FROM sluice.batch WHERE pipeline_id = $1 AND batch_id = $2"
 				" AND status = 'planned' FOR UPDATE",
 				2, types, values, SPI_OK_SELECT) == 0)
@@ -362,6 +424,11 @@ batch_process(PipelineRun *run, int64 batch_id, int attempts, BatchErrorContext 
 	}
 
 	csv_check_read_privilege();
+	if (cfg->staged)
+	{
+		spi_run(cfg->stage_sql, 0, NULL, NULL, SPI_OK_UTILITY);
+		copy_into = temp_relid("batch");
+	}
 	foreach(lc, files)
 	{
 		CsvFile    *f = lfirst(lc);
@@ -375,12 +442,13 @@ batch_process(PipelineRun *run, int64 batch_id, int attempts, BatchErrorContext 
 			f->size = st.st_size;
 			f->mtime = time_t_to_timestamptz(st.st_mtime);
 		}
-		rows += csv_copy_file(cfg->target, cfg->attnames, cfg->options, f->path);
+		rows += csv_copy_file(copy_into, cfg->attnames, cfg->options, f->path);
 		bytes += f->size;
 		if (foreach_current_index(lc) == 0)
 			crash_point("after_read", attempts);
 	}
 	errctx->file = NULL;
+	sink_rows = cfg->staged ? batch_write_staged(run, cfg, copy_into, batch_id) : (int64) rows;
 	crash_point("after_sink", attempts);
 
 	INSTR_TIME_SET_CURRENT(elapsed);
@@ -402,11 +470,14 @@ batch_process(PipelineRun *run, int64 batch_id, int attempts, BatchErrorContext 
 	values[3] = Int64GetDatum(bytes);
 	values[4] = CStringGetTextDatum(durations);
 	values[5] = Int32GetDatum(list_length(files));
-	if (spi_run("UPDATE sluice.batch SET status = 'committed', committed_at = now(),"
-				"  input_rows = $3, bytes = $4, durations = $5::text::jsonb, files = $6"
-				" WHERE pipeline_id = $1 AND batch_id = $2 AND status = 'planned'",
-				6, (Oid[]) {INT4OID, INT8OID, INT8OID, INT8OID, TEXTOID, INT4OID},
-				values, SPI_OK_UPDATE) != 1)
+	values[6] = Int64GetDatum(sink_rows);
+	if (SPI_execute_with_args("UPDATE sluice.batch SET status = 'committed', committed_at = now(),"
+							  "  input_rows = $3, bytes = $4, durations = $5::text::jsonb, files = $6,"
+							  "  sink_rows = $7"
+							  " WHERE pipeline_id = $1 AND batch_id = $2 AND status = 'planned'",
+							  7, (Oid[]) {INT4OID, INT8OID, INT8OID, INT8OID, TEXTOID, INT4OID, INT8OID},
+							  values, sink_rows < 0 ? "      n" : NULL, false, 0) != SPI_OK_UPDATE ||
+		SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 				 errmsg("batch " INT64_FORMAT " of pipeline \"%s\" was committed by another worker",
