@@ -28,6 +28,7 @@ CREATE TABLE sluice.batch (
     files        int,
     input_rows   bigint,
     sink_rows    bigint,
+    rejected_rows bigint,
     bytes        bigint,
     durations    jsonb,
     PRIMARY KEY (pipeline_id, batch_id)
@@ -46,6 +47,20 @@ CREATE TABLE sluice.file (
     PRIMARY KEY (pipeline_id, path)
 );
 CREATE INDEX file_batch ON sluice.file (pipeline_id, batch_id);
+
+-- rows that a batch with on_error => 'reject' set aside, committed with it
+CREATE TABLE sluice.reject (
+    id          bigserial PRIMARY KEY,
+    pipeline_id int NOT NULL REFERENCES sluice.pipeline ON DELETE CASCADE,
+    batch_id    bigint NOT NULL,
+    file        text,
+    line        bigint,
+    raw_line    text,
+    sqlstate    text NOT NULL,
+    message     text NOT NULL,
+    at          timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX reject_pipeline ON sluice.reject (pipeline_id, batch_id);
 
 CREATE TABLE sluice.error (
     id          bigserial PRIMARY KEY,
@@ -66,14 +81,17 @@ ALTER TABLE sluice.pipeline ENABLE ROW LEVEL SECURITY;
 ALTER TABLE sluice.batch ENABLE ROW LEVEL SECURITY;
 ALTER TABLE sluice.file ENABLE ROW LEVEL SECURITY;
 ALTER TABLE sluice.error ENABLE ROW LEVEL SECURITY;
+ALTER TABLE sluice.reject ENABLE ROW LEVEL SECURITY;
 CREATE POLICY owner_only ON sluice.pipeline USING (owner = current_user::regrole::oid);
 CREATE POLICY owner_only ON sluice.batch USING (pipeline_id IN (SELECT id FROM sluice.pipeline));
 CREATE POLICY owner_only ON sluice.file USING (pipeline_id IN (SELECT id FROM sluice.pipeline));
 CREATE POLICY owner_only ON sluice.error USING (pipeline_id IN (SELECT id FROM sluice.pipeline));
+CREATE POLICY owner_only ON sluice.reject USING (pipeline_id IN (SELECT id FROM sluice.pipeline));
 
 GRANT USAGE ON SCHEMA sluice TO PUBLIC;
-GRANT SELECT, INSERT, UPDATE, DELETE ON sluice.pipeline, sluice.batch, sluice.file, sluice.error TO PUBLIC;
-GRANT USAGE ON SEQUENCE sluice.pipeline_id_seq, sluice.error_id_seq TO PUBLIC;
+GRANT SELECT, INSERT, UPDATE, DELETE ON sluice.pipeline, sluice.batch, sluice.file, sluice.error,
+                                        sluice.reject TO PUBLIC;
+GRANT USAGE ON SEQUENCE sluice.pipeline_id_seq, sluice.error_id_seq, sluice.reject_id_seq TO PUBLIC;
 
 -- Internal helpers written in C.
 
@@ -135,7 +153,11 @@ CREATE FUNCTION sluice.csv_source(
     quote text DEFAULT '"',
     escape text DEFAULT NULL,
     null_string text DEFAULT NULL,
-    encoding text DEFAULT NULL)
+    encoding text DEFAULT NULL,
+    on_error text DEFAULT 'fail',
+    after text DEFAULT 'keep',
+    archive_dir text DEFAULT NULL,
+    settle_time interval DEFAULT '0 seconds')
 RETURNS jsonb LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -154,6 +176,28 @@ BEGIN
         RAISE EXCEPTION 'max_files_per_trigger must be at least 1, not %', max_files_per_trigger
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF on_error IS NULL OR on_error NOT IN ('fail', 'reject', 'skip') THEN
+        RAISE EXCEPTION 'invalid on_error "%"', on_error
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use ''fail'' (the batch rolls back), ''reject'' (bad rows go to sluice.rejects) or ''skip'' (bad rows are counted).';
+    END IF;
+    IF after IS NULL OR after NOT IN ('keep', 'delete', 'archive') THEN
+        RAISE EXCEPTION 'invalid after "%"', after
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use ''keep'', ''delete'' or ''archive''.';
+    END IF;
+    IF (after = 'archive') <> (archive_dir IS NOT NULL) THEN
+        RAISE EXCEPTION 'archive_dir must be given exactly when after is ''archive'''
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF archive_dir !~ '^/' THEN
+        RAISE EXCEPTION 'directory "%" is not an absolute path', archive_dir
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF settle_time IS NULL OR settle_time < '0'::interval THEN
+        RAISE EXCEPTION 'settle_time must not be negative or null'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     PERFORM sluice._check_csv_options(header, delimiter, quote, escape, null_string, encoding);
     SELECT jsonb_agg(jsonb_build_object('name', c.name, 'type', c.type))
       INTO cols FROM sluice._parse_columns(columns) AS c;
@@ -168,7 +212,11 @@ BEGIN
         'null', null_string,
         'encoding', encoding,
         'pattern', pattern,
-        'max_files_per_trigger', max_files_per_trigger);
+        'max_files_per_trigger', max_files_per_trigger,
+        'on_error', on_error,
+        'after', after,
+        'archive_dir', CASE WHEN archive_dir = '/' THEN archive_dir ELSE rtrim(archive_dir, '/') END,
+        'settle_ms', (extract(epoch FROM settle_time) * 1000)::bigint);
 END
 $$;
 COMMENT ON FUNCTION sluice.csv_source IS 'a source reading the CSV files of a server directory, oldest first';
@@ -231,8 +279,9 @@ AS $$
       FROM jsonb_array_elements(source->'columns') WITH ORDINALITY AS x(c, o)
 $$;
 
--- the statement that writes the relation "input" to a sink; $1 is the batch id
-CREATE FUNCTION sluice._sink_sql(sink jsonb, input regclass)
+-- the statement that writes the relation "input" to a sink; $1 is the batch
+-- id; with one_row, only the row whose ctid is $2
+CREATE FUNCTION sluice._sink_sql(sink jsonb, input regclass, one_row boolean DEFAULT false)
 RETURNS text LANGUAGE plpgsql STABLE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -240,38 +289,46 @@ DECLARE
     cols text[];
     keys text[];
     target text := format('%s', (sink->>'relid')::oid::regclass);
+    rows text := format('%s%s', input, CASE WHEN one_row THEN ' WHERE ctid = $2' ELSE '' END);
 BEGIN
     SELECT array_agg(quote_ident(attname::text) ORDER BY attnum) INTO cols
       FROM pg_attribute WHERE attrelid = input AND attnum > 0 AND NOT attisdropped;
     CASE sink->>'type'
     WHEN 'append' THEN
-        RETURN format('INSERT INTO %1$s (%2$s) SELECT %2$s FROM %3$s', target, array_to_string(cols, ', '), input);
+        RETURN format('INSERT INTO %1$s (%2$s) SELECT %2$s FROM %3$s', target, array_to_string(cols, ', '), rows);
     WHEN 'merge' THEN
         SELECT array_agg(quote_ident(k)) INTO keys FROM jsonb_array_elements_text(sink->'key') AS k;
         -- the last row of a key in file and line order (the staging table's) wins
-        RETURN format('MERGE INTO %1$s AS t USING (SELECT DISTINCT ON (%2$s) * FROM %3$s ORDER BY %2$s, ctid DESC) AS s'
+        RETURN format('MERGE INTO %1$s AS t USING (SELECT DISTINCT ON (%2$s) * FROM %3$s %8$s'
+                      ' CASE %9$s ELSE true END ORDER BY %2$s, ctid DESC) AS s'
                       ' ON %4$s WHEN MATCHED THEN %5$s WHEN NOT MATCHED THEN INSERT (%6$s) VALUES (%7$s)',
-                      target, array_to_string(keys, ', '), input,
+                      target, array_to_string(keys, ', '), rows,
                       (SELECT string_agg(format('t.%s = s.%1$s', k), ' AND ') FROM unnest(keys) AS k),
                       CASE WHEN sink->>'on_match' = 'ignore' OR cols <@ keys THEN 'DO NOTHING'
                            ELSE 'UPDATE SET ' || (SELECT string_agg(format('%s = s.%1$s', c), ', ')
                                                     FROM unnest(cols) AS c WHERE c <> ALL (keys)) END,
                       array_to_string(cols, ', '),
-                      (SELECT string_agg('s.' || c, ', ') FROM unnest(cols) AS c));
+                      (SELECT string_agg('s.' || c, ', ') FROM unnest(cols) AS c),
+                      CASE WHEN one_row THEN 'AND' ELSE 'WHERE' END,
+                      (SELECT string_agg(format('WHEN %s IS NULL THEN sluice._null_key(%L)', k, k), ' ')
+                         FROM unnest(keys) AS k));
     WHEN 'function' THEN
         RETURN format('SELECT %s($1, %L::regclass)', (sink->>'fnoid')::oid::regproc, input);
     END CASE;
 END
 $$;
 
--- null keys never match in MERGE, so a replay would insert them again: refuse them
-CREATE FUNCTION sluice._null_key_sql(sink jsonb, input regclass)
-RETURNS text LANGUAGE sql STABLE STRICT
+-- null keys never match in MERGE, so a replay would insert them again: the
+-- merge statement refuses them, row by row, with this
+CREATE FUNCTION sluice._null_key(key_column text)
+RETURNS boolean LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT format('SELECT count(*) FROM %s WHERE %s', input,
-                  string_agg(format('%I IS NULL', k), ' OR '))
-      FROM jsonb_array_elements_text(sink->'key') AS k
+BEGIN
+    RAISE EXCEPTION 'null value in key column "%" of a merge sink', key_column
+        USING ERRCODE = 'not_null_violation',
+              DETAIL = 'A merge sink matches rows by key, and a null key never matches.';
+END
 $$;
 
 -- Pipelines.
@@ -416,6 +473,16 @@ BEGIN
                   HINT = format('A superuser can GRANT pg_read_server_files TO %I.', current_user);
     END IF;
     PERFORM sluice._check_directory(source->>'dir');
+    IF source->>'after' IN ('delete', 'archive')
+       AND NOT pg_has_role(current_user, 'pg_write_server_files', 'USAGE') THEN
+        RAISE EXCEPTION 'permission denied to create pipeline "%"', name
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'Deleting or moving processed files takes the privileges of the pg_write_server_files role.',
+                  HINT = format('A superuser can GRANT pg_write_server_files TO %I.', current_user);
+    END IF;
+    IF source->>'after' = 'archive' THEN
+        PERFORM sluice._check_directory(source->>'archive_dir');
+    END IF;
 
     IF transform IS NOT NULL THEN
         cols := sluice._transform_columns(name, source, transform);
@@ -529,9 +596,15 @@ SELECT p.name AS pipeline, e.batch_id, e.sqlstate, e.message, e.detail, e.hint, 
 GRANT SELECT ON sluice.pipelines, sluice.errors TO PUBLIC;
 COMMENT ON VIEW sluice.errors IS 'failures and warnings of pipelines, newest last';
 
+CREATE VIEW sluice.rejects WITH (security_invoker = true) AS
+SELECT p.name AS pipeline, r.batch_id, r.file, r.line, r.raw_line, r.sqlstate, r.message, r.at AS time
+  FROM sluice.reject AS r JOIN sluice.pipeline AS p ON p.id = r.pipeline_id;
+GRANT SELECT ON sluice.rejects TO PUBLIC;
+COMMENT ON VIEW sluice.rejects IS 'rows set aside by pipelines with on_error => ''reject''';
+
 CREATE FUNCTION sluice.progress(name text, n int DEFAULT 10)
 RETURNS TABLE (batch_id bigint, status text, attempts int, files int, input_rows bigint,
-               sink_rows bigint, bytes bigint, rows_per_second numeric, duration_ms jsonb,
+               sink_rows bigint, rejected_rows bigint, bytes bigint, rows_per_second numeric, duration_ms jsonb,
                start_offset jsonb, end_offset jsonb,
                planned_at timestamptz, committed_at timestamptz)
 LANGUAGE plpgsql STABLE STRICT
@@ -546,7 +619,7 @@ BEGIN
         RAISE EXCEPTION 'pipeline "%" does not exist', progress.name USING ERRCODE = 'undefined_object';
     END IF;
     RETURN QUERY
-    SELECT b.batch_id, b.status, b.attempts, b.files, b.input_rows, b.sink_rows, b.bytes,
+    SELECT b.batch_id, b.status, b.attempts, b.files, b.input_rows, b.sink_rows, b.rejected_rows, b.bytes,
            round(b.input_rows * 1000.0 / nullif((b.durations->>'total')::numeric, 0), 1),
            b.durations,
            jsonb_build_object('log_offset', b.batch_id - 1),

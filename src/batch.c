@@ -57,6 +57,10 @@ typedef struct PipelineConfig
 	bool		staged;			/* COPY into "batch" first, then the sink */
 	char	   *stage_sql;
 	char	   *transform;
+	char	   *on_error;
+	char	   *after;			/* keep, delete or archive */
+	char	   *archive_dir;
+	int64		settle_ms;
 } PipelineConfig;
 
 /* what the error context callback names */
@@ -159,7 +163,9 @@ pipeline_load(int32 id)
 				"  s->>'dir', s->>'pattern', s->>'max_files_per_trigger', s->>'header',"
 				"  s->>'delimiter', s->>'quote', s->>'escape', s->>'null', s->>'encoding',"
 				"  ARRAY(SELECT c->>'name' FROM jsonb_array_elements(s->'columns') c),"
-				"  p.sink->>'relid', p.sink->>'type', p.transform, sluice._stage_sql(s)"
+				"  p.sink->>'relid', p.sink->>'type', p.transform, sluice._stage_sql(s),"
+				"  coalesce(s->>'on_error', 'fail'), coalesce(s->>'after', 'keep'), s->>'archive_dir',"
+				"  coalesce((s->>'settle_ms')::int8, 0)"
 				" FROM sluice.pipeline p, LATERAL (SELECT p.source) AS x(s) WHERE p.id = $1",
 				1, types, values, SPI_OK_SELECT) == 0)
 		return NULL;
@@ -186,6 +192,10 @@ pipeline_load(int32 id)
 	cfg->transform = spi_text(0, 16);
 	cfg->staged = strcmp(spi_text(0, 15), "append") != 0 || cfg->transform != NULL;
 	cfg->stage_sql = spi_text(0, 17);
+	cfg->on_error = spi_text(0, 18);
+	cfg->after = spi_text(0, 19);
+	cfg->archive_dir = spi_text(0, 20);
+	cfg->settle_ms = spi_int64(0, 21);
 	return cfg;
 }
 
@@ -246,6 +256,28 @@ report_changed_files(PipelineConfig *cfg, int32 id, List *files)
 }
 
 /*
+ * Delete or archive the listed files that a committed batch read, unchanged.
+ * Done here, at the next plan, rather than right after the commit, so that a
+ * crash in between leaves nothing undone.
+ */
+static void
+dispose_committed_files(PipelineConfig *cfg, int32 id, List *files)
+{
+	Oid			types[4] = {INT4OID, TEXTARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID};
+	Datum		values[4] = {Int32GetDatum(id), files_array(files, 0),
+	files_array(files, 1), files_array(files, 2)};
+	uint64		n;
+
+	n = spi_run("SELECT f.path FROM sluice.file f"
+				" JOIN unnest($2::text[], $3::int8[], $4::timestamptz[]) AS c(path, size, mtime)"
+				"   ON f.pipeline_id = $1 AND f.path = c.path"
+				" WHERE f.committed AND f.size = c.size AND f.mtime = c.mtime",
+				4, types, values, SPI_OK_SELECT);
+	for (uint64 i = 0; i < n; i++)
+		csv_dispose_file(spi_text(i, 1), cfg->after, cfg->archive_dir);
+}
+
+/*
  * Plan the next batch, or take up a planned one.  Returns its id, 0 when
  * there is nothing to do, -1 when the pipeline should stop.
  */
@@ -267,6 +299,7 @@ batch_plan(PipelineRun *run, int *attempts)
 	if (cfg == NULL || (!run->run_once && strcmp(cfg->state, "running") != 0))
 		return -1;
 	run->trigger_ms = cfg->trigger_ms;
+	run->isolate_rows = strcmp(cfg->on_error, "fail") != 0;
 
 	/* a planned batch comes first: replay it, same id, same files */
 	if (spi_run("UPDATE sluice.batch b SET attempts = attempts + 1 FROM ("
@@ -286,7 +319,19 @@ batch_plan(PipelineRun *run, int *attempts)
 			(Oid[]) {INT4OID, INT4OID}, values, SPI_OK_SELECT);
 
 	files = csv_list_files(cfg->dir, cfg->pattern);
+	if (cfg->settle_ms > 0)
+	{
+		TimestampTz settled = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), -cfg->settle_ms);
+		ListCell   *lc;
+
+		/* too young: perhaps still being written */
+		foreach(lc, files)
+			if (((CsvFile *) lfirst(lc))->mtime > settled)
+				files = foreach_delete_current(files, lc);
+	}
 	report_changed_files(cfg, run->id, files);
+	if (strcmp(cfg->after, "keep") != 0)
+		dispose_committed_files(cfg, run->id, files);
 
 	spi_run("SELECT coalesce(max(batch_id), 0) + 1 FROM sluice.batch WHERE pipeline_id = $1",
 			1, types, values, SPI_OK_SELECT);
@@ -335,18 +380,19 @@ temp_relid(const char *name)
 }
 
 /*
- * Write the staging table "batch" to a sink that is not a plain append:
- * through the transform if there is one, then with the statement that
- * sluice._sink_sql() makes for the sink.  Returns the rows the sink took,
- * or -1 for a function sink.
+ * Write the staging table "batch" to the sink, through the transform if
+ * there is one, with the statement that sluice._sink_sql() makes for the
+ * sink; when bad rows are being isolated (rj), rows the sink refuses are set
+ * aside.  Returns the rows the sink took, or -1 for a function sink.
  */
 static int64
-batch_write_staged(PipelineRun *run, PipelineConfig *cfg, Oid stage, int64 batch_id)
+batch_write_staged(PipelineRun *run, PipelineConfig *cfg, Oid stage, int64 batch_id, Rejects *rj)
 {
 	Oid			input = stage;
 	Oid			types[2] = {INT4OID, OIDOID};
 	Datum		values[2] = {Int32GetDatum(run->id), ObjectIdGetDatum(InvalidOid)};
 	char	   *sql;
+	char	   *row_sql;
 	char	   *sink_type;
 	Datum		id = Int64GetDatum(batch_id);
 
@@ -358,21 +404,14 @@ batch_write_staged(PipelineRun *run, PipelineConfig *cfg, Oid stage, int64 batch
 	}
 	values[1] = ObjectIdGetDatum(input);
 
-	spi_run("SELECT sluice._sink_sql(sink, $2::regclass), sluice._null_key_sql(sink, $2::regclass),"
+	spi_run("SELECT sluice._sink_sql(sink, $2::regclass), sluice._sink_sql(sink, $2::regclass, true),"
 			" sink->>'type' FROM sluice.pipeline WHERE id = $1",
 			2, types, values, SPI_OK_SELECT);
 	sql = spi_text(0, 1);
+	row_sql = spi_text(0, 2);
 	sink_type = spi_text(0, 3);
-	if (strcmp(sink_type, "merge") == 0)
-	{
-		spi_run(spi_text(0, 2), 0, NULL, NULL, SPI_OK_SELECT);
-		if (spi_int64(0, 1) > 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_NOT_NULL_VIOLATION),
-					 errmsg("%lld rows of batch " INT64_FORMAT " have a null key",
-							(long long) spi_int64(0, 1), batch_id),
-					 errdetail("A merge sink matches rows by key, and a null key never matches.")));
-	}
+	if (rj && strcmp(sink_type, "function") != 0)
+		return rejects_write(rj, sql, row_sql, input, stage, batch_id);
 	if (SPI_execute_with_args(sql, 1, (Oid[]) {INT8OID}, &id, NULL, false, 0) < 0)
 		elog(ERROR, "could not write batch to the sink");
 	return strcmp(sink_type, "function") == 0 ? -1 : (int64) SPI_processed;
@@ -384,10 +423,10 @@ batch_write_staged(PipelineRun *run, PipelineConfig *cfg, Oid stage, int64 batch
  */
 static bool
 batch_process(PipelineRun *run, int64 batch_id, int attempts, BatchErrorContext *errctx,
-			  double plan_ms)
+			  double plan_ms, bool careful)
 {
 	Oid			types[5] = {INT4OID, INT8OID, TEXTARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID};
-	Datum		values[7];
+	Datum		values[8];
 	PipelineConfig *cfg;
 	List	   *files = NIL;
 	ListCell   *lc;
@@ -399,6 +438,7 @@ batch_process(PipelineRun *run, int64 batch_id, int attempts, BatchErrorContext 
 	char	   *durations;
 	Oid			copy_into;
 	int64		sink_rows;
+	Rejects		rj;
 
 	INSTR_TIME_SET_CURRENT(start);
 	values[0] = Int32GetDatum(run->id);
@@ -408,6 +448,8 @@ batch_process(PipelineRun *run, int64 batch_id, int attempts, BatchErrorContext 
 	if (cfg == NULL)
 		return false;
 	copy_into = cfg->target;
+	memset(&rj, 0, sizeof(rj));
+	rj.keep = strcmp(cfg->on_error, "reject") == 0;
 	if (spi_run("SELECT 1 FROM sluice.batch WHERE pipeline_id = $1 AND batch_id = $2"
 				" AND status = 'planned' FOR UPDATE",
 				2, types, values, SPI_OK_SELECT) == 0)
@@ -424,7 +466,7 @@ batch_process(PipelineRun *run, int64 batch_id, int attempts, BatchErrorContext 
 	}
 
 	csv_check_read_privilege();
-	if (cfg->staged)
+	if (cfg->staged || careful)
 	{
 		spi_run(cfg->stage_sql, 0, NULL, NULL, SPI_OK_UTILITY);
 		copy_into = temp_relid("batch");
@@ -442,13 +484,29 @@ batch_process(PipelineRun *run, int64 batch_id, int attempts, BatchErrorContext 
 			f->size = st.st_size;
 			f->mtime = time_t_to_timestamptz(st.st_mtime);
 		}
-		rows += csv_copy_file(copy_into, cfg->attnames, cfg->options, f->path);
+		if (careful)
+			rows += rejects_copy_file(&rj, copy_into, cfg->attnames, cfg->options, f->path);
+		else
+			rows += csv_copy_file(copy_into, cfg->attnames, cfg->options, f->path);
 		bytes += f->size;
+		/* a file still being written is read again later, whole */
+		if (stat(f->path, &st) == 0 &&
+			(st.st_size != f->size || time_t_to_timestamptz(st.st_mtime) != f->mtime))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_IN_USE),
+					 errmsg("file \"%s\" changed while it was read", f->path),
+					 errdetail("The batch will be read again."),
+					 errhint("Write files elsewhere and move them into the directory once complete.")));
 		if (foreach_current_index(lc) == 0)
 			crash_point("after_read", attempts);
 	}
 	errctx->file = NULL;
-	sink_rows = cfg->staged ? batch_write_staged(run, cfg, copy_into, batch_id) : (int64) rows;
+	if (cfg->staged || careful)
+		sink_rows = batch_write_staged(run, cfg, copy_into, batch_id, careful ? &rj : NULL);
+	else
+		sink_rows = (int64) rows;
+	if (careful)
+		rejects_save(&rj, run->id, batch_id);
 	crash_point("after_sink", attempts);
 
 	INSTR_TIME_SET_CURRENT(elapsed);
@@ -471,12 +529,13 @@ batch_process(PipelineRun *run, int64 batch_id, int attempts, BatchErrorContext 
 	values[4] = CStringGetTextDatum(durations);
 	values[5] = Int32GetDatum(list_length(files));
 	values[6] = Int64GetDatum(sink_rows);
+	values[7] = Int64GetDatum(rj.count);
 	if (SPI_execute_with_args("UPDATE sluice.batch SET status = 'committed', committed_at = now(),"
 							  "  input_rows = $3, bytes = $4, durations = $5::text::jsonb, files = $6,"
-							  "  sink_rows = $7"
+							  "  sink_rows = $7, rejected_rows = $8"
 							  " WHERE pipeline_id = $1 AND batch_id = $2 AND status = 'planned'",
-							  7, (Oid[]) {INT4OID, INT8OID, INT8OID, INT8OID, TEXTOID, INT4OID, INT8OID},
-							  values, sink_rows < 0 ? "      n" : NULL, false, 0) != SPI_OK_UPDATE ||
+							  8, (Oid[]) {INT4OID, INT8OID, INT8OID, INT8OID, TEXTOID, INT4OID, INT8OID, INT8OID},
+							  values, sink_rows < 0 ? "      n " : NULL, false, 0) != SPI_OK_UPDATE ||
 		SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
@@ -533,11 +592,11 @@ batch_record_failure(PipelineRun *run, int64 batch_id, ErrorData *edata)
 }
 
 /*
- * Run one batch through both transactions.  A failure rolls the batch back,
- * is logged and recorded, and leaves the batch planned for a retry.
+ * One attempt at a batch through both transactions.  On an error the batch
+ * is rolled back and the error returned; nothing is recorded yet.
  */
-BatchOutcome
-batch_run(PipelineRun *run)
+static BatchOutcome
+batch_try(PipelineRun *run, bool careful, int64 *batch_id_out, ErrorData **edata_out)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 	BatchErrorContext errctx = {run->name, 0, NULL};
@@ -574,8 +633,9 @@ batch_run(PipelineRun *run)
 			LWLockRelease(sluice_shared->lock);
 			crash_point("after_plan", attempts);
 
-			xact_begin("processing a batch");
-			ours = batch_process(run, batch_id, attempts, &errctx, INSTR_TIME_GET_MILLISEC(elapsed));
+			xact_begin(careful ? "processing a batch row by row" : "processing a batch");
+			ours = batch_process(run, batch_id, attempts, &errctx, INSTR_TIME_GET_MILLISEC(elapsed),
+								 careful);
 			xact_end();			/* if not ours, nothing was written */
 			if (ours)
 				crash_point("after_commit", attempts);
@@ -589,20 +649,68 @@ batch_run(PipelineRun *run)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
-
 		MemoryContextSwitchTo(oldcxt);
-		edata = CopyErrorData();
+		*edata_out = CopyErrorData();
 		EmitErrorReport();
 		FlushErrorState();
 		AbortCurrentTransaction();
-		error_context_stack = callback.previous;
-		batch_record_failure(run, batch_id, edata);
-		FreeErrorData(edata);
 		outcome = BATCH_FAILED;
 	}
 	PG_END_TRY();
 
 	error_context_stack = callback.previous;
+	*batch_id_out = batch_id;
 	return outcome;
+}
+
+/* errors that go away by themselves: the batch is tried again later */
+static bool
+is_transient(int sqlerrcode)
+{
+	return sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE ||
+		sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED ||
+		sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
+		sqlerrcode == ERRCODE_OBJECT_IN_USE;
+}
+
+/*
+ * Run one batch.  A batch that fails on a bad row, in a source that sets
+ * bad rows aside, is read again row by row; a transient failure is left
+ * for a retry; any other failure is recorded and fails the pipeline.
+ */
+BatchOutcome
+batch_run(PipelineRun *run)
+{
+	bool		careful = false;
+
+	for (;;)
+	{
+		ErrorData  *edata = NULL;
+		int64		batch_id;
+		BatchOutcome outcome = batch_try(run, careful, &batch_id, &edata);
+
+		if (outcome != BATCH_FAILED)
+			return outcome;
+		if (!careful && run->isolate_rows && batch_id > 0 &&
+			rejects_is_row_error(edata->sqlerrcode))
+		{
+			ereport(LOG,
+					(errmsg("sluice pipeline \"%s\": batch " INT64_FORMAT " has bad rows, reading it again row by row",
+							run->name, batch_id)));
+			careful = true;
+			FreeErrorData(edata);
+			continue;
+		}
+		if (is_transient(edata->sqlerrcode))
+		{
+			ereport(LOG,
+					(errmsg("sluice pipeline \"%s\": batch " INT64_FORMAT " will be tried again",
+							run->name, batch_id)));
+			FreeErrorData(edata);
+			return BATCH_RETRY;
+		}
+		batch_record_failure(run, batch_id, edata);
+		FreeErrorData(edata);
+		return BATCH_FAILED;
+	}
 }

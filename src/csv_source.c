@@ -321,3 +321,35 @@ sluice_list_files(PG_FUNCTION_ARGS)
 	}
 	return (Datum) 0;
 }
+
+/*
+ * Delete a processed file, or move it into the archive directory.  Only
+ * called for files whose batch committed; a file already gone is fine, so
+ * doing it again after a crash is harmless.
+ */
+void
+csv_dispose_file(const char *path, const char *after, const char *archive_dir)
+{
+	if (!has_privs_of_role(GetUserId(), ROLE_PG_WRITE_SERVER_FILES))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to %s processed files", after),
+				 errdetail("Only roles with privileges of the \"pg_write_server_files\" role may delete or move server files.")));
+	if (strcmp(after, "delete") == 0)
+	{
+		if (unlink(path) != 0 && errno != ENOENT)
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("could not remove processed file \"%s\": %m", path)));
+	}
+	else
+	{
+		const char *name = last_dir_separator(path);
+		char	   *dest = psprintf("%s/%s", archive_dir, name ? name + 1 : path);
+
+		if (rename(path, dest) != 0 && errno != ENOENT)
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("could not move processed file \"%s\" to \"%s\": %m", path, dest)));
+	}
+}

@@ -10,6 +10,7 @@
 #include "postgres.h"
 
 #include "nodes/pg_list.h"
+#include "storage/itemptr.h"
 #include "storage/lwlock.h"
 #include "storage/latch.h"
 #include "utils/timestamp.h"
@@ -88,6 +89,7 @@ typedef enum BatchOutcome
 	BATCH_NONE,					/* nothing to read */
 	BATCH_COMMITTED,			/* a batch committed */
 	BATCH_FAILED,				/* a batch failed; the failure is recorded */
+	BATCH_RETRY,				/* a batch failed for a while; try it again later */
 	BATCH_STOP					/* the pipeline is gone or no longer running */
 } BatchOutcome;
 
@@ -98,10 +100,46 @@ typedef struct PipelineRun
 	bool		run_once;
 	bool		available_now;
 	int64		trigger_ms;
+	bool		isolate_rows;	/* on_error is 'reject' or 'skip' */
 	SluiceSlot *slot;
 } PipelineRun;
 
 extern BatchOutcome batch_run(PipelineRun *run);
+
+/* rejects.c */
+typedef struct StagedRow
+{
+	ItemPointerData tid;
+	int			fileno;
+	int64		line;
+} StagedRow;
+
+typedef struct RejectedRow
+{
+	char	   *file;
+	int64		line;
+	char	   *raw;
+	char	   *sqlstate;
+	char	   *message;
+} RejectedRow;
+
+typedef struct Rejects
+{
+	bool		keep;			/* 'reject' keeps the rows, 'skip' counts them */
+	int64		count;
+	List	   *rows;			/* of RejectedRow, when kept */
+	List	   *files;			/* paths, by file number */
+	StagedRow  *staged;			/* rows in the staging table, by tid */
+	int			nstaged;
+	int			maxstaged;
+} Rejects;
+
+extern bool rejects_is_row_error(int sqlerrcode);
+extern uint64 rejects_copy_file(Rejects *rj, Oid stage, List *attnames, List *options,
+								const char *path);
+extern int64 rejects_write(Rejects *rj, const char *all_sql, const char *row_sql, Oid input,
+						   Oid stage, int64 batch_id);
+extern void rejects_save(Rejects *rj, int32 pipeline_id, int64 batch_id);
 
 /* csv_source.c */
 typedef struct CsvFile
@@ -117,5 +155,6 @@ extern List *csv_copy_options(bool header, const char *delimiter, const char *qu
 							  const char *encoding);
 extern uint64 csv_copy_file(Oid target, List *attnames, List *options, const char *path);
 extern void csv_check_read_privilege(void);
+extern void csv_dispose_file(const char *path, const char *after, const char *archive_dir);
 
 #endif							/* SLUICE_H */

@@ -135,7 +135,7 @@ sluice_worker_main(Datum arg)
 		outcome = batch_run(&run);
 		if (outcome == BATCH_FAILED || outcome == BATCH_STOP)
 			break;
-		if (run.available_now)
+		if (run.available_now && outcome != BATCH_RETRY)
 		{
 			if (outcome == BATCH_NONE)
 			{
@@ -148,10 +148,11 @@ sluice_worker_main(Datum arg)
 		/*
 		 * Like Spark's processing-time trigger: batches start an interval
 		 * apart, the next one at once when a batch took longer.  An idle
-		 * trigger of zero still sleeps a little.
+		 * trigger of zero still sleeps a little, a retry at least a second.
 		 */
-		next = TimestampTzPlusMilliseconds(start, outcome == BATCH_COMMITTED ?
-										   run.trigger_ms : Max(run.trigger_ms, 100));
+		next = TimestampTzPlusMilliseconds(start, outcome == BATCH_COMMITTED ? run.trigger_ms :
+										   outcome == BATCH_RETRY ? Max(run.trigger_ms, 1000) :
+										   Max(run.trigger_ms, 100));
 		for (;;)
 		{
 			long		wait_ms = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), next);
