@@ -226,55 +226,46 @@ files_array(List *files, int field)
 }
 
 /*
- * Files that were committed and have since changed are reported once, as a
- * warning and in sluice.errors; they are never read again.
+ * Look at the listed files that committed batches read.  One that changed
+ * since is reported once, as a warning and in sluice.errors, and never read
+ * again.  One that did not is deleted or archived if the source asks so:
+ * here, at the next plan rather than right after the commit, so that a
+ * crash in between leaves nothing undone.
  */
 static void
-report_changed_files(PipelineConfig *cfg, int32 id, List *files)
+known_files(PipelineConfig *cfg, int32 id, List *files)
 {
-	Oid			types[4] = {INT4OID, TEXTARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID};
-	Datum		values[4] = {Int32GetDatum(id), files_array(files, 0),
-	files_array(files, 1), files_array(files, 2)};
+	Oid			types[5] = {INT4OID, TEXTARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, BOOLOID};
+	Datum		values[5] = {Int32GetDatum(id), files_array(files, 0),
+		files_array(files, 1), files_array(files, 2),
+	BoolGetDatum(strcmp(cfg->after, "keep") != 0)};
 	uint64		n;
 
 	n = spi_run("WITH c AS (SELECT * FROM unnest($2::text[], $3::int8[], $4::timestamptz[]) AS c(path, size, mtime)),"
 				" ch AS (UPDATE sluice.file f SET changed_at = now() FROM c"
 				"   WHERE f.pipeline_id = $1 AND f.path = c.path AND f.committed AND f.changed_at IS NULL"
 				"     AND (f.size <> c.size OR f.mtime <> c.mtime)"
-				"   RETURNING f.path, f.batch_id, f.size AS old_size, c.size AS new_size)"
-				" INSERT INTO sluice.error (pipeline_id, batch_id, sqlstate, message, detail, hint)"
-				" SELECT $1, batch_id, '01000',"
-				"   format('file \"%s\" changed after it was processed', path),"
-				"   format('It was read by batch %s with %s bytes and now has %s bytes; it will not be read again.',"
-				"          batch_id, old_size, new_size),"
-				"   'Write new data to a new file, and move files into the directory only once they are complete.'"
-				" FROM ch RETURNING message, detail",
-				4, types, values, SPI_OK_INSERT_RETURNING);
+				"   RETURNING f.path, f.batch_id, f.size AS old_size, c.size AS new_size),"
+				" report AS (INSERT INTO sluice.error (pipeline_id, batch_id, sqlstate, message, detail, hint)"
+				"   SELECT $1, batch_id, '01000',"
+				"     format('file \"%s\" changed after it was processed', path),"
+				"     format('It was read by batch %s with %s bytes and now has %s bytes; it will not be read again.',"
+				"            batch_id, old_size, new_size),"
+				"     'Write new data to a new file, and move files into the directory only once they are complete.'"
+				"   FROM ch RETURNING message, detail)"
+				" SELECT false, message, detail FROM report"
+				" UNION ALL"
+				" SELECT true, f.path, NULL FROM sluice.file f JOIN c ON f.pipeline_id = $1 AND f.path = c.path"
+				"  WHERE $5 AND f.committed AND f.size = c.size AND f.mtime = c.mtime",
+				5, types, values, SPI_OK_SELECT);
 	for (uint64 i = 0; i < n; i++)
-		ereport(WARNING,
-				(errmsg("%s", spi_text(i, 1)), errdetail("%s", spi_text(i, 2))));
-}
-
-/*
- * Delete or archive the listed files that a committed batch read, unchanged.
- * Done here, at the next plan, rather than right after the commit, so that a
- * crash in between leaves nothing undone.
- */
-static void
-dispose_committed_files(PipelineConfig *cfg, int32 id, List *files)
-{
-	Oid			types[4] = {INT4OID, TEXTARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID};
-	Datum		values[4] = {Int32GetDatum(id), files_array(files, 0),
-	files_array(files, 1), files_array(files, 2)};
-	uint64		n;
-
-	n = spi_run("SELECT f.path FROM sluice.file f"
-				" JOIN unnest($2::text[], $3::int8[], $4::timestamptz[]) AS c(path, size, mtime)"
-				"   ON f.pipeline_id = $1 AND f.path = c.path"
-				" WHERE f.committed AND f.size = c.size AND f.mtime = c.mtime",
-				4, types, values, SPI_OK_SELECT);
-	for (uint64 i = 0; i < n; i++)
-		csv_dispose_file(spi_text(i, 1), cfg->after, cfg->archive_dir);
+	{
+		if (strcmp(spi_text(i, 1), "t") == 0)
+			csv_dispose_file(spi_text(i, 2), cfg->after, cfg->archive_dir);
+		else
+			ereport(WARNING,
+					(errmsg("%s", spi_text(i, 2)), errdetail("%s", spi_text(i, 3))));
+	}
 }
 
 /*
@@ -329,9 +320,7 @@ batch_plan(PipelineRun *run, int *attempts)
 			if (((CsvFile *) lfirst(lc))->mtime > settled)
 				files = foreach_delete_current(files, lc);
 	}
-	report_changed_files(cfg, run->id, files);
-	if (strcmp(cfg->after, "keep") != 0)
-		dispose_committed_files(cfg, run->id, files);
+	known_files(cfg, run->id, files);
 
 	spi_run("SELECT coalesce(max(batch_id), 0) + 1 FROM sluice.batch WHERE pipeline_id = $1",
 			1, types, values, SPI_OK_SELECT);
