@@ -298,18 +298,21 @@ BEGIN
         RETURN format('INSERT INTO %1$s (%2$s) SELECT %2$s FROM %3$s', target, array_to_string(cols, ', '), rows);
     WHEN 'merge' THEN
         SELECT array_agg(quote_ident(k)) INTO keys FROM jsonb_array_elements_text(sink->'key') AS k;
-        -- the last row of a key in file and line order (the staging table's) wins
-        RETURN format('MERGE INTO %1$s AS t USING (SELECT DISTINCT ON (%2$s) * FROM %3$s %8$s'
-                      ' CASE %9$s ELSE true END ORDER BY %2$s, ctid DESC) AS s'
-                      ' ON %4$s WHEN MATCHED THEN %5$s WHEN NOT MATCHED THEN INSERT (%6$s) VALUES (%7$s)',
+        -- the last row of a key in file and line order (the staging table's)
+        -- wins; a null key raises in the select list, where the planner
+        -- takes it for no filter; an unchanged row is not written again
+        RETURN format('MERGE INTO %1$s AS t USING (SELECT DISTINCT ON (%2$s) *, CASE %8$s END AS sluice_null_key'
+                      ' FROM %3$s ORDER BY %2$s, ctid DESC) AS s'
+                      ' ON %4$s WHEN MATCHED %5$s WHEN NOT MATCHED THEN INSERT (%6$s) VALUES (%7$s)',
                       target, array_to_string(keys, ', '), rows,
                       (SELECT string_agg(format('t.%s = s.%1$s', k), ' AND ') FROM unnest(keys) AS k),
-                      CASE WHEN sink->>'on_match' = 'ignore' OR cols <@ keys THEN 'DO NOTHING'
-                           ELSE 'UPDATE SET ' || (SELECT string_agg(format('%s = s.%1$s', c), ', ')
-                                                    FROM unnest(cols) AS c WHERE c <> ALL (keys)) END,
+                      CASE WHEN sink->>'on_match' = 'ignore' OR cols <@ keys THEN 'THEN DO NOTHING'
+                           ELSE (SELECT format('AND (%s) IS DISTINCT FROM (%s) THEN UPDATE SET %s',
+                                               string_agg('t.' || c, ', '), string_agg('s.' || c, ', '),
+                                               string_agg(format('%s = s.%1$s', c), ', '))
+                                   FROM unnest(cols) AS c WHERE c <> ALL (keys)) END,
                       array_to_string(cols, ', '),
                       (SELECT string_agg('s.' || c, ', ') FROM unnest(cols) AS c),
-                      CASE WHEN one_row THEN 'AND' ELSE 'WHERE' END,
                       (SELECT string_agg(format('WHEN %s IS NULL THEN sluice._null_key(%L)', k, k), ' ')
                          FROM unnest(keys) AS k));
     WHEN 'function' THEN
@@ -321,7 +324,7 @@ $$;
 -- null keys never match in MERGE, so a replay would insert them again: the
 -- merge statement refuses them, row by row, with this
 CREATE FUNCTION sluice._null_key(key_column text)
-RETURNS boolean LANGUAGE plpgsql VOLATILE
+RETURNS boolean LANGUAGE plpgsql VOLATILE COST 1
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
