@@ -104,6 +104,10 @@ CREATE FUNCTION sluice._check_csv_options(header boolean, delimiter text, quote 
 RETURNS void LANGUAGE C STABLE
 AS 'MODULE_PATHNAME', 'sluice_check_csv_options';
 
+CREATE FUNCTION sluice._check_query(query text)
+RETURNS void LANGUAGE C STRICT IMMUTABLE
+AS 'MODULE_PATHNAME', 'sluice_check_query';
+
 CREATE FUNCTION sluice._check_directory(dir text)
 RETURNS void LANGUAGE C STRICT VOLATILE
 AS 'MODULE_PATHNAME', 'sluice_check_directory';
@@ -258,11 +262,12 @@ RETURNS jsonb LANGUAGE plpgsql STABLE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF NOT (SELECT pronargs = 2 AND proargtypes[0] = 'bigint'::regtype AND proargtypes[1] = 'regclass'::regtype
+    IF NOT (SELECT prokind = 'f' AND pronargs = 2 AND proargtypes[0] = 'bigint'::regtype
+                   AND proargtypes[1] = 'regclass'::regtype
               FROM pg_proc WHERE oid = fn) THEN
         RAISE EXCEPTION 'function % cannot be a function sink', fn
             USING ERRCODE = 'wrong_object_type',
-                  DETAIL = 'A function sink takes (batch_id bigint, batch regclass).';
+                  DETAIL = 'A function sink is a function (not a procedure) taking (batch_id bigint, batch regclass).';
     END IF;
     RETURN jsonb_build_object('type', 'function', 'function', fn::text, 'fnoid', fn::oid);
 END
@@ -313,8 +318,8 @@ BEGIN
                                    FROM unnest(cols) AS c WHERE c <> ALL (keys)) END,
                       array_to_string(cols, ', '),
                       (SELECT string_agg('s.' || c, ', ') FROM unnest(cols) AS c),
-                      (SELECT string_agg(format('WHEN %s IS NULL THEN sluice._null_key(%L)', k, k), ' ')
-                         FROM unnest(keys) AS k));
+                      (SELECT string_agg(format('WHEN %I IS NULL THEN sluice._null_key(%L)', k, k), ' ')
+                         FROM jsonb_array_elements_text(sink->'key') AS k));
     WHEN 'function' THEN
         RETURN format('SELECT %s($1, %L::regclass)', (sink->>'fnoid')::oid::regproc, input);
     END CASE;
@@ -348,6 +353,9 @@ DECLARE
     det text;
 BEGIN
     BEGIN
+        PERFORM sluice._check_query(transform);
+        -- the worker runs the transform with the owner's default search_path
+        PERFORM set_config('search_path', (SELECT reset_val FROM pg_settings WHERE name = 'search_path'), true);
         EXECUTE sluice._stage_sql(source);
         EXECUTE format('CREATE TEMP TABLE batch_out ON COMMIT DROP AS SELECT * FROM (%s) AS q LIMIT 0', transform);
         SELECT jsonb_agg(jsonb_build_object('name', attname, 'type', format_type(atttypid, atttypmod))

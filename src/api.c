@@ -12,6 +12,7 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "parser/parser.h"
 #include "postmaster/bgworker.h"
 #include "utils/builtins.h"
 
@@ -170,4 +171,28 @@ sluice_run_once(PG_FUNCTION_ARGS)
 				 errmsg("the worker of pipeline \"%s\" exited before it finished", text_to_cstring(name)),
 				 errhint("See the server log.")));
 	PG_RETURN_INT64(result.batches_committed);
+}
+
+/*
+ * A transform must be exactly one SELECT: it is spliced into the batch's
+ * statements, so anything else could run statements of its own.
+ */
+void
+check_single_select(const char *query)
+{
+	List	   *parsed = raw_parser(query, RAW_PARSE_DEFAULT);
+
+	if (list_length(parsed) != 1 || !IsA(((RawStmt *) linitial(parsed))->stmt, SelectStmt))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a transform must be a single SELECT query")));
+}
+
+/* sluice._check_query(query text) */
+PG_FUNCTION_INFO_V1(sluice_check_query);
+Datum
+sluice_check_query(PG_FUNCTION_ARGS)
+{
+	check_single_select(text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	PG_RETURN_VOID();
 }

@@ -387,6 +387,7 @@ batch_write_staged(PipelineRun *run, PipelineConfig *cfg, Oid stage, int64 batch
 
 	if (cfg->transform)
 	{
+		check_single_select(cfg->transform);
 		spi_run(psprintf("CREATE TEMP TABLE batch_out ON COMMIT DROP AS SELECT * FROM (%s) AS q",
 						 cfg->transform), 0, NULL, NULL, SPI_OK_UTILITY);
 		input = temp_relid("batch_out");
@@ -394,13 +395,15 @@ batch_write_staged(PipelineRun *run, PipelineConfig *cfg, Oid stage, int64 batch
 	values[1] = ObjectIdGetDatum(input);
 
 	spi_run("SELECT sluice._sink_sql(sink, $2::regclass), sluice._sink_sql(sink, $2::regclass, true),"
-			" sink->>'type' FROM sluice.pipeline WHERE id = $1",
+			" sink->>'type', sink->>'on_match' FROM sluice.pipeline WHERE id = $1",
 			2, types, values, SPI_OK_SELECT);
 	sql = spi_text(0, 1);
 	row_sql = spi_text(0, 2);
 	sink_type = spi_text(0, 3);
 	if (rj && strcmp(sink_type, "function") != 0)
-		return rejects_write(rj, sql, row_sql, input, stage, batch_id);
+		/* row by row, the last row of a key must win: 'ignore' keeps the first it writes */
+		return rejects_write(rj, sql, row_sql, input, stage, batch_id,
+							 strcmp(sink_type, "merge") == 0 && strcmp(spi_text(0, 4), "ignore") == 0);
 	if (SPI_execute_with_args(sql, 1, (Oid[]) {INT8OID}, &id, NULL, false, 0) < 0)
 		elog(ERROR, "could not write batch to the sink");
 	return strcmp(sink_type, "function") == 0 ? -1 : (int64) SPI_processed;

@@ -225,12 +225,14 @@ staged_cmp(const void *a, const void *b)
  * sink takes them, else row by row, setting refused rows aside.  Rows of
  * the staging table itself are traced to their file and line; rows that a
  * transform made are set aside with no line.  Either way the row's text as
- * PostgreSQL prints a record stands for the raw line.  Returns the rows
- * written.
+ * PostgreSQL prints a record stands for the raw line.  Row by row goes
+ * backwards when the sink keeps the first row of a key it sees (a merge
+ * that ignores matches), so that the last row wins as in one statement.
+ * Returns the rows written.
  */
 int64
 rejects_write(Rejects *rj, const char *all_sql, const char *row_sql, Oid input, Oid stage,
-			  int64 batch_id)
+			  int64 batch_id, bool backwards)
 {
 	SinkRowState st;
 	ErrorData  *edata;
@@ -263,8 +265,9 @@ rejects_write(Rejects *rj, const char *all_sql, const char *row_sql, Oid input, 
 	}
 
 	st.sql = row_sql;
-	for (uint64 i = 0; i < ntids; i++)
+	for (uint64 n = 0; n < ntids; n++)
 	{
+		uint64		i = backwards ? ntids - 1 - n : n;
 		StagedRow  *found = NULL;
 		char	   *raw = NULL;
 

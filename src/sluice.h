@@ -79,6 +79,9 @@ extern void sluice_wake_launcher(void);
 extern struct BackgroundWorkerHandle *sluice_start_worker(int slotno, SluiceWorkerArgs *args,
 														  pid_t notify_pid);
 
+/* api.c */
+extern void check_single_select(const char *query);
+
 /* launcher.c, worker.c */
 extern PGDLLEXPORT void sluice_launcher_main(Datum arg);
 extern PGDLLEXPORT void sluice_worker_main(Datum arg);
@@ -138,7 +141,7 @@ extern bool rejects_is_row_error(int sqlerrcode);
 extern uint64 rejects_copy_file(Rejects *rj, Oid stage, List *attnames, List *options,
 								const char *path);
 extern int64 rejects_write(Rejects *rj, const char *all_sql, const char *row_sql, Oid input,
-						   Oid stage, int64 batch_id);
+						   Oid stage, int64 batch_id, bool backwards);
 extern void rejects_save(Rejects *rj, int32 pipeline_id, int64 batch_id);
 
 /* csv_source.c */
