@@ -69,6 +69,8 @@ typedef struct BatchErrorContext
 	const char *pipeline;
 	int64		batch_id;
 	const char *file;
+	int64		size;			/* of the file before it was read */
+	TimestampTz mtime;
 } BatchErrorContext;
 
 static void
@@ -476,6 +478,8 @@ batch_process(PipelineRun *run, int64 batch_id, int attempts, BatchErrorContext 
 			f->size = st.st_size;
 			f->mtime = time_t_to_timestamptz(st.st_mtime);
 		}
+		errctx->size = f->size;
+		errctx->mtime = f->mtime;
 		if (careful)
 			rows += rejects_copy_file(&rj, copy_into, cfg->attnames, cfg->options, f->path);
 		else
@@ -591,7 +595,7 @@ static BatchOutcome
 batch_try(PipelineRun *run, bool careful, int64 *batch_id_out, ErrorData **edata_out)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
-	BatchErrorContext errctx = {run->name, 0, NULL};
+	BatchErrorContext errctx = {run->name, 0, NULL, 0, 0};
 	ErrorContextCallback callback;
 	volatile BatchOutcome outcome = BATCH_NONE;
 	volatile int64 batch_id = 0;
@@ -641,11 +645,26 @@ batch_try(PipelineRun *run, bool careful, int64 *batch_id_out, ErrorData **edata
 	}
 	PG_CATCH();
 	{
+		struct stat st;
+		ErrorData  *edata;
+		char	   *file;
+
 		MemoryContextSwitchTo(oldcxt);
-		*edata_out = CopyErrorData();
+		edata = CopyErrorData();
+		file = errctx.file ? pstrdup(errctx.file) : NULL;	/* it lives in SPI's memory */
 		EmitErrorReport();
 		FlushErrorState();
 		AbortCurrentTransaction();
+
+		/* a half-written line of a file that grows is no bad row: read it again later */
+		if (file && stat(file, &st) == 0 &&
+			(st.st_size != errctx.size || time_t_to_timestamptz(st.st_mtime) != errctx.mtime))
+		{
+			edata->detail = psprintf("Reading it failed: %s", edata->message);
+			edata->message = psprintf("file \"%s\" changed while it was read", file);
+			edata->sqlerrcode = ERRCODE_OBJECT_IN_USE;
+		}
+		*edata_out = edata;
 		outcome = BATCH_FAILED;
 	}
 	PG_END_TRY();
