@@ -11,6 +11,10 @@ CREATE TABLE sluice.pipeline (
     sink        jsonb NOT NULL,
     trigger     text NOT NULL,
     transform   text,
+    event_time  text,
+    watermark_delay interval,
+    watermark   timestamptz,        -- of event-time pipelines; never moves back
+    state_table text,               -- window state, dropped with the pipeline
     state       text NOT NULL DEFAULT 'stopped' CHECK (state IN ('running', 'stopped', 'failed')),
     created_at  timestamptz NOT NULL DEFAULT now()
 );
@@ -30,6 +34,14 @@ CREATE TABLE sluice.batch (
     sink_rows    bigint,
     rejected_rows bigint,
     bytes        bigint,
+    watermark    timestamptz,        -- the one the batch was processed with
+    next_watermark timestamptz,      -- the one it left
+    event_time_min timestamptz,
+    event_time_max timestamptz,
+    num_rows_dropped_by_watermark bigint,
+    state_rows_total bigint,
+    state_rows_updated bigint,
+    state_rows_removed bigint,
     durations    jsonb,
     PRIMARY KEY (pipeline_id, batch_id)
 );
@@ -322,6 +334,8 @@ BEGIN
                          FROM jsonb_array_elements_text(sink->'key') AS k));
     WHEN 'function' THEN
         RETURN format('SELECT %s($1, %L::regclass)', (sink->>'fnoid')::oid::regproc, input);
+    ELSE
+        RETURN NULL;    -- window sinks: sluice._window_write()
     END CASE;
 END
 $$;
@@ -336,6 +350,336 @@ BEGIN
     RAISE EXCEPTION 'null value in key column "%" of a merge sink', key_column
         USING ERRCODE = 'not_null_violation',
               DETAIL = 'A merge sink matches rows by key, and a null key never matches.';
+END
+$$;
+
+
+-- Event-time windows (see README "Windows and watermarks").
+
+CREATE FUNCTION sluice.window_sink(target regclass, size interval, slide interval DEFAULT NULL,
+                                   group_by text[] DEFAULT '{}',
+                                   aggregates text[] DEFAULT '{count(*) AS count}',
+                                   output_mode text DEFAULT 'append',
+                                   late_rows regclass DEFAULT NULL)
+RETURNS jsonb LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    a text;
+    m text[];
+    aggs jsonb := '[]';
+    fn text;
+    arg text;
+BEGIN
+    IF target IS NULL OR size IS NULL OR group_by IS NULL OR aggregates IS NULL OR output_mode IS NULL THEN
+        RAISE EXCEPTION 'target, size, group_by, aggregates and output_mode of a window sink must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF size <= '0'::interval OR slide <= '0'::interval OR slide > size THEN
+        RAISE EXCEPTION 'invalid window size % or slide %', size, slide
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The size must be positive, and a slide positive and at most the size.';
+    END IF;
+    IF extract(epoch FROM size) <> extract(epoch FROM justify_hours(size))
+       OR size > '1 day'::interval AND size::text ~ '(mon|year)' THEN
+        RAISE EXCEPTION 'window size % is not a fixed duration', size
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Give it in days, hours, minutes or seconds.';
+    END IF;
+    IF output_mode NOT IN ('append', 'update', 'complete') THEN
+        RAISE EXCEPTION 'invalid output_mode "%"', output_mode
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use ''append'', ''update'' or ''complete''.';
+    END IF;
+    IF cardinality(aggregates) = 0 THEN
+        RAISE EXCEPTION 'a window sink needs at least one aggregate' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOREACH a IN ARRAY aggregates LOOP
+        m := regexp_match(a, '^\s*(\w+)\s*\(\s*(\*|"[^"]+"|\w+)\s*\)\s+as\s+("[^"]+"|\w+)\s*$', 'i');
+        IF m IS NULL THEN
+            RAISE EXCEPTION 'invalid aggregate "%"', a
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Write each aggregate as function(column) AS name, as in ''sum(amount) AS total''.';
+        END IF;
+        fn := lower(m[1]);
+        IF fn NOT IN ('count', 'sum', 'min', 'max', 'avg') THEN
+            RAISE EXCEPTION 'aggregate function "%" is not supported by window sinks', m[1]
+                USING ERRCODE = 'feature_not_supported',
+                      DETAIL = 'Window sinks support count, sum, min, max and avg, whose partial results merge exactly.';
+        END IF;
+        IF m[2] = '*' AND fn <> 'count' THEN
+            RAISE EXCEPTION 'invalid aggregate "%"', a
+                USING ERRCODE = 'invalid_parameter_value', DETAIL = 'Only count takes *.';
+        END IF;
+        arg := CASE WHEN m[2] = '*' THEN NULL WHEN m[2] ~ '^"' THEN btrim(m[2], '"') ELSE lower(m[2]) END;
+        aggs := aggs || jsonb_build_object('fn', fn, 'arg', arg,
+                                           'alias', CASE WHEN m[3] ~ '^"' THEN btrim(m[3], '"') ELSE lower(m[3]) END);
+    END LOOP;
+    RETURN jsonb_build_object('type', 'window', 'target', target::text, 'relid', target::oid,
+                              'size', size::text, 'slide', coalesce(slide, size)::text,
+                              'size_s', extract(epoch FROM size), 'slide_s', extract(epoch FROM coalesce(slide, size)),
+                              'group_by', to_jsonb(group_by), 'aggregates', aggs,
+                              'output_mode', output_mode,
+                              'late_rows', late_rows::text, 'late_relid', late_rows::oid);
+END
+$$;
+COMMENT ON FUNCTION sluice.window_sink IS 'a sink aggregating event-time windows with a watermark';
+
+-- the window sink must find its columns in what it receives, and its target
+-- the window's, the groups' and the aggregates'
+CREATE FUNCTION sluice._check_window(pipeline_name text, sink jsonb, cols jsonb, event_time text,
+                                     watermark_delay interval)
+RETURNS void LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    relid oid := (sink->>'relid')::oid;
+    c text;
+    agg jsonb;
+    t regtype;
+BEGIN
+    IF event_time IS NULL THEN
+        RAISE EXCEPTION 'the window sink of pipeline "%" needs an event time', pipeline_name
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Give create_pipeline an event_time => ''column''.';
+    END IF;
+    IF watermark_delay < '0'::interval THEN
+        RAISE EXCEPTION 'watermark_delay must not be negative' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF watermark_delay IS NULL AND sink->>'output_mode' = 'append' THEN
+        RAISE EXCEPTION 'output mode append of pipeline "%" needs a watermark_delay', pipeline_name
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'Without a watermark no window ever closes.',
+                  HINT = 'Give a watermark_delay, or use output mode update or complete (whose state then grows without bound).';
+    END IF;
+    t := (SELECT (x->>'type')::regtype FROM jsonb_array_elements(cols) x WHERE x->>'name' = event_time);
+    IF t IS NULL OR t NOT IN ('timestamptz'::regtype, 'timestamp'::regtype) THEN
+        RAISE EXCEPTION 'event time column "%" of pipeline "%" is not a timestamp among the columns it receives',
+                        event_time, pipeline_name
+            USING ERRCODE = 'undefined_column';
+    END IF;
+    FOR c IN SELECT jsonb_array_elements_text(sink->'group_by')
+             UNION ALL SELECT a->>'arg' FROM jsonb_array_elements(sink->'aggregates') a WHERE a->>'arg' IS NOT NULL LOOP
+        IF NOT EXISTS (SELECT 1 FROM jsonb_array_elements(cols) x WHERE x->>'name' = c) THEN
+            RAISE EXCEPTION 'column "%" of the window sink of pipeline "%" is not among the columns it receives',
+                            c, pipeline_name
+                USING ERRCODE = 'undefined_column';
+        END IF;
+    END LOOP;
+    FOR agg IN SELECT jsonb_array_elements(sink->'aggregates') LOOP
+        IF agg->>'fn' IN ('sum', 'avg') AND (SELECT (x->>'type')::regtype FROM jsonb_array_elements(cols) x
+                                              WHERE x->>'name' = agg->>'arg')
+               NOT IN ('smallint'::regtype, 'integer'::regtype, 'bigint'::regtype, 'numeric'::regtype,
+                       'real'::regtype, 'double precision'::regtype) THEN
+            RAISE EXCEPTION '%(%) needs a number', agg->>'fn', agg->>'arg' USING ERRCODE = 'datatype_mismatch';
+        END IF;
+    END LOOP;
+    IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = relid AND relkind IN ('r', 'p')) THEN
+        RAISE EXCEPTION 'target % of pipeline "%" is not a table', sink->>'target', pipeline_name
+            USING ERRCODE = 'wrong_object_type';
+    END IF;
+    FOR c IN SELECT unnest(ARRAY['window_start', 'window_end'])
+             UNION ALL SELECT jsonb_array_elements_text(sink->'group_by')
+             UNION ALL SELECT a->>'alias' FROM jsonb_array_elements(sink->'aggregates') a LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = relid AND attname = c AND attnum > 0
+                                                    AND NOT attisdropped) THEN
+            RAISE EXCEPTION 'column "%" of the window sink of pipeline "%" does not exist in table %',
+                            c, pipeline_name, relid::regclass
+                USING ERRCODE = 'undefined_column',
+                      HINT = 'A window target has window_start, window_end, the group_by columns and one column per aggregate.';
+        END IF;
+    END LOOP;
+    IF NOT has_table_privilege(relid, 'INSERT, SELECT, UPDATE, DELETE') THEN
+        RAISE EXCEPTION 'permission denied for table %', relid::regclass
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = format('Pipeline "%s" writes into it as %I.', pipeline_name, current_user);
+    END IF;
+    IF sink->>'late_relid' IS NOT NULL THEN
+        IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = (sink->>'late_relid')::oid AND attname = 'batch_id')
+           OR NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = (sink->>'late_relid')::oid AND attname = 'watermark') THEN
+            RAISE EXCEPTION 'late_rows table % of pipeline "%" needs columns batch_id and watermark',
+                            sink->>'late_rows', pipeline_name
+                USING ERRCODE = 'undefined_column';
+        END IF;
+    END IF;
+END
+$$;
+
+-- partial-aggregate columns of the state table (typed by the received
+-- columns cols), their names, how to compute, merge and finish them
+CREATE FUNCTION sluice._window_aggs(sink jsonb, cols jsonb,
+    OUT state_cols text, OUT part_names text, OUT partials text, OUT merges text,
+    OUT finals text, OUT names text)
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT string_agg(CASE a->>'fn'
+                      WHEN 'count' THEN format('a%s_n bigint', o)
+                      WHEN 'avg' THEN format('a%s_s numeric, a%s_n bigint', o, o)
+                      WHEN 'sum' THEN format('a%s_s numeric', o)
+                      ELSE format('a%s_v %s', o, (SELECT x->>'type' FROM jsonb_array_elements(cols) x
+                                                  WHERE x->>'name' = a->>'arg')) END, ', ' ORDER BY o),
+           string_agg(CASE a->>'fn'
+                      WHEN 'count' THEN format('a%s_n', o)
+                      WHEN 'avg' THEN format('a%s_s, a%s_n', o, o)
+                      WHEN 'sum' THEN format('a%s_s', o)
+                      ELSE format('a%s_v', o) END, ', ' ORDER BY o),
+           string_agg(CASE a->>'fn'
+                      WHEN 'count' THEN format('count(%s)', coalesce(quote_ident(a->>'arg'), '*'))
+                      WHEN 'avg' THEN format('sum(%I)::numeric, count(%1$I)', a->>'arg')
+                      WHEN 'sum' THEN format('sum(%I)::numeric', a->>'arg')
+                      ELSE format('%s(%I)', a->>'fn', a->>'arg') END, ', ' ORDER BY o),
+           string_agg(CASE a->>'fn'
+                      WHEN 'count' THEN format('a%s_n = s.a%1$s_n + excluded.a%1$s_n', o)
+                      WHEN 'avg' THEN format('a%s_s = coalesce(s.a%1$s_s + excluded.a%1$s_s, s.a%1$s_s, excluded.a%1$s_s),'
+                                             ' a%1$s_n = s.a%1$s_n + excluded.a%1$s_n', o)
+                      WHEN 'sum' THEN format('a%s_s = coalesce(s.a%1$s_s + excluded.a%1$s_s, s.a%1$s_s, excluded.a%1$s_s)', o)
+                      WHEN 'min' THEN format('a%s_v = least(s.a%1$s_v, excluded.a%1$s_v)', o)
+                      ELSE format('a%s_v = greatest(s.a%1$s_v, excluded.a%1$s_v)', o) END, ', ' ORDER BY o),
+           string_agg(CASE a->>'fn'
+                      WHEN 'count' THEN format('a%s_n', o)
+                      WHEN 'avg' THEN format('a%s_s / nullif(a%1$s_n, 0)', o)
+                      WHEN 'sum' THEN format('a%s_s', o)
+                      ELSE format('a%s_v', o) END, ', ' ORDER BY o),
+           string_agg(quote_ident(a->>'alias'), ', ' ORDER BY o)
+      FROM jsonb_array_elements(sink->'aggregates') WITH ORDINALITY AS x(a, o)
+$$;
+
+-- the state table of a window pipeline, beside its target: one row per
+-- window and group, holding partial aggregates
+CREATE FUNCTION sluice._window_create_state(pipeline_id int, sink jsonb, cols jsonb)
+RETURNS void LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    tbl text := format('%I.%I', (SELECT nspname FROM pg_namespace n JOIN pg_class c ON c.relnamespace = n.oid
+                                  WHERE c.oid = (sink->>'relid')::oid),
+                   'sluice_state_' || (SELECT name FROM sluice.pipeline WHERE id = pipeline_id));
+    groups text := (SELECT string_agg(format('%I %s, ', g, (SELECT x->>'type' FROM jsonb_array_elements(cols) x
+                                                               WHERE x->>'name' = g)), '' ORDER BY o)
+                      FROM jsonb_array_elements_text(sink->'group_by') WITH ORDINALITY AS y(g, o));
+    keys text := (SELECT string_agg(', ' || quote_ident(g), '' ORDER BY o)
+                    FROM jsonb_array_elements_text(sink->'group_by') WITH ORDINALITY AS y(g, o));
+BEGIN
+    EXECUTE format('CREATE TABLE %s (window_start timestamptz NOT NULL, window_end timestamptz NOT NULL, %s'
+                   ' %s, sluice_batch bigint NOT NULL,'
+                   ' UNIQUE NULLS NOT DISTINCT (window_start, window_end %s))',
+                   tbl, coalesce(groups, ''), (sluice._window_aggs(sink, cols)).state_cols, coalesce(keys, ''));
+    UPDATE sluice.pipeline SET state_table = tbl WHERE id = pipeline_id;
+END
+$$;
+
+-- One batch into a window sink, in the batch transaction: drop late
+-- (row, window) pairs, merge the rest into the state, move the watermark,
+-- write the output mode's windows and evict state the watermark passed.
+-- Returns the rows written to the target.
+CREATE FUNCTION sluice._window_write(batch_no bigint, pipeline_no int, input regclass)
+RETURNS bigint LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p record;
+    sk jsonb;
+    a record;
+    w timestamptz;
+    new_w timestamptz;
+    et text;
+    mode text;
+    groups text;
+    gsel text;
+    gjoin text;
+    late text;
+    late_cols text;
+    dropped bigint;
+    et_min timestamptz;
+    et_max timestamptz;
+    updated bigint;
+    removed bigint := 0;
+    written bigint := 0;
+    total bigint;
+BEGIN
+    -- serialized on the pipeline's row: the watermark and the emitted windows
+    SELECT * INTO p FROM sluice.pipeline WHERE id = pipeline_no FOR UPDATE;
+    sk := p.sink;
+    w := p.watermark;
+    mode := sk->>'output_mode';
+    et := format('%I::timestamptz', p.event_time);
+    a := sluice._window_aggs(sk, NULL);
+    SELECT string_agg(quote_ident(g), ', '), string_agg(format('t.%I IS NOT DISTINCT FROM s.%1$I', g), ' AND ')
+      INTO groups, gjoin FROM jsonb_array_elements_text(sk->'group_by') AS g;
+    gsel := coalesce(groups || ', ', '');
+    late := CASE WHEN w IS NULL OR mode = 'complete' THEN 'sluice_ws IS NULL'
+                 ELSE format('(sluice_ws IS NULL OR sluice_ws + %L::interval <= %L::timestamptz)', sk->>'size', w) END;
+
+    SELECT string_agg(', ' || quote_ident(l.attname), '') INTO late_cols
+      FROM pg_attribute l
+     WHERE l.attrelid = (sk->>'late_relid')::oid AND l.attnum > 0 AND NOT l.attisdropped
+       AND l.attname NOT IN ('batch_id', 'watermark')
+       AND l.attname IN (SELECT attname FROM pg_attribute WHERE attrelid = input AND attnum > 0);
+    EXECUTE format(
+        'WITH pairs AS MATERIALIZED ('
+        '  SELECT b.*, b.ctid AS sluice_ctid, %1$s AS sluice_et, w.ws AS sluice_ws FROM %2$s AS b'
+        '  LEFT JOIN LATERAL (SELECT to_timestamp((floor(extract(epoch FROM %1$s) / %3$s) - k) * %3$s) AS ws'
+        '                       FROM generate_series(0, ceil(%4$s / %3$s)::int - 1) AS k) AS w'
+        '    ON w.ws + %5$L::interval > %1$s),'
+        ' up AS (INSERT INTO %6$s AS s (window_start, window_end, %7$s %8$s, sluice_batch)'
+        '   SELECT sluice_ws, sluice_ws + %5$L::interval, %7$s %9$s, %10$s FROM pairs WHERE NOT %11$s'
+        '    GROUP BY sluice_ws %12$s'
+        '   ON CONFLICT (window_start, window_end %12$s) DO UPDATE SET %13$s, sluice_batch = excluded.sluice_batch'
+        '   RETURNING 1)'
+        ' %14$s'
+        ' SELECT (SELECT count(*) FROM pairs WHERE %11$s), (SELECT min(sluice_et) FROM pairs),'
+        '        (SELECT max(sluice_et) FROM pairs), (SELECT count(*) FROM up)',
+        et, input, sk->>'slide_s', sk->>'size_s', sk->>'size', p.state_table,
+        gsel, a.part_names, a.partials, batch_no, late, coalesce(', ' || groups, ''), a.merges,
+        CASE WHEN sk->>'late_relid' IS NULL THEN ''
+             ELSE format(', lr AS (INSERT INTO %s (batch_id, watermark %s)'
+                         ' SELECT DISTINCT ON (sluice_ctid) %s, %L::timestamptz %s FROM pairs WHERE %s RETURNING 1)',
+                         (sk->>'late_relid')::oid::regclass, coalesce(late_cols, ''), batch_no, w,
+                         coalesce(late_cols, ''), late) END)
+      INTO dropped, et_min, et_max, updated;
+
+    new_w := CASE WHEN p.watermark_delay IS NULL THEN w
+                  ELSE greatest(w, et_max - p.watermark_delay) END;
+
+    IF mode = 'append' AND new_w IS NOT NULL THEN
+        EXECUTE format('WITH gone AS (DELETE FROM %s WHERE window_end <= %L::timestamptz RETURNING *)'
+                       ' INSERT INTO %s (window_start, window_end, %s %s) SELECT window_start, window_end, %s %s FROM gone',
+                       p.state_table, new_w, (sk->>'relid')::oid::regclass, gsel, a.names, gsel, a.finals);
+        GET DIAGNOSTICS written = ROW_COUNT;
+        removed := written;
+    ELSIF mode = 'update' THEN
+        EXECUTE format('MERGE INTO %1$s AS t USING (SELECT window_start, window_end, %2$s %3$s FROM %4$s WHERE sluice_batch = %5$s)'
+                       ' AS s(window_start, window_end, %2$s %6$s)'
+                       ' ON t.window_start = s.window_start AND t.window_end = s.window_end %7$s'
+                       ' WHEN MATCHED THEN UPDATE SET %8$s'
+                       ' WHEN NOT MATCHED THEN INSERT (window_start, window_end, %2$s %6$s)'
+                       ' VALUES (s.window_start, s.window_end, %9$s %10$s)',
+                       (sk->>'relid')::oid::regclass, gsel, a.finals, p.state_table, batch_no, a.names,
+                       coalesce(' AND ' || gjoin, ''),
+                       (SELECT string_agg(format('%s = s.%1$s', n), ', ') FROM regexp_split_to_table(a.names, ', ') n),
+                       (SELECT coalesce(string_agg('s.' || quote_ident(g) || ', ', ''), '')
+                          FROM jsonb_array_elements_text(sk->'group_by') g),
+                       (SELECT string_agg('s.' || n, ', ') FROM regexp_split_to_table(a.names, ', ') n));
+        GET DIAGNOSTICS written = ROW_COUNT;
+        IF new_w IS NOT NULL THEN
+            EXECUTE format('DELETE FROM %s WHERE window_end <= %L::timestamptz', p.state_table, new_w);
+            GET DIAGNOSTICS removed = ROW_COUNT;
+        END IF;
+    ELSIF mode = 'complete' THEN
+        EXECUTE format('DELETE FROM %s', (sk->>'relid')::oid::regclass);
+        EXECUTE format('INSERT INTO %s (window_start, window_end, %s %s) SELECT window_start, window_end, %s %s FROM %s',
+                       (sk->>'relid')::oid::regclass, gsel, a.names, gsel, a.finals, p.state_table);
+        GET DIAGNOSTICS written = ROW_COUNT;
+    END IF;
+
+    EXECUTE format('SELECT count(*) FROM %s', p.state_table) INTO total;
+    UPDATE sluice.pipeline SET watermark = new_w WHERE id = pipeline_no AND watermark IS DISTINCT FROM new_w;
+    UPDATE sluice.batch
+       SET watermark = w, next_watermark = new_w, event_time_min = et_min, event_time_max = et_max,
+           num_rows_dropped_by_watermark = dropped, state_rows_total = total,
+           state_rows_updated = updated, state_rows_removed = removed
+     WHERE pipeline_id = pipeline_no AND batch_id = batch_no;
+    RETURN written;
 END
 $$;
 
@@ -433,12 +777,15 @@ $$;
 
 CREATE FUNCTION sluice.create_pipeline(name text, source jsonb, sink jsonb,
                                        trigger text DEFAULT '1 second',
-                                       transform text DEFAULT NULL)
+                                       transform text DEFAULT NULL,
+                                       event_time text DEFAULT NULL,
+                                       watermark_delay interval DEFAULT NULL)
 RETURNS void LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     cols jsonb := source->'columns';
+    new_id int;
 BEGIN
     IF name IS NULL OR source IS NULL OR sink IS NULL OR trigger IS NULL THEN
         RAISE EXCEPTION 'name, source, sink and trigger of a pipeline must not be null'
@@ -503,6 +850,8 @@ BEGIN
     WHEN sink->>'type' = 'append' AND sink ? 'relid'
       OR sink->>'type' = 'merge' AND sink ? 'relid' AND jsonb_typeof(sink->'key') = 'array' THEN
         PERFORM sluice._check_target(name, sink, cols);
+    WHEN sink->>'type' = 'window' AND sink ? 'relid' THEN
+        PERFORM sluice._check_window(name, sink, cols, event_time, watermark_delay);
     WHEN sink->>'type' = 'function' AND sink ? 'fnoid' THEN
         IF NOT has_function_privilege((sink->>'fnoid')::oid, 'EXECUTE') THEN
             RAISE EXCEPTION 'permission denied for function %', sink->>'function'
@@ -512,11 +861,19 @@ BEGIN
     ELSE
         RAISE EXCEPTION 'invalid sink for pipeline "%"', name
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Describe the sink with sluice.append_sink(), sluice.merge_sink() or sluice.function_sink().';
+                  HINT = 'Describe the sink with sluice.append_sink(), sluice.merge_sink(), sluice.function_sink() or sluice.window_sink().';
     END CASE;
+    IF (event_time IS NOT NULL OR watermark_delay IS NOT NULL) AND sink->>'type' IS DISTINCT FROM 'window' THEN
+        RAISE EXCEPTION 'event_time and watermark_delay of pipeline "%" need a window sink', name
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
 
-    INSERT INTO sluice.pipeline (name, source, sink, trigger, transform)
-    VALUES (create_pipeline.name, source, sink, trigger, transform);
+    INSERT INTO sluice.pipeline (name, source, sink, trigger, transform, event_time, watermark_delay)
+    VALUES (create_pipeline.name, source, sink, trigger, transform, event_time, watermark_delay)
+    RETURNING id INTO new_id;
+    IF sink->>'type' = 'window' THEN
+        PERFORM sluice._window_create_state(new_id, sink, cols);
+    END IF;
 EXCEPTION WHEN unique_violation THEN
     RAISE EXCEPTION 'pipeline "%" already exists', name USING ERRCODE = 'duplicate_object';
 END
@@ -528,9 +885,14 @@ CREATE FUNCTION sluice._set_state(pipeline_name text, new_state text)
 RETURNS void LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    state_table text;
 BEGIN
     IF new_state IS NULL THEN
-        DELETE FROM sluice.pipeline AS p WHERE p.name = pipeline_name;
+        DELETE FROM sluice.pipeline AS p WHERE p.name = pipeline_name RETURNING p.state_table INTO state_table;
+        IF state_table IS NOT NULL THEN
+            EXECUTE format('DROP TABLE IF EXISTS %s', state_table);
+        END IF;
     ELSE
         UPDATE sluice.pipeline AS p SET state = new_state WHERE p.name = pipeline_name;
     END IF;
@@ -574,6 +936,7 @@ SELECT p.name,
        p.trigger,
        p.source->>'type' AS source_type,
        p.sink->>'target' AS target,
+       p.watermark,
        w.pid AS worker_pid,
        w.current_batch AS batch_in_flight,
        last.batch_id AS last_batch_id,
@@ -615,7 +978,10 @@ COMMENT ON VIEW sluice.rejects IS 'rows set aside by pipelines with on_error => 
 
 CREATE FUNCTION sluice.progress(name text, n int DEFAULT 10)
 RETURNS TABLE (batch_id bigint, status text, attempts int, files int, input_rows bigint,
-               sink_rows bigint, rejected_rows bigint, bytes bigint, rows_per_second numeric, duration_ms jsonb,
+               sink_rows bigint, rejected_rows bigint, bytes bigint,
+               num_rows_dropped_by_watermark bigint, watermark timestamptz,
+               next_watermark timestamptz, event_time_min timestamptz, event_time_max timestamptz,
+               state_rows_total bigint, state_rows_updated bigint, state_rows_removed bigint, rows_per_second numeric, duration_ms jsonb,
                start_offset jsonb, end_offset jsonb,
                planned_at timestamptz, committed_at timestamptz)
 LANGUAGE plpgsql STABLE STRICT
@@ -631,6 +997,8 @@ BEGIN
     END IF;
     RETURN QUERY
     SELECT b.batch_id, b.status, b.attempts, b.files, b.input_rows, b.sink_rows, b.rejected_rows, b.bytes,
+           b.num_rows_dropped_by_watermark, b.watermark, b.next_watermark, b.event_time_min, b.event_time_max,
+           b.state_rows_total, b.state_rows_updated, b.state_rows_removed,
            round(b.input_rows * 1000.0 / nullif((b.durations->>'total')::numeric, 0), 1),
            b.durations,
            jsonb_build_object('log_offset', b.batch_id - 1),

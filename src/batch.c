@@ -381,7 +381,7 @@ batch_write_staged(PipelineRun *run, PipelineConfig *cfg, Oid stage, int64 batch
 {
 	Oid			input = stage;
 	Oid			types[2] = {INT4OID, OIDOID};
-	Datum		values[2] = {Int32GetDatum(run->id), ObjectIdGetDatum(InvalidOid)};
+	Datum		values[3] = {Int32GetDatum(run->id), ObjectIdGetDatum(InvalidOid)};
 	char	   *sql;
 	char	   *row_sql;
 	char	   *sink_type;
@@ -402,6 +402,16 @@ batch_write_staged(PipelineRun *run, PipelineConfig *cfg, Oid stage, int64 batch
 	sql = spi_text(0, 1);
 	row_sql = spi_text(0, 2);
 	sink_type = spi_text(0, 3);
+	if (strcmp(sink_type, "window") == 0)
+	{
+		/* windows are written as a whole: no row-by-row isolation */
+		values[0] = Int64GetDatum(batch_id);
+		values[1] = Int32GetDatum(run->id);
+		values[2] = ObjectIdGetDatum(input);
+		spi_run("SELECT sluice._window_write($1, $2, $3::regclass)", 3,
+				(Oid[]) {INT8OID, INT4OID, OIDOID}, values, SPI_OK_SELECT);
+		return spi_int64(0, 1);
+	}
 	if (rj && strcmp(sink_type, "function") != 0)
 		/* row by row, the last row of a key must win: 'ignore' keeps the first it writes */
 		return rejects_write(rj, sql, row_sql, input, stage, batch_id,
