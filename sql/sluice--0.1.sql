@@ -494,6 +494,11 @@ BEGIN
                   DETAIL = format('Pipeline "%s" writes into it as %I.', pipeline_name, current_user);
     END IF;
     IF sink->>'late_relid' IS NOT NULL THEN
+        IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = (sink->>'late_relid')::oid AND relkind IN ('r', 'p'))
+           OR NOT has_table_privilege((sink->>'late_relid')::oid, 'INSERT') THEN
+            RAISE EXCEPTION 'late_rows % of pipeline "%" is not a table it may insert into', sink->>'late_rows', pipeline_name
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
         IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = (sink->>'late_relid')::oid AND attname = 'batch_id')
            OR NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = (sink->>'late_relid')::oid AND attname = 'watermark') THEN
             RAISE EXCEPTION 'late_rows table % of pipeline "%" needs columns batch_id and watermark',
@@ -508,7 +513,7 @@ $$;
 -- columns cols), their names, how to compute, merge and finish them
 CREATE FUNCTION sluice._window_aggs(sink jsonb, cols jsonb,
     OUT state_cols text, OUT part_names text, OUT partials text, OUT merges text,
-    OUT finals text, OUT names text)
+    OUT combines text, OUT finals text, OUT names text)
 LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -536,6 +541,11 @@ AS $$
                       WHEN 'min' THEN format('a%s_v = least(s.a%1$s_v, excluded.a%1$s_v)', o)
                       ELSE format('a%s_v = greatest(s.a%1$s_v, excluded.a%1$s_v)', o) END, ', ' ORDER BY o),
            string_agg(CASE a->>'fn'
+                      WHEN 'count' THEN format('sum(a%s_n)::bigint', o)
+                      WHEN 'avg' THEN format('sum(a%s_s), sum(a%1$s_n)::bigint', o)
+                      WHEN 'sum' THEN format('sum(a%s_s)', o)
+                      ELSE format('%s(a%s_v)', a->>'fn', o) END, ', ' ORDER BY o),
+           string_agg(CASE a->>'fn'
                       WHEN 'count' THEN format('a%s_n', o)
                       WHEN 'avg' THEN format('a%s_s / nullif(a%1$s_n, 0)', o)
                       WHEN 'sum' THEN format('a%s_s', o)
@@ -553,7 +563,9 @@ AS $$
 DECLARE
     tbl text := format('%I.%I', (SELECT nspname FROM pg_namespace n JOIN pg_class c ON c.relnamespace = n.oid
                                   WHERE c.oid = (sink->>'relid')::oid),
-                   'sluice_state_' || (SELECT name FROM sluice.pipeline WHERE id = pipeline_id));
+                   (SELECT CASE WHEN octet_length('sluice_state_' || name) <= 63 THEN 'sluice_state_' || name
+                                ELSE format('sluice_state_%s_%s', left(name, 30), pipeline_id) END
+                      FROM sluice.pipeline WHERE id = pipeline_id));
     groups text := (SELECT string_agg(format('%I %s, ', g, (SELECT x->>'type' FROM jsonb_array_elements(cols) x
                                                                WHERE x->>'name' = g)), '' ORDER BY o)
                       FROM jsonb_array_elements_text(sink->'group_by') WITH ORDINALITY AS y(g, o));
@@ -589,6 +601,11 @@ DECLARE
     gjoin text;
     late text;
     late_cols text;
+    size_iv text;
+    pairs text;
+    agg text;
+    lr text;
+    closes text;
     dropped bigint;
     et_min timestamptz;
     et_max timestamptz;
@@ -602,52 +619,85 @@ BEGIN
     sk := p.sink;
     w := p.watermark;
     mode := sk->>'output_mode';
+    -- a fixed duration: '1 day' in a time zone with daylight saving is not 24 hours
+    size_iv := (sk->>'size_s') || ' seconds';
     et := format('%I::timestamptz', p.event_time);
     a := sluice._window_aggs(sk, NULL);
     SELECT string_agg(quote_ident(g), ', '), string_agg(format('t.%I IS NOT DISTINCT FROM s.%1$I', g), ' AND ')
       INTO groups, gjoin FROM jsonb_array_elements_text(sk->'group_by') AS g;
     gsel := coalesce(groups || ', ', '');
     late := CASE WHEN w IS NULL OR mode = 'complete' THEN 'sluice_ws IS NULL'
-                 ELSE format('(sluice_ws IS NULL OR sluice_ws + %L::interval <= %L::timestamptz)', sk->>'size', w) END;
+                 ELSE format('(sluice_ws IS NULL OR sluice_ws + %L::interval <= %L::timestamptz)', size_iv, w) END;
 
     SELECT string_agg(', ' || quote_ident(l.attname), '') INTO late_cols
       FROM pg_attribute l
      WHERE l.attrelid = (sk->>'late_relid')::oid AND l.attnum > 0 AND NOT l.attisdropped
        AND l.attname NOT IN ('batch_id', 'watermark')
        AND l.attname IN (SELECT attname FROM pg_attribute WHERE attrelid = input AND attnum > 0);
-    EXECUTE format(
-        'WITH pairs AS MATERIALIZED ('
-        '  SELECT b.*, b.ctid AS sluice_ctid, %1$s AS sluice_et, w.ws AS sluice_ws FROM %2$s AS b'
-        '  LEFT JOIN LATERAL (SELECT to_timestamp((floor(extract(epoch FROM %1$s) / %3$s) - k) * %3$s) AS ws'
-        '                       FROM generate_series(0, ceil(%4$s / %3$s)::int - 1) AS k) AS w'
-        '    ON w.ws + %5$L::interval > %1$s),'
-        ' up AS (INSERT INTO %6$s AS s (window_start, window_end, %7$s %8$s, sluice_batch)'
-        '   SELECT sluice_ws, sluice_ws + %5$L::interval, %7$s %9$s, %10$s FROM pairs WHERE NOT %11$s'
-        '    GROUP BY sluice_ws %12$s'
-        '   ON CONFLICT (window_start, window_end %12$s) DO UPDATE SET %13$s, sluice_batch = excluded.sluice_batch'
-        '   RETURNING 1)'
-        ' %14$s'
-        ' SELECT (SELECT count(*) FROM pairs WHERE %11$s), (SELECT min(sluice_et) FROM pairs),'
-        '        (SELECT max(sluice_et) FROM pairs), (SELECT count(*) FROM up)',
-        et, input, sk->>'slide_s', sk->>'size_s', sk->>'size', p.state_table,
-        gsel, a.part_names, a.partials, batch_no, late, coalesce(', ' || groups, ''), a.merges,
-        CASE WHEN sk->>'late_relid' IS NULL THEN ''
-             ELSE format(', lr AS (INSERT INTO %s (batch_id, watermark %s)'
-                         ' SELECT DISTINCT ON (sluice_ctid) %s, %L::timestamptz %s FROM pairs WHERE %s RETURNING 1)',
-                         (sk->>'late_relid')::oid::regclass, coalesce(late_cols, ''), batch_no, w,
-                         coalesce(late_cols, ''), late) END)
-      INTO dropped, et_min, et_max, updated;
 
+    -- the watermark the batch leaves, first: append mode writes the windows
+    -- it closes straight to the target instead of through the state
+    EXECUTE format('SELECT min(%1$s), max(%1$s) FROM %2$s', et, input) INTO et_min, et_max;
     new_w := CASE WHEN p.watermark_delay IS NULL THEN w
                   ELSE greatest(w, et_max - p.watermark_delay) END;
 
-    IF mode = 'append' AND new_w IS NOT NULL THEN
-        EXECUTE format('WITH gone AS (DELETE FROM %s WHERE window_end <= %L::timestamptz RETURNING *)'
-                       ' INSERT INTO %s (window_start, window_end, %s %s) SELECT window_start, window_end, %s %s FROM gone',
-                       p.state_table, new_w, (sk->>'relid')::oid::regclass, gsel, a.names, gsel, a.finals);
-        GET DIAGNOSTICS written = ROW_COUNT;
+    -- (row, window) pairs: one window per row when tumbling
+    pairs := format('pairs AS MATERIALIZED (SELECT b.*, b.ctid AS sluice_ctid, w.ws AS sluice_ws FROM %s AS b, %s)',
+                    input,
+                    CASE WHEN sk->>'slide_s' = sk->>'size_s'
+                         THEN format('LATERAL (SELECT to_timestamp(floor(extract(epoch FROM %s) / %s) * %2$s) AS ws) AS w',
+                                     et, sk->>'size_s')
+                         ELSE format('LATERAL (SELECT (SELECT NULL::timestamptz WHERE %1$s IS NULL) AS ws'
+                                     ' UNION ALL SELECT to_timestamp((floor(extract(epoch FROM %1$s) / %2$s) - k) * %2$s)'
+                                     ' FROM generate_series(0, ceil(%3$s / %2$s)::int - 1) AS k'
+                                     ' WHERE to_timestamp((floor(extract(epoch FROM %1$s) / %2$s) - k) * %2$s) + %4$L::interval > %1$s) AS w'
+                                     ' WHERE w.ws IS NOT NULL OR %1$s IS NULL',
+                                     et, sk->>'slide_s', sk->>'size_s', size_iv) END);
+    agg := format('agg (window_start, window_end, %1$s %2$s) AS (SELECT sluice_ws, sluice_ws + %3$L::interval, %1$s %4$s'
+                  ' FROM pairs WHERE NOT %5$s GROUP BY sluice_ws %6$s)',
+                  gsel, a.part_names, size_iv, a.partials, late, coalesce(', ' || groups, ''));
+    lr := CASE WHEN sk->>'late_relid' IS NULL THEN ''
+               ELSE format(', lr AS (INSERT INTO %s (batch_id, watermark %s)'
+                           ' SELECT DISTINCT ON (sluice_ctid) %s, %L::timestamptz %s FROM pairs WHERE %s RETURNING 1)',
+                           (sk->>'late_relid')::oid::regclass, coalesce(late_cols, ''), batch_no, w,
+                           coalesce(late_cols, ''), late) END;
+    closes := format('window_end <= %L::timestamptz', new_w);
+
+    IF mode = 'append' THEN
+        -- windows closing now: this batch's, merged with their state; the rest
+        -- go to the state
+        EXECUTE format(
+            'WITH %1$s, %2$s,'
+            ' old AS (DELETE FROM %3$s WHERE %4$s RETURNING window_start, window_end, %5$s %6$s),'
+            ' closing (window_start, window_end, %5$s %6$s) AS (SELECT window_start, window_end, %5$s %7$s FROM'
+            '   (SELECT * FROM agg WHERE %4$s UNION ALL SELECT * FROM old) AS u GROUP BY window_start, window_end %8$s),'
+            ' emit AS (INSERT INTO %9$s (window_start, window_end, %5$s %10$s)'
+            '   SELECT window_start, window_end, %5$s %11$s FROM closing RETURNING 1),'
+            ' up AS (INSERT INTO %3$s AS s (window_start, window_end, %5$s %6$s, sluice_batch)'
+            '   SELECT window_start, window_end, %5$s %6$s, %12$s FROM agg WHERE NOT coalesce(%4$s, false)'
+            '   ON CONFLICT (window_start, window_end %8$s) DO UPDATE SET %13$s, sluice_batch = excluded.sluice_batch'
+            '   RETURNING 1)'
+            ' %14$s'
+            ' SELECT (SELECT count(*) FROM pairs WHERE %15$s), (SELECT count(*) FROM agg), (SELECT count(*) FROM emit)',
+            pairs, agg, p.state_table, closes, gsel, a.part_names, a.combines, coalesce(', ' || groups, ''),
+            (sk->>'relid')::oid::regclass, a.names, a.finals, batch_no, a.merges, lr, late)
+          INTO dropped, updated, written;
         removed := written;
-    ELSIF mode = 'update' THEN
+    ELSE
+        EXECUTE format(
+            'WITH %1$s, %2$s,'
+            ' up AS (INSERT INTO %3$s AS s (window_start, window_end, %4$s %5$s, sluice_batch)'
+            '   SELECT window_start, window_end, %4$s %5$s, %6$s FROM agg'
+            '   ON CONFLICT (window_start, window_end %7$s) DO UPDATE SET %8$s, sluice_batch = excluded.sluice_batch'
+            '   RETURNING 1)'
+            ' %9$s'
+            ' SELECT (SELECT count(*) FROM pairs WHERE %10$s), (SELECT count(*) FROM up)',
+            pairs, agg, p.state_table, gsel, a.part_names, batch_no, coalesce(', ' || groups, ''), a.merges,
+            lr, late)
+          INTO dropped, updated;
+    END IF;
+
+    IF mode = 'update' THEN
         EXECUTE format('MERGE INTO %1$s AS t USING (SELECT window_start, window_end, %2$s %3$s FROM %4$s WHERE sluice_batch = %5$s)'
                        ' AS s(window_start, window_end, %2$s %6$s)'
                        ' ON t.window_start = s.window_start AND t.window_end = s.window_end %7$s'
