@@ -22,6 +22,9 @@ our @EXPORT = qw(
   create_csv_pipeline pipeline_id set_crash_at
   log_size log_count wait_for_log_count wait_for_server
   wait_until poll_value start_session progress_summary
+  gen_window_feed window_model create_window_pipeline
+  window_db_target window_db_late window_db_progress window_db_state
+  rows_match us_ts
 );
 
 # Cluster.pm's init() runs pg_regress --config-auth; plain prove does not set it.
@@ -285,6 +288,402 @@ sub start_session
 {
 	my ($node) = @_;
 	return SluiceTest::Session->new($node);
+}
+
+# ---------------------------------------------------------------------------
+# Event-time windows (issue 4): a feed generator, a reference model of the
+# window sink's semantics, and readers of what the database holds, all as
+# sorted lists of '|'-separated text lines so they compare row for row.
+# Times are integer microseconds since the Unix epoch (UTC) throughout.
+
+use POSIX ();
+use Time::Local qw(timegm);
+
+our $WIN_T0 = 1_704_067_200;    # 2024-01-01 00:00:00 UTC, aligned to every window size used
+our $WIN_COLUMNS = 'id bigint, customer_id int, amount numeric(12,2), ts timestamptz';
+our $WIN_AGGS = '{count(*) AS n, count(amount) AS n_amount, sum(amount) AS total,'
+  . ' min(amount) AS lo, max(amount) AS hi, avg(amount) AS av}';
+
+# SQL for a timestamptz as integer microseconds since the epoch
+sub us_ts
+{
+	my ($expr) = @_;
+	return "(extract(epoch FROM $expr) * 1000000)::bigint";
+}
+
+sub _fmt_ts
+{
+	my ($us) = @_;
+	return '' unless defined $us;
+	my $frac = $us % 1_000_000;
+	my @t = gmtime(($us - $frac) / 1_000_000);
+	return sprintf('%04d-%02d-%02d %02d:%02d:%02d%s+00', $t[5] + 1900, $t[4] + 1, $t[3],
+		$t[2], $t[1], $t[0], $frac ? sprintf('.%06d', $frac) : '');
+}
+
+sub _parse_ts
+{
+	my ($s) = @_;
+	return undef if $s eq '';
+	$s =~ /^(\d{4})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?\+00$/
+	  or die "bad timestamp '$s'";
+	my $frac = defined $7 ? substr($7 . '000000', 0, 6) : 0;
+	return timegm($6, $5, $4, $3, $2 - 1, $1) * 1_000_000 + $frac;
+}
+
+sub _fmt_cents
+{
+	my ($c) = @_;
+	return '' unless defined $c;
+	my $a = abs $c;
+	return sprintf('%s%d.%02d', $c < 0 ? '-' : '', int($a / 100), $a % 100);
+}
+
+sub _parse_cents
+{
+	my ($s) = @_;
+	return undef if $s eq '';
+	$s =~ /^(-?)(\d+)\.(\d\d)$/ or die "bad amount '$s'";
+	return ($1 ? -1 : 1) * ($2 * 100 + $3);
+}
+
+# avg = sum / count rounded half away from zero to 6 decimals, as
+# PostgreSQL's round(numeric, 6) prints it
+sub _fmt_avg
+{
+	my ($cents, $n) = @_;
+	return '' if !defined $cents || !$n;
+	use integer;
+	my $a = abs $cents;
+	my $q = (2 * $a * 10_000 + $n) / (2 * $n);    # units of 1e-6
+	return sprintf('%s%d.%06d', ($cents < 0 && $q) ? '-' : '', $q / 1_000_000, $q % 1_000_000);
+}
+
+# Deterministic bank-like feed: $o{files} CSV files (id, customer_id 1..5
+# or NULL (2%), amount numeric(12,2) with a few NULLs, ts with a few NULLs), file k about
+# event time T0 + k * 6 min, with out-of-order rows (5-14 min behind), very
+# late rows (30-120 min behind), rows exactly at / just before the watermark
+# the batch will use (max event time of the earlier files - delay), aligned
+# maxima in odd files (so the watermark lands on window boundaries), and
+# file 4 (of feeds of 6 files or more) holding only very late and NULL-time
+# rows (the watermark must not move back).  File names are in random order,
+# mtimes one minute apart in file order: the source reads file k in batch k.
+# Returns the paths in mtime order.
+sub gen_window_feed
+{
+	my ($dir, %o) = @_;
+	my $nfiles = $o{files} // 12;
+	my $rows = $o{rows} // 100;
+	my $id = $o{first_id} // 1;
+	my $delay = ($o{delay_s} // 600) * 1_000_000;
+	my $base = $o{mtime_base} // (time() - 86400);
+	srand($o{seed} // 7);
+	make_path($dir);
+	my ($max, @paths);
+	for my $k (1 .. $nfiles)
+	{
+		my $S = ($WIN_T0 + $k * 360) * 1_000_000;
+		my $stale = $k == 4 && $nfiles >= 6;
+		my @ts;
+		for (1 .. $rows)
+		{
+			my $r = rand();
+			my $t;
+			if ($r < 0.04) { $t = undef }
+			elsif ($stale || $r < 0.12) { $t = $S - (1800 + int(rand(5400))) * 1_000_000 }
+			elsif ($r < 0.30) { $t = $S - (300 + int(rand(540))) * 1_000_000 }
+			else
+			{
+				$t = $S + (int(rand(300)) - 150) * 1_000_000;
+				$t += (250_000, 500_000, 999_999)[ int(rand(3)) ] if rand() < 0.25;
+			}
+			$t = undef if $stale && rand() < 0.1;
+			push @ts, $t;
+		}
+		if (defined $max && !$stale)
+		{
+			my $w = $max - $delay;
+			push @ts, $w, $w, $w - 1, $w - 1_000_000;
+		}
+		if ($k % 2 && !$stale)
+		{
+			my $a = (POSIX::floor(($S / 1_000_000 + 151) / 600) + 1) * 600;
+			push @ts, $a * 1_000_000;
+		}
+		for my $t (@ts)
+		{
+			$max = $t if defined $t && (!defined $max || $t > $max);
+		}
+		# shuffle (Fisher-Yates, deterministic)
+		for (my $i = $#ts; $i > 0; $i--)
+		{
+			my $j = int(rand($i + 1));
+			@ts[ $i, $j ] = @ts[ $j, $i ];
+		}
+		my $buf = "id,customer_id,amount,ts\n";
+		for my $t (@ts)
+		{
+			my $cents = rand() < 0.02 ? undef : int(rand(550_000)) - 50_000;
+			my $cust = rand() < 0.02 ? '' : 1 + int(rand(5));
+			$buf .= sprintf("%d,%s,%s,%s\n", $id++, $cust, _fmt_cents($cents), _fmt_ts($t));
+		}
+		my $tag = join('', map { ('a' .. 'z')[ int(rand(26)) ] } 1 .. 4);
+		my $path = sprintf('%s/feed-%s-%02d.csv', $dir, $tag, $k);
+		my $tmp = "$path.tmp";
+		open my $fh, '>', $tmp or die "could not write $tmp: $!";
+		print $fh $buf;
+		close $fh or die "could not close $tmp: $!";
+		my $mtime = $base + 60 * $k;
+		utime($mtime, $mtime, $tmp) or die "utime $tmp: $!";
+		rename($tmp, $path) or die "rename $tmp: $!";
+		push @paths, $path;
+	}
+	return @paths;
+}
+
+# CSV rows of a file: [id, customer_id, cents|undef, ts_us|undef]
+sub _read_feed
+{
+	my ($path) = @_;
+	open my $fh, '<', $path or die "could not read $path: $!";
+	my $header = <$fh>;
+	my @rows;
+	while (my $line = <$fh>)
+	{
+		chomp $line;
+		my ($id, $c, $amount, $ts) = split /,/, $line, -1;
+		push @rows, [ $id, $c, _parse_cents($amount), _parse_ts($ts) ];
+	}
+	close $fh;
+	return @rows;
+}
+
+sub _win_final
+{
+	my ($key, $s) = @_;
+	return join('|', $key, $s->{n}, $s->{n_amt}, _fmt_cents($s->{sum}), _fmt_cents($s->{lo}),
+		_fmt_cents($s->{hi}), _fmt_avg($s->{sum}, $s->{n_amt}));
+}
+
+# The reference model of sluice's window sink (CONTEXT.md, issue 4), on the
+# window sink created by create_window_pipeline: group by customer_id,
+# aggregates $WIN_AGGS.  One batch per file, in the order given.
+#   size_s, slide_s (undef: tumbling), delay_s (undef: no watermark), mode.
+# Returns {target => [lines], late => [lines], batches => [lines],
+# state => [lines], W => final watermark (us or undef)}; line formats as
+# window_db_target / window_db_late / window_db_progress / window_db_state.
+sub window_model
+{
+	my ($paths, %o) = @_;
+	my $size = $o{size_s} * 1_000_000;
+	my $slide = ($o{slide_s} // $o{size_s}) * 1_000_000;
+	my $delay = defined $o{delay_s} ? $o{delay_s} * 1_000_000 : undef;
+	my $mode = $o{mode};
+	my $nwin = POSIX::ceil($size / $slide);
+	my (%state, %target, @late, @batches);
+	my $W;
+	my $b = 0;
+	for my $path (@$paths)
+	{
+		$b++;
+		my @rows = _read_feed($path);
+		my ($dropped, $etmin, $etmax) = (0, undef, undef);
+		my %part;
+		for my $r (@rows)
+		{
+			my ($id, $cust, $cents, $ts) = @$r;
+			my $is_late = 0;
+			if (!defined $ts)
+			{
+				$dropped++;
+				$is_late = 1;
+			}
+			else
+			{
+				$etmin = $ts if !defined $etmin || $ts < $etmin;
+				$etmax = $ts if !defined $etmax || $ts > $etmax;
+				my $first;
+				{
+					use integer;
+					$first = $ts / $slide;
+				}
+				for my $k (0 .. $nwin - 1)
+				{
+					my $ws = ($first - $k) * $slide;
+					next unless $ws + $size > $ts;
+					if ($mode ne 'complete' && defined $W && $ws + $size <= $W)
+					{
+						$dropped++;
+						$is_late = 1;
+						next;
+					}
+					my $p = $part{"$ws|" . ($ws + $size) . "|$cust"} //= { n => 0, n_amt => 0 };
+					$p->{n}++;
+					next unless defined $cents;
+					$p->{n_amt}++;
+					$p->{sum} += $cents;
+					$p->{lo} = $cents if !defined $p->{lo} || $cents < $p->{lo};
+					$p->{hi} = $cents if !defined $p->{hi} || $cents > $p->{hi};
+				}
+			}
+			push @late, join('|', $b, $W // '', $id, $cust, _fmt_cents($cents), $ts // '') if $is_late;
+		}
+		# merge the batch's partial aggregates into the state
+		for my $key (keys %part)
+		{
+			my ($p, $s) = ($part{$key}, $state{$key});
+			if (!$s)
+			{
+				$state{$key} = { %$p };
+				next;
+			}
+			$s->{n} += $p->{n};
+			$s->{n_amt} += $p->{n_amt};
+			$s->{sum} += $p->{sum} if defined $p->{sum};
+			$s->{lo} = $p->{lo} if defined $p->{lo} && (!defined $s->{lo} || $p->{lo} < $s->{lo});
+			$s->{hi} = $p->{hi} if defined $p->{hi} && (!defined $s->{hi} || $p->{hi} > $s->{hi});
+		}
+		my $newW = $W;
+		if (defined $delay && defined $etmax)
+		{
+			$newW = $etmax - $delay if !defined $newW || $etmax - $delay > $newW;
+		}
+		my ($removed, $sink_rows) = (0, 0);
+		my $closed = sub { my ($we) = (split /\|/, $_[0])[1]; defined $newW && $we <= $newW };
+		if ($mode eq 'append')
+		{
+			for my $key (grep { $closed->($_) } keys %state)
+			{
+				die "model: window $key emitted twice" if exists $target{$key};
+				$target{$key} = _win_final($key, delete $state{$key});
+				$removed++;
+			}
+			$sink_rows = $removed;
+		}
+		elsif ($mode eq 'update')
+		{
+			$target{$_} = _win_final($_, $state{$_}) for keys %part;
+			$sink_rows = keys %part;
+			for my $key (grep { $closed->($_) } keys %state)
+			{
+				delete $state{$key};
+				$removed++;
+			}
+		}
+		else
+		{
+			%target = map { $_ => _win_final($_, $state{$_}) } keys %state;
+			$sink_rows = keys %state;
+		}
+		push @batches, join('|', $b, scalar(@rows), $dropped, $W // '', $newW // '', $etmin // '',
+			$etmax // '', scalar(keys %state), scalar(keys %part), $removed, $sink_rows);
+		$W = $newW;
+	}
+	return {
+		target => [ sort values %target ],
+		late => [ sort @late ],
+		batches => \@batches,
+		state => [ sort keys %state ],
+		W => $W,
+	};
+}
+
+# Target <name>_out, late rows <name>_late, pipeline <name> reading $dir
+# one file per batch, event time ts, group by customer_id, $WIN_AGGS.
+sub create_window_pipeline
+{
+	my ($node, $name, $dir, %o) = @_;
+	my $slide = defined $o{slide_s} ? "'$o{slide_s} seconds'" : 'NULL';
+	my $delay = defined $o{delay_s} ? "'$o{delay_s} seconds'" : 'NULL';
+	my $trigger = $o{trigger} // '1 second';
+	$node->safe_psql(
+		'postgres', qq{
+CREATE TABLE ${name}_out (window_start timestamptz, window_end timestamptz, customer_id int,
+  n bigint, n_amount bigint, total numeric, lo numeric(12,2), hi numeric(12,2), av numeric);
+CREATE TABLE ${name}_late (batch_id bigint, watermark timestamptz, id bigint, customer_id int,
+  amount numeric(12,2), ts timestamptz);
+SELECT sluice.create_pipeline('$name',
+  sluice.csv_source('$dir', '$WIN_COLUMNS', max_files_per_trigger => 1),
+  sluice.window_sink('${name}_out', '$o{size_s} seconds', $slide, '{customer_id}', '$WIN_AGGS',
+                     '$o{mode}', '${name}_late'),
+  '$trigger', event_time => 'ts', watermark_delay => $delay);
+});
+	return;
+}
+
+sub _lines
+{
+	my ($node, $sql) = @_;
+	my $out = $node->safe_psql('postgres', $sql);
+	return [ sort grep { $_ ne '' } split /\n/, $out ];
+}
+
+sub window_db_target
+{
+	my ($node, $table) = @_;
+	return _lines($node,
+		"SELECT concat_ws('|', " . us_ts('window_start') . ', ' . us_ts('window_end')
+		  . ", coalesce(customer_id::text, ''), n, n_amount, coalesce(total::text, ''), coalesce(lo::text, ''),"
+		  . " coalesce(hi::text, ''), coalesce(round(av, 6)::text, '')) FROM $table");
+}
+
+sub window_db_late
+{
+	my ($node, $table) = @_;
+	return _lines($node,
+		"SELECT concat_ws('|', batch_id, coalesce(" . us_ts('watermark') . "::text, ''), id, coalesce(customer_id::text, ''),"
+		  . " coalesce(amount::text, ''), coalesce(" . us_ts('ts') . "::text, '')) FROM $table");
+}
+
+sub window_db_state
+{
+	my ($node, $table) = @_;
+	return _lines($node,
+		"SELECT concat_ws('|', " . us_ts('window_start') . ', ' . us_ts('window_end') . ", coalesce(customer_id::text, '')) FROM $table");
+}
+
+# one line per batch, oldest first: batch|input_rows|dropped|watermark|
+# next_watermark|event_time_min|event_time_max|state_rows_total|
+# state_rows_updated|state_rows_removed|sink_rows
+sub window_db_progress
+{
+	my ($node, $name) = @_;
+	my $out = $node->safe_psql('postgres',
+		"SELECT concat_ws('|', batch_id, input_rows, num_rows_dropped_by_watermark, "
+		  . join(', ', map { 'coalesce(' . us_ts($_) . "::text, '')" }
+			  qw(watermark next_watermark event_time_min event_time_max))
+		  . ", state_rows_total, state_rows_updated, state_rows_removed, sink_rows)"
+		  . " FROM sluice.progress('$name', 100000) ORDER BY batch_id");
+	return [ grep { $_ ne '' } split /\n/, $out ];
+}
+
+# is_deeply for two lists of lines, with a readable diagnostic
+sub rows_match
+{
+	my ($got, $want, $msg) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+	my $ok = ok(join("\n", @$got) eq join("\n", @$want), $msg);
+	if (!$ok)
+	{
+		my (%g, %w);
+		$g{$_}++ for @$got;
+		$w{$_}++ for @$want;
+		my @missing = grep { ($w{$_} // 0) > ($g{$_} // 0) } sort keys %w;
+		my @extra = grep { ($g{$_} // 0) > ($w{$_} // 0) } sort keys %g;
+		diag(sprintf('got %d rows, expected %d', scalar(@$got), scalar(@$want)));
+		diag("expected, not got: $_") for grep { defined } @missing[ 0 .. 14 ];
+		diag("got, not expected: $_") for grep { defined } @extra[ 0 .. 14 ];
+		if (!@missing && !@extra)
+		{
+			for my $i (0 .. $#$want)
+			{
+				next if ($got->[$i] // '') eq $want->[$i];
+				diag("first difference at line $i: got '" . ($got->[$i] // '') . "' expected '$want->[$i]'");
+				last;
+			}
+		}
+	}
+	return $ok;
 }
 
 package SluiceTest::Session;
