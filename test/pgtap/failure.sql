@@ -1,27 +1,10 @@
 -- A running pipeline that hits a bad file, is fixed and retried; a file that
 -- changes after it was processed.
 -- Run with pg_prove against a server with shared_preload_libraries = 'sluice',
--- sluice.database = <this database>, sluice.restart_delay = 1; as a superuser.
+-- sluice.database = <this database>, sluice.restart_delay = 1; as a superuser, after test/pgtap_helpers.sql.
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS sluice;
 RESET client_min_messages;
-
--- true once a boolean query is true, false after ~30 s
-CREATE FUNCTION pg_temp.wait_until(cond text) RETURNS boolean LANGUAGE plpgsql AS $$
-DECLARE
-    ok boolean;
-BEGIN
-    FOR i IN 1 .. 300 LOOP
-        PERFORM pg_stat_clear_snapshot();
-        EXECUTE 'SELECT (' || cond || ')' INTO ok;
-        IF ok THEN
-            RETURN true;
-        END IF;
-        PERFORM pg_sleep(0.1);
-    END LOOP;
-    RETURN false;
-END
-$$;
 
 COPY (SELECT 1 WHERE false) TO PROGRAM 'rm -rf /tmp/sluice_pgtap/failure && mkdir -p /tmp/sluice_pgtap/failure';
 CREATE TABLE pgtap_failure_target (id int PRIMARY KEY, v text);
@@ -36,14 +19,14 @@ SELECT lives_ok($$SELECT sluice.start('pgtap_failure')$$, 'start()');
 
 -- batch 1: a good file
 COPY (SELECT g, 'good' FROM generate_series(1, 3) g) TO '/tmp/sluice_pgtap/failure/good.csv' WITH (FORMAT csv, HEADER);
-SELECT ok(pg_temp.wait_until($$(SELECT count(*) = 3 FROM pgtap_failure_target)$$), 'a good file is ingested');
+SELECT ok(test_util.wait_until($$(SELECT count(*) = 3 FROM pgtap_failure_target)$$), 'a good file is ingested');
 
 -- batch 2: a malformed line on line 3 of the file
 COPY (SELECT * FROM (VALUES ('4', 'bad'), ('five', 'bad'), ('6', 'bad')) AS t(id, v))
   TO '/tmp/sluice_pgtap/failure/bad.csv' WITH (FORMAT csv, HEADER);
-SELECT ok(pg_temp.wait_until($$(SELECT state = 'failed' FROM sluice.pipelines WHERE name = 'pgtap_failure')$$),
+SELECT ok(test_util.wait_until($$(SELECT state = 'failed' FROM sluice.pipelines WHERE name = 'pgtap_failure')$$),
           'a bad file makes the pipeline fail');
-SELECT ok(pg_temp.wait_until($$(SELECT worker_pid IS NULL FROM sluice.pipelines WHERE name = 'pgtap_failure')
+SELECT ok(test_util.wait_until($$(SELECT worker_pid IS NULL FROM sluice.pipelines WHERE name = 'pgtap_failure')
                                AND NOT EXISTS (SELECT 1 FROM pg_stat_activity
                                                 WHERE backend_type = 'sluice worker' AND application_name = 'pgtap_failure')$$),
           'the worker of a failed pipeline exits');
@@ -67,7 +50,7 @@ SELECT ok(NOT EXISTS (SELECT 1 FROM pg_stat_activity
 COPY (SELECT * FROM (VALUES ('4', 'fixed'), ('5', 'fixed'), ('6', 'fixed')) AS t(id, v))
   TO '/tmp/sluice_pgtap/failure/bad.csv' WITH (FORMAT csv, HEADER);
 SELECT lives_ok($$SELECT sluice.start('pgtap_failure')$$, 'start() a failed pipeline');
-SELECT ok(pg_temp.wait_until($$(SELECT count(*) = 6 FROM pgtap_failure_target)$$), 'the fixed file is ingested');
+SELECT ok(test_util.wait_until($$(SELECT count(*) = 6 FROM pgtap_failure_target)$$), 'the fixed file is ingested');
 SELECT results_eq($$SELECT batch_id, status, attempts, input_rows FROM sluice.progress('pgtap_failure')$$,
                   $$VALUES (2::bigint, 'committed', 2, 3::bigint), (1::bigint, 'committed', 1, 3::bigint)$$,
                   'as the same batch id, on its second attempt');
@@ -78,7 +61,7 @@ SELECT is((SELECT state FROM sluice.pipelines WHERE name = 'pgtap_failure'), 'ru
 
 -- a processed file that changes is reported, and not read again
 COPY (SELECT g, 'changed' FROM generate_series(100, 110) g) TO '/tmp/sluice_pgtap/failure/good.csv' WITH (FORMAT csv, HEADER);
-SELECT ok(pg_temp.wait_until($$EXISTS (SELECT 1 FROM sluice.errors WHERE pipeline = 'pgtap_failure' AND sqlstate = '01000')$$),
+SELECT ok(test_util.wait_until($$EXISTS (SELECT 1 FROM sluice.errors WHERE pipeline = 'pgtap_failure' AND sqlstate = '01000')$$),
           'a file changed after it was processed is reported');
 SELECT results_eq($$SELECT batch_id, message FROM sluice.errors WHERE pipeline = 'pgtap_failure' AND sqlstate = '01000'$$,
                   $$VALUES (1::bigint, 'file "/tmp/sluice_pgtap/failure/good.csv" changed after it was processed')$$,

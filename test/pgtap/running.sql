@@ -1,26 +1,9 @@
 -- A started pipeline: its worker, the order and size of its batches, stop and start.
 -- Run with pg_prove against a server with shared_preload_libraries = 'sluice',
--- sluice.database = <this database>, sluice.restart_delay = 1; as a superuser.
+-- sluice.database = <this database>, sluice.restart_delay = 1; as a superuser, after test/pgtap_helpers.sql.
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS sluice;
 RESET client_min_messages;
-
--- true once a boolean query is true, false after ~30 s
-CREATE FUNCTION pg_temp.wait_until(cond text) RETURNS boolean LANGUAGE plpgsql AS $$
-DECLARE
-    ok boolean;
-BEGIN
-    FOR i IN 1 .. 300 LOOP
-        PERFORM pg_stat_clear_snapshot();
-        EXECUTE 'SELECT (' || cond || ')' INTO ok;
-        IF ok THEN
-            RETURN true;
-        END IF;
-        PERFORM pg_sleep(0.1);
-    END LOOP;
-    RETURN false;
-END
-$$;
 
 COPY (SELECT 1 WHERE false) TO PROGRAM 'rm -rf /tmp/sluice_pgtap/running && mkdir -p /tmp/sluice_pgtap/running/in /tmp/sluice_pgtap/running/stage';
 CREATE TABLE pgtap_running_target (id int, f text);
@@ -35,7 +18,7 @@ SELECT lives_ok($$SELECT sluice.create_pipeline('pgtap_running',
                       sluice.append_sink('pgtap_running_target'), '200 milliseconds')$$,
                 'create_pipeline with max_files_per_trigger 2');
 SELECT lives_ok($$SELECT sluice.start('pgtap_running')$$, 'start()');
-SELECT ok(pg_temp.wait_until($$(SELECT worker_pid IS NOT NULL FROM sluice.pipelines WHERE name = 'pgtap_running')$$),
+SELECT ok(test_util.wait_until($$(SELECT worker_pid IS NOT NULL FROM sluice.pipelines WHERE name = 'pgtap_running')$$),
           'the launcher starts a worker');
 SELECT is((SELECT backend_type FROM pg_stat_activity
             WHERE pid = (SELECT worker_pid FROM sluice.pipelines WHERE name = 'pgtap_running')),
@@ -43,7 +26,7 @@ SELECT is((SELECT backend_type FROM pg_stat_activity
 SELECT is((SELECT application_name FROM pg_stat_activity
             WHERE pid = (SELECT worker_pid FROM sluice.pipelines WHERE name = 'pgtap_running')),
           'pgtap_running', 'the worker''s application_name is the pipeline name');
-SELECT ok(pg_temp.wait_until($$(SELECT wait_event_type = 'Extension' FROM pg_stat_activity
+SELECT ok(test_util.wait_until($$(SELECT wait_event_type = 'Extension' FROM pg_stat_activity
                                  WHERE pid = (SELECT worker_pid FROM sluice.pipelines WHERE name = 'pgtap_running'))$$),
           'an idle worker sleeps on its latch (wait_event_type Extension)');
 
@@ -57,9 +40,9 @@ COPY (SELECT g, 'e' FROM generate_series(11, 15) g) TO '/tmp/sluice_pgtap/runnin
 COPY (SELECT 1 WHERE false) TO PROGRAM 'cd /tmp/sluice_pgtap/running/stage && touch -d @1704067201 e.csv && touch -d @1704067202 c.csv && touch -d @1704067203 a.csv && touch -d @1704067204 d.csv && touch -d @1704067205 b.csv';
 COPY (SELECT 1 WHERE false) TO PROGRAM 'mv -T /tmp/sluice_pgtap/running/stage /tmp/sluice_pgtap/running/in';
 
-SELECT ok(pg_temp.wait_until($$(SELECT count(*) = 15 FROM pgtap_running_target)$$),
+SELECT ok(test_util.wait_until($$(SELECT count(*) = 15 FROM pgtap_running_target)$$),
           'the worker ingests files that appear after start');
-SELECT ok(pg_temp.wait_until($$(SELECT batches = 3 AND files_pending = 0 FROM sluice.pipelines WHERE name = 'pgtap_running')$$),
+SELECT ok(test_util.wait_until($$(SELECT batches = 3 AND files_pending = 0 FROM sluice.pipelines WHERE name = 'pgtap_running')$$),
           'in three batches');
 SELECT is(ARRAY(SELECT files FROM sluice.progress('pgtap_running') ORDER BY batch_id), ARRAY[2, 2, 1],
           'at most max_files_per_trigger files per batch');
@@ -75,7 +58,7 @@ SELECT is((SELECT state FROM sluice.pipelines WHERE name = 'pgtap_running'), 'ru
 
 -- stop: the worker exits; a file added meanwhile waits for the next start
 SELECT lives_ok($$SELECT sluice.stop('pgtap_running')$$, 'stop()');
-SELECT ok(pg_temp.wait_until($$(SELECT worker_pid IS NULL FROM sluice.pipelines WHERE name = 'pgtap_running')
+SELECT ok(test_util.wait_until($$(SELECT worker_pid IS NULL FROM sluice.pipelines WHERE name = 'pgtap_running')
                                AND NOT EXISTS (SELECT 1 FROM pg_stat_activity
                                                 WHERE backend_type = 'sluice worker' AND application_name = 'pgtap_running')$$),
           'stop() makes the worker exit');
@@ -85,12 +68,12 @@ SELECT is((SELECT count(*) FROM pgtap_running_target), 15::bigint, 'a stopped pi
 SELECT is((SELECT files_pending FROM sluice.pipelines WHERE name = 'pgtap_running'), 1::bigint,
           'the new file is pending');
 SELECT lives_ok($$SELECT sluice.start('pgtap_running')$$, 'start() again');
-SELECT ok(pg_temp.wait_until($$(SELECT count(*) = 18 FROM pgtap_running_target)$$),
+SELECT ok(test_util.wait_until($$(SELECT count(*) = 18 FROM pgtap_running_target)$$),
           'files added while stopped are ingested after start');
 SELECT is((SELECT batch_id FROM sluice.progress('pgtap_running', 1)), 4::bigint, 'as batch 4');
 
 SELECT lives_ok($$SELECT sluice.drop_pipeline('pgtap_running')$$, 'drop_pipeline()');
-SELECT ok(pg_temp.wait_until($$NOT EXISTS (SELECT 1 FROM pg_stat_activity
+SELECT ok(test_util.wait_until($$NOT EXISTS (SELECT 1 FROM pg_stat_activity
                                             WHERE backend_type = 'sluice worker' AND application_name = 'pgtap_running')$$),
           'dropping a running pipeline ends its worker');
 

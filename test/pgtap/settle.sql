@@ -2,27 +2,10 @@
 -- settle time, and takes it once it has aged; a file that changes while it
 -- is read is read again later (SQLSTATE 55006, transient), not failed.
 -- Run with pg_prove against a server with shared_preload_libraries = 'sluice',
--- sluice.database = <this database>, sluice.restart_delay = 1; as a superuser.
+-- sluice.database = <this database>, sluice.restart_delay = 1; as a superuser, after test/pgtap_helpers.sql.
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS sluice;
 RESET client_min_messages;
-
--- true once a boolean query is true, false after ~30 s
-CREATE FUNCTION pg_temp.wait_until(cond text) RETURNS boolean LANGUAGE plpgsql AS $$
-DECLARE
-    ok boolean;
-BEGIN
-    FOR i IN 1 .. 300 LOOP
-        PERFORM pg_stat_clear_snapshot();
-        EXECUTE 'SELECT (' || cond || ')' INTO ok;
-        IF ok THEN
-            RETURN true;
-        END IF;
-        PERFORM pg_sleep(0.1);
-    END LOOP;
-    RETURN false;
-END
-$$;
 
 COPY (SELECT 1 WHERE false) TO PROGRAM 'rm -rf /tmp/sluice_pgtap/settle && mkdir -p /tmp/sluice_pgtap/settle/young /tmp/sluice_pgtap/settle/growing';
 CREATE TABLE pgtap_settle_target (id int, f text);
@@ -38,13 +21,13 @@ SELECT lives_ok($$SELECT sluice.create_pipeline('pgtap_settle',
                       sluice.append_sink('pgtap_settle_target'), '100 milliseconds')$$,
                 'create_pipeline with settle_time 4 seconds');
 SELECT lives_ok($$SELECT sluice.start('pgtap_settle')$$, 'start()');
-SELECT ok(pg_temp.wait_until($$(SELECT worker_pid IS NOT NULL FROM sluice.pipelines WHERE name = 'pgtap_settle')$$),
+SELECT ok(test_util.wait_until($$(SELECT worker_pid IS NOT NULL FROM sluice.pipelines WHERE name = 'pgtap_settle')$$),
           'the worker runs');
 
 -- an old file is taken at once
 COPY (SELECT g, 'old' FROM generate_series(1, 3) g) TO '/tmp/sluice_pgtap/settle/young/old.csv.tmp' WITH (FORMAT csv, HEADER);
 COPY (SELECT 1 WHERE false) TO PROGRAM 'cd /tmp/sluice_pgtap/settle/young && touch -d @1704067201 old.csv.tmp && mv old.csv.tmp old.csv';
-SELECT ok(pg_temp.wait_until($$(SELECT count(*) = 3 FROM pgtap_settle_target)$$),
+SELECT ok(test_util.wait_until($$(SELECT count(*) = 3 FROM pgtap_settle_target)$$),
           'a file older than settle_time is taken');
 
 -- a new one is not, for a while
@@ -59,7 +42,7 @@ SELECT is((SELECT count(*) FROM sluice.file f JOIN sluice.pipeline p ON p.id = f
           'no batch has claimed it');
 
 -- ... until it has aged
-SELECT ok(pg_temp.wait_until($$(SELECT count(*) = 8 FROM pgtap_settle_target)$$),
+SELECT ok(test_util.wait_until($$(SELECT count(*) = 8 FROM pgtap_settle_target)$$),
           'it is taken once it is older than settle_time');
 SELECT cmp_ok((SELECT b.planned_at FROM sluice.progress('pgtap_settle') b
                 WHERE b.end_offset->'files' @> '[{"path": "/tmp/sluice_pgtap/settle/young/new.csv"}]'),
@@ -79,7 +62,7 @@ SELECT lives_ok($$SELECT sluice.create_pipeline('pgtap_growing',
                       sluice.append_sink('pgtap_growing_target'), '100 milliseconds')$$,
                 'create_pipeline without settle_time');
 SELECT lives_ok($$SELECT sluice.start('pgtap_growing')$$, 'start()');
-SELECT ok(pg_temp.wait_until($$(SELECT worker_pid IS NOT NULL FROM sluice.pipelines WHERE name = 'pgtap_growing')$$),
+SELECT ok(test_util.wait_until($$(SELECT worker_pid IS NOT NULL FROM sluice.pipelines WHERE name = 'pgtap_growing')$$),
           'the worker runs');
 -- a writer appends whole lines, one write() of 32 bytes each (so no write
 -- straddles a 4 kB page and a reader never sees half a line), for 3 seconds:
@@ -87,9 +70,9 @@ SELECT ok(pg_temp.wait_until($$(SELECT worker_pid IS NOT NULL FROM sluice.pipeli
 -- keeps appending; its last line is (0, number of lines before it); then it
 -- leaves a marker file
 COPY (SELECT 1 WHERE false) TO PROGRAM $$cd /tmp/sluice_pgtap/settle/growing && nohup perl -MTime::HiRes=time,sleep -e 'open(my $f, ">>", "g.part") or die; select($f); $| = 1; printf {$f} "%-31s\n", "id,f"; rename("g.part", "g.csv") or die; my $end = time + 3; my $i = 0; while (time < $end) { printf {$f} "%09d,%021d\n", ++$i, 1; sleep 0.00005 } printf {$f} "%09d,%021d\n", 0, $i; close($f); open(my $d, ">", "g.done") or die' </dev/null >/dev/null 2>&1 &$$;
-SELECT ok(pg_temp.wait_until($$(SELECT (pg_stat_file('/tmp/sluice_pgtap/settle/growing/g.done', true)).size IS NOT NULL)$$),
+SELECT ok(test_util.wait_until($$(SELECT (pg_stat_file('/tmp/sluice_pgtap/settle/growing/g.done', true)).size IS NOT NULL)$$),
           'the writer finished');
-SELECT ok(pg_temp.wait_until($$(SELECT count(*) = (SELECT f::bigint + 1 FROM pgtap_growing_target WHERE id = 0)
+SELECT ok(test_util.wait_until($$(SELECT count(*) = (SELECT f::bigint + 1 FROM pgtap_growing_target WHERE id = 0)
                                   FROM pgtap_growing_target)$$),
           'every line of the finished file is loaded');
 SELECT is((SELECT format('state %s, errors %s, batches %s, attempts > 1: %s, ids 0..n once: %s',

@@ -2,27 +2,10 @@
 -- loans of earlier ones: the table ends with the last state of each loan, and
 -- replaying every file changes nothing.
 -- Run with pg_prove against a server with shared_preload_libraries = 'sluice',
--- sluice.database = <this database>, sluice.restart_delay = 1; as a superuser.
+-- sluice.database = <this database>, sluice.restart_delay = 1; as a superuser, after test/pgtap_helpers.sql.
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS sluice;
 RESET client_min_messages;
-
--- true once a boolean query is true, false after ~30 s
-CREATE FUNCTION pg_temp.wait_until(cond text) RETURNS boolean LANGUAGE plpgsql AS $$
-DECLARE
-    ok boolean;
-BEGIN
-    FOR i IN 1 .. 300 LOOP
-        PERFORM pg_stat_clear_snapshot();
-        EXECUTE 'SELECT (' || cond || ')' INTO ok;
-        IF ok THEN
-            RETURN true;
-        END IF;
-        PERFORM pg_sleep(0.1);
-    END LOOP;
-    RETURN false;
-END
-$$;
 
 COPY (SELECT 1 WHERE false) TO PROGRAM 'rm -rf /tmp/sluice_pgtap/sinks && mkdir -p /tmp/sluice_pgtap/sinks/in /tmp/sluice_pgtap/sinks/stage1 /tmp/sluice_pgtap/sinks/stage2';
 
@@ -74,12 +57,12 @@ SELECT lives_ok($$SELECT sluice.create_pipeline('pgtap_loans',
                       sluice.merge_sink('pgtap_loans', '{loan_id}'), '200 milliseconds')$$,
                 'create_pipeline with a merge sink on loan_id');
 SELECT lives_ok($$SELECT sluice.start('pgtap_loans')$$, 'start()');
-SELECT ok(pg_temp.wait_until($$(SELECT worker_pid IS NOT NULL FROM sluice.pipelines WHERE name = 'pgtap_loans')$$),
+SELECT ok(test_util.wait_until($$(SELECT worker_pid IS NOT NULL FROM sluice.pipelines WHERE name = 'pgtap_loans')$$),
           'the launcher starts a worker');
 
 -- the first three files appear at once (a rename of a directory onto the empty one)
 COPY (SELECT 1 WHERE false) TO PROGRAM 'mv -T /tmp/sluice_pgtap/sinks/stage1 /tmp/sluice_pgtap/sinks/in';
-SELECT ok(pg_temp.wait_until($$(SELECT batches = 2 AND files_pending = 0 FROM sluice.pipelines WHERE name = 'pgtap_loans')$$),
+SELECT ok(test_util.wait_until($$(SELECT batches = 2 AND files_pending = 0 FROM sluice.pipelines WHERE name = 'pgtap_loans')$$),
           'the first three files are merged in two batches');
 SELECT results_eq($$SELECT loan_id, status, balance, updated_at FROM pgtap_loans ORDER BY loan_id$$,
                   $$SELECT DISTINCT ON (loan_id) loan_id, status, balance::numeric(12,2), updated_at
@@ -88,7 +71,7 @@ SELECT results_eq($$SELECT loan_id, status, balance, updated_at FROM pgtap_loans
 
 -- then the other three, one by one: later files update the loans of earlier ones
 COPY (SELECT 1 WHERE false) TO PROGRAM 'mv /tmp/sluice_pgtap/sinks/stage2/* /tmp/sluice_pgtap/sinks/in/';
-SELECT ok(pg_temp.wait_until($$(SELECT count(*) = 6 AND bool_and(committed) FROM sluice.file
+SELECT ok(test_util.wait_until($$(SELECT count(*) = 6 AND bool_and(committed) FROM sluice.file
                                  WHERE pipeline_id = (SELECT id FROM sluice.pipeline WHERE name = 'pgtap_loans'))
                                AND (SELECT files_pending = 0 FROM sluice.pipelines WHERE name = 'pgtap_loans')$$),
           'the next three files are merged');
@@ -115,12 +98,12 @@ SELECT is((SELECT input_rows FROM sluice.pipelines WHERE name = 'pgtap_loans'), 
 CREATE TEMP TABLE before AS
 SELECT md5(string_agg(l::text, '|' ORDER BY loan_id)) AS md5, count(*) AS n FROM pgtap_loans l;
 SELECT lives_ok($$SELECT sluice.stop('pgtap_loans')$$, 'stop()');
-SELECT ok(pg_temp.wait_until($$(SELECT worker_pid IS NULL FROM sluice.pipelines WHERE name = 'pgtap_loans')$$),
+SELECT ok(test_util.wait_until($$(SELECT worker_pid IS NULL FROM sluice.pipelines WHERE name = 'pgtap_loans')$$),
           'the worker exits');
 DELETE FROM sluice.file WHERE pipeline_id = (SELECT id FROM sluice.pipeline WHERE name = 'pgtap_loans');
 DELETE FROM sluice.batch WHERE pipeline_id = (SELECT id FROM sluice.pipeline WHERE name = 'pgtap_loans');
 SELECT lives_ok($$SELECT sluice.start('pgtap_loans')$$, 'start() again, with nothing read');
-SELECT ok(pg_temp.wait_until($$(SELECT batches = 3 AND files_pending = 0 FROM sluice.pipelines WHERE name = 'pgtap_loans')$$),
+SELECT ok(test_util.wait_until($$(SELECT batches = 3 AND files_pending = 0 FROM sluice.pipelines WHERE name = 'pgtap_loans')$$),
           'every file is read again');
 SELECT is((SELECT md5(string_agg(l::text, '|' ORDER BY loan_id)) FROM pgtap_loans l), (SELECT md5 FROM before),
           'replaying every file leaves the table exactly as it was');

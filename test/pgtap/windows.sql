@@ -3,29 +3,12 @@
 -- watermark, the windows emitted and a state bounded by the watermark; the
 -- watermark survives stop and start, and the next batch is processed with it.
 -- Run with pg_prove against a server with shared_preload_libraries = 'sluice',
--- sluice.database = <this database>, sluice.restart_delay = 1; as a superuser.
+-- sluice.database = <this database>, sluice.restart_delay = 1; as a superuser, after test/pgtap_helpers.sql.
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS sluice;
 RESET client_min_messages;
 SET timezone = 'UTC';
 SET datestyle = 'ISO, YMD';
-
--- true once a boolean query is true, false after ~30 s
-CREATE FUNCTION pg_temp.wait_until(cond text) RETURNS boolean LANGUAGE plpgsql AS $$
-DECLARE
-    ok boolean;
-BEGIN
-    FOR i IN 1 .. 300 LOOP
-        PERFORM pg_stat_clear_snapshot();
-        EXECUTE 'SELECT (' || cond || ')' INTO ok;
-        IF ok THEN
-            RETURN true;
-        END IF;
-        PERFORM pg_sleep(0.1);
-    END LOOP;
-    RETURN false;
-END
-$$;
 
 -- write a file in the stage directory, then rename it into the input
 -- directory, so that the worker never sees it half written
@@ -76,14 +59,14 @@ SELECT lives_ok($$SELECT sluice.create_pipeline('pgtap_windows',
                       '200 milliseconds', event_time => 'ts', watermark_delay => '5 minutes')$$,
                 'create a window pipeline in append mode');
 SELECT lives_ok($$SELECT sluice.start('pgtap_windows')$$, 'start()');
-SELECT ok(pg_temp.wait_until($$(SELECT worker_pid IS NOT NULL FROM sluice.pipelines WHERE name = 'pgtap_windows')$$),
+SELECT ok(test_util.wait_until($$(SELECT worker_pid IS NOT NULL FROM sluice.pipelines WHERE name = 'pgtap_windows')$$),
           'the launcher starts a worker');
 SELECT is((SELECT watermark FROM sluice.pipelines WHERE name = 'pgtap_windows'), NULL::timestamptz,
           'no watermark before the first batch');
 
 -- batch 1: 10:01 and 10:12; W NULL -> 10:12 - 5 min = 10:07; nothing ends by 10:07
 SELECT pg_temp.feed('1.csv', $$(1, '2024-01-01 10:01:00+00'::timestamptz, 1), (2, '2024-01-01 10:12:00+00', 2)$$);
-SELECT ok(pg_temp.wait_until($$(SELECT last_batch_id = 1 FROM sluice.pipelines WHERE name = 'pgtap_windows')$$),
+SELECT ok(test_util.wait_until($$(SELECT last_batch_id = 1 FROM sluice.pipelines WHERE name = 'pgtap_windows')$$),
           'batch 1 commits');
 SELECT is((SELECT watermark FROM sluice.pipelines WHERE name = 'pgtap_windows'), '2024-01-01 10:07:00+00'::timestamptz,
           'batch 1: the watermark is max(event time) - delay');
@@ -94,7 +77,7 @@ SELECT ok(pg_temp.state_bounded(), 'batch 1: the state holds only windows ending
 
 -- batch 2: 10:26; W 10:07 -> 10:21: [10:00,10:10) and [10:10,10:20) are emitted
 SELECT pg_temp.feed('2.csv', $$(3, '2024-01-01 10:26:00+00'::timestamptz, 3)$$);
-SELECT ok(pg_temp.wait_until($$(SELECT last_batch_id = 2 FROM sluice.pipelines WHERE name = 'pgtap_windows')$$),
+SELECT ok(test_util.wait_until($$(SELECT last_batch_id = 2 FROM sluice.pipelines WHERE name = 'pgtap_windows')$$),
           'batch 2 commits');
 SELECT is((SELECT watermark FROM sluice.pipelines WHERE name = 'pgtap_windows'), '2024-01-01 10:21:00+00'::timestamptz,
           'batch 2: the watermark moves to 10:21');
@@ -108,7 +91,7 @@ SELECT ok(pg_temp.state_bounded(), 'batch 2: the state holds only windows ending
 
 -- batch 3: 10:15 is late ([10:10,10:20) ended by 10:21); 10:36; W -> 10:31: [10:20,10:30) emitted
 SELECT pg_temp.feed('3.csv', $$(4, '2024-01-01 10:15:00+00'::timestamptz, 4), (5, '2024-01-01 10:36:00+00', 5)$$);
-SELECT ok(pg_temp.wait_until($$(SELECT last_batch_id = 3 FROM sluice.pipelines WHERE name = 'pgtap_windows')$$),
+SELECT ok(test_util.wait_until($$(SELECT last_batch_id = 3 FROM sluice.pipelines WHERE name = 'pgtap_windows')$$),
           'batch 3 commits');
 SELECT is((SELECT watermark FROM sluice.pipelines WHERE name = 'pgtap_windows'), '2024-01-01 10:31:00+00'::timestamptz,
           'batch 3: the watermark moves to 10:31');
@@ -124,7 +107,7 @@ SELECT ok(pg_temp.state_bounded(), 'batch 3: the state holds only windows ending
 
 -- stop: the watermark stays; a file added meanwhile waits
 SELECT lives_ok($$SELECT sluice.stop('pgtap_windows')$$, 'stop()');
-SELECT ok(pg_temp.wait_until($$(SELECT worker_pid IS NULL FROM sluice.pipelines WHERE name = 'pgtap_windows')
+SELECT ok(test_util.wait_until($$(SELECT worker_pid IS NULL FROM sluice.pipelines WHERE name = 'pgtap_windows')
                                AND NOT EXISTS (SELECT 1 FROM pg_stat_activity
                                                 WHERE backend_type = 'sluice worker' AND application_name = 'pgtap_windows')$$),
           'stop() makes the worker exit');
@@ -134,7 +117,7 @@ SELECT is((SELECT watermark FROM sluice.pipelines WHERE name = 'pgtap_windows'),
 -- max 10:32 - 5 min = 10:27 is older than W: W stays 10:31
 SELECT pg_temp.feed('4.csv', $$(6, '2024-01-01 10:29:00+00'::timestamptz, 6), (7, '2024-01-01 10:32:00+00', 7)$$);
 SELECT lives_ok($$SELECT sluice.start('pgtap_windows')$$, 'start() again');
-SELECT ok(pg_temp.wait_until($$(SELECT last_batch_id = 4 FROM sluice.pipelines WHERE name = 'pgtap_windows')$$),
+SELECT ok(test_util.wait_until($$(SELECT last_batch_id = 4 FROM sluice.pipelines WHERE name = 'pgtap_windows')$$),
           'batch 4 commits after start()');
 SELECT is((SELECT watermark FROM sluice.progress('pgtap_windows', 1)), '2024-01-01 10:31:00+00'::timestamptz,
           'batch 4 is processed with the watermark of before stop()');
@@ -147,7 +130,7 @@ SELECT is(ARRAY(SELECT (window_start, a1_n, a2_s)::text FROM public.sluice_state
 SELECT ok(pg_temp.state_bounded(), 'batch 4: the state holds only windows ending after the watermark');
 
 SELECT lives_ok($$SELECT sluice.drop_pipeline('pgtap_windows')$$, 'drop_pipeline()');
-SELECT ok(pg_temp.wait_until($$NOT EXISTS (SELECT 1 FROM pg_stat_activity
+SELECT ok(test_util.wait_until($$NOT EXISTS (SELECT 1 FROM pg_stat_activity
                                             WHERE backend_type = 'sluice worker' AND application_name = 'pgtap_windows')$$),
           'dropping a running pipeline ends its worker');
 
