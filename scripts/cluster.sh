@@ -6,7 +6,8 @@
 #   cluster_ctl -m immediate stop; cluster_ctl -w start
 #   cluster_stop                                # also done at exit (see at_exit)
 
-PGBIN=/usr/lib/postgresql/15/bin
+# SLUICE_PGBIN: another PostgreSQL 15 (a private copy, to test side by side without installing into the system one)
+PGBIN=${SLUICE_PGBIN:-/usr/lib/postgresql/15/bin}
 CLUSTER_DIR=
 
 # A locale every Debian has, so initdb, pg_regress and the TAP tests behave the same everywhere.
