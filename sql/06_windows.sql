@@ -131,7 +131,7 @@ SELECT sluice.create_pipeline(repeat('w', 50) || '_one', sluice.csv_source('/tmp
 SELECT sluice.create_pipeline(repeat('w', 50) || '_two', sluice.csv_source('/tmp/sluice_regress/windows/empty', 'id int, ts timestamptz, k text, v int'),
                               sluice.window_sink('win_bad_t3', '10 minutes', output_mode => 'update'), event_time => 'ts');
 RESET client_min_messages;
-SELECT count(*) AS pipelines, count(DISTINCT to_regclass(state_table)) AS state_tables
+SELECT count(*) AS pipelines, count(DISTINCT state_table) AS state_tables
   FROM sluice.pipeline WHERE name LIKE 'wwwww%';
 SET client_min_messages = warning;
 SELECT sluice.drop_pipeline(name) FROM sluice.pipeline WHERE name LIKE 'wwwww%' ORDER BY name;

@@ -1,20 +1,43 @@
 \echo Use "CREATE EXTENSION sluice" to load this file. \quit
 
+-- The extension makes its own schema and never adopts one that exists: a
+-- schema another role created first could hold objects that our functions
+-- would then resolve (the CVE-2022-2625 family).
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = 'sluice') THEN
+        RAISE EXCEPTION 'schema "sluice" already exists'
+            USING ERRCODE = 'duplicate_schema',
+                  DETAIL = 'CREATE EXTENSION sluice creates the schema "sluice" itself and never adopts one it did not create.',
+                  HINT = 'Drop or rename the existing schema "sluice", then create the extension again.';
+    END IF;
+END
+$$;
+CREATE SCHEMA sluice;
+COMMENT ON SCHEMA sluice IS 'sluice: exactly-once streaming pipelines';
+
 -- The catalog.  Plain, WAL-logged tables: the batch transaction writes the
 -- sink rows and these offsets together, which is what makes recovery exact.
+-- Users may only read their own rows; every change goes through the
+-- extension's functions and workers, which write as the extension's owner.
+-- Tables and functions are kept as regclass, roles as regrole, so that
+-- pg_dump writes them as names.
 
 CREATE TABLE sluice.pipeline (
     id          serial PRIMARY KEY,
     name        text NOT NULL UNIQUE CHECK (name <> '' AND length(name) <= 63),
-    owner       oid NOT NULL DEFAULT current_user::regrole::oid,
+    owner       regrole NOT NULL,
     source      jsonb NOT NULL,
-    sink        jsonb NOT NULL,
+    sink        jsonb NOT NULL,     -- the sink's options; what it writes is below
+    target      regclass,           -- of append, merge and window sinks
+    late_rows   regclass,           -- of window sinks
+    sink_function text,             -- of function sinks: its signature, schema-qualified
     trigger     text NOT NULL,
     transform   text,
     event_time  text,
     watermark_delay interval,
     watermark   timestamptz,        -- of event-time pipelines; never moves back
-    state_table text,               -- window state, dropped with the pipeline
+    state_table regclass,           -- window state, dropped with the pipeline
     state       text NOT NULL DEFAULT 'stopped' CHECK (state IN ('running', 'stopped', 'failed')),
     created_at  timestamptz NOT NULL DEFAULT now()
 );
@@ -87,23 +110,30 @@ CREATE TABLE sluice.error (
 );
 CREATE INDEX error_pipeline ON sluice.error (pipeline_id, id);
 
--- A user sees and controls only the pipelines they own (superusers: all).
--- Workers run as the owner, so the same policies let them write their own.
+-- A user sees only the pipelines they own (superusers: all).
 ALTER TABLE sluice.pipeline ENABLE ROW LEVEL SECURITY;
 ALTER TABLE sluice.batch ENABLE ROW LEVEL SECURITY;
 ALTER TABLE sluice.file ENABLE ROW LEVEL SECURITY;
 ALTER TABLE sluice.error ENABLE ROW LEVEL SECURITY;
 ALTER TABLE sluice.reject ENABLE ROW LEVEL SECURITY;
-CREATE POLICY owner_only ON sluice.pipeline USING (owner = current_user::regrole::oid);
-CREATE POLICY owner_only ON sluice.batch USING (pipeline_id IN (SELECT id FROM sluice.pipeline));
-CREATE POLICY owner_only ON sluice.file USING (pipeline_id IN (SELECT id FROM sluice.pipeline));
-CREATE POLICY owner_only ON sluice.error USING (pipeline_id IN (SELECT id FROM sluice.pipeline));
-CREATE POLICY owner_only ON sluice.reject USING (pipeline_id IN (SELECT id FROM sluice.pipeline));
+CREATE POLICY owner_only ON sluice.pipeline FOR SELECT USING (owner = current_user::regrole);
+CREATE POLICY owner_only ON sluice.batch FOR SELECT USING (pipeline_id IN (SELECT id FROM sluice.pipeline));
+CREATE POLICY owner_only ON sluice.file FOR SELECT USING (pipeline_id IN (SELECT id FROM sluice.pipeline));
+CREATE POLICY owner_only ON sluice.error FOR SELECT USING (pipeline_id IN (SELECT id FROM sluice.pipeline));
+CREATE POLICY owner_only ON sluice.reject FOR SELECT USING (pipeline_id IN (SELECT id FROM sluice.pipeline));
 
 GRANT USAGE ON SCHEMA sluice TO PUBLIC;
-GRANT SELECT, INSERT, UPDATE, DELETE ON sluice.pipeline, sluice.batch, sluice.file, sluice.error,
-                                        sluice.reject TO PUBLIC;
-GRANT USAGE ON SEQUENCE sluice.pipeline_id_seq, sluice.error_id_seq, sluice.reject_id_seq TO PUBLIC;
+GRANT SELECT ON sluice.pipeline, sluice.batch, sluice.file, sluice.error, sluice.reject TO PUBLIC;
+
+-- pg_dump keeps the pipelines, their offsets and their logs
+SELECT pg_catalog.pg_extension_config_dump('sluice.pipeline', '');
+SELECT pg_catalog.pg_extension_config_dump('sluice.pipeline_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('sluice.batch', '');
+SELECT pg_catalog.pg_extension_config_dump('sluice.file', '');
+SELECT pg_catalog.pg_extension_config_dump('sluice.error', '');
+SELECT pg_catalog.pg_extension_config_dump('sluice.error_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('sluice.reject', '');
+SELECT pg_catalog.pg_extension_config_dump('sluice.reject_id_seq', '');
 
 -- Internal helpers written in C.
 
@@ -137,6 +167,17 @@ CREATE FUNCTION sluice._workers(OUT pipeline_id int, OUT pid int, OUT batches bi
                                 OUT current_batch bigint, OUT files_pending int)
 RETURNS SETOF record LANGUAGE C VOLATILE
 AS 'MODULE_PATHNAME', 'sluice_workers';
+
+-- a pipeline's sink as the sink functions describe it, from its typed columns
+CREATE FUNCTION sluice._sink(p sluice.pipeline)
+RETURNS jsonb LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT p.sink || jsonb_strip_nulls(jsonb_build_object(
+        'target', p.target::text, 'relid', p.target::oid,
+        'late_rows', p.late_rows::text, 'late_relid', p.late_rows::oid,
+        'function', p.sink_function, 'fnoid', to_regprocedure(p.sink_function)::oid))
+$$;
 
 -- files in the source directory that no committed batch has read; NULL if
 -- the directory cannot be listed by the caller
@@ -274,9 +315,9 @@ RETURNS jsonb LANGUAGE plpgsql STABLE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF NOT (SELECT prokind = 'f' AND pronargs = 2 AND proargtypes[0] = 'bigint'::regtype
+    IF NOT coalesce((SELECT prokind = 'f' AND pronargs = 2 AND proargtypes[0] = 'bigint'::regtype
                    AND proargtypes[1] = 'regclass'::regtype
-              FROM pg_proc WHERE oid = fn) THEN
+              FROM pg_proc WHERE oid = fn), false) THEN
         RAISE EXCEPTION 'function % cannot be a function sink', fn
             USING ERRCODE = 'wrong_object_type',
                   DETAIL = 'A function sink is a function (not a procedure) taking (batch_id bigint, batch regclass).';
@@ -333,6 +374,10 @@ BEGIN
                       (SELECT string_agg(format('WHEN %I IS NULL THEN sluice._null_key(%L)', k, k), ' ')
                          FROM jsonb_array_elements_text(sink->'key') AS k));
     WHEN 'function' THEN
+        IF sink->>'fnoid' IS NULL THEN
+            RAISE EXCEPTION 'function % of the function sink does not exist', sink->>'function'
+                USING ERRCODE = 'undefined_function';
+        END IF;
         RETURN format('SELECT %s($1, %L::regclass)', (sink->>'fnoid')::oid::regproc, input);
     ELSE
         RETURN NULL;    -- window sinks: sluice._window_write()
@@ -556,16 +601,15 @@ $$;
 
 -- the state table of a window pipeline, beside its target: one row per
 -- window and group, holding partial aggregates
-CREATE FUNCTION sluice._window_create_state(pipeline_id int, sink jsonb, cols jsonb)
-RETURNS void LANGUAGE plpgsql VOLATILE
+CREATE FUNCTION sluice._window_create_state(pipeline_id int, pipeline_name text, sink jsonb, cols jsonb)
+RETURNS regclass LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     tbl text := format('%I.%I', (SELECT nspname FROM pg_namespace n JOIN pg_class c ON c.relnamespace = n.oid
                                   WHERE c.oid = (sink->>'relid')::oid),
-                   (SELECT CASE WHEN octet_length('sluice_state_' || name) <= 63 THEN 'sluice_state_' || name
-                                ELSE format('sluice_state_%s_%s', left(name, 30), pipeline_id) END
-                      FROM sluice.pipeline WHERE id = pipeline_id));
+                   CASE WHEN octet_length('sluice_state_' || pipeline_name) <= 63 THEN 'sluice_state_' || pipeline_name
+                        ELSE format('sluice_state_%s_%s', left(pipeline_name, 30), pipeline_id) END);
     groups text := (SELECT string_agg(format('%I %s, ', g, (SELECT x->>'type' FROM jsonb_array_elements(cols) x
                                                                WHERE x->>'name' = g)), '' ORDER BY o)
                       FROM jsonb_array_elements_text(sink->'group_by') WITH ORDINALITY AS y(g, o));
@@ -576,24 +620,25 @@ BEGIN
                    ' %s, sluice_batch bigint NOT NULL,'
                    ' UNIQUE NULLS NOT DISTINCT (window_start, window_end %s))',
                    tbl, coalesce(groups, ''), (sluice._window_aggs(sink, cols)).state_cols, coalesce(keys, ''));
-    UPDATE sluice.pipeline SET state_table = tbl WHERE id = pipeline_id;
+    RETURN tbl::regclass;
 END
 $$;
 
 -- One batch into a window sink, in the batch transaction: drop late
 -- (row, window) pairs, merge the rest into the state, move the watermark,
 -- write the output mode's windows and evict state the watermark passed.
--- Returns the rows written to the target.
-CREATE FUNCTION sluice._window_write(batch_no bigint, pipeline_no int, input regclass)
-RETURNS bigint LANGUAGE plpgsql VOLATILE
+-- Runs as the pipeline's owner and writes no catalog row: the worker, which
+-- holds the pipeline's row lock, stores what this returns.
+CREATE FUNCTION sluice._window_write(batch_no bigint, sk jsonb, state_table regclass, event_time text,
+                                     watermark_delay interval, w timestamptz, input regclass,
+                                     OUT written bigint, OUT new_w timestamptz,
+                                     OUT et_min timestamptz, OUT et_max timestamptz, OUT dropped bigint,
+                                     OUT total bigint, OUT updated bigint, OUT removed bigint)
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    p record;
-    sk jsonb;
     a record;
-    w timestamptz;
-    new_w timestamptz;
     et text;
     mode text;
     groups text;
@@ -606,22 +651,13 @@ DECLARE
     agg text;
     lr text;
     closes text;
-    dropped bigint;
-    et_min timestamptz;
-    et_max timestamptz;
-    updated bigint;
-    removed bigint := 0;
-    written bigint := 0;
-    total bigint;
 BEGIN
-    -- serialized on the pipeline's row: the watermark and the emitted windows
-    SELECT * INTO p FROM sluice.pipeline WHERE id = pipeline_no FOR UPDATE;
-    sk := p.sink;
-    w := p.watermark;
+    removed := 0;
+    written := 0;
     mode := sk->>'output_mode';
     -- a fixed duration: '1 day' in a time zone with daylight saving is not 24 hours
     size_iv := (sk->>'size_s') || ' seconds';
-    et := format('%I::timestamptz', p.event_time);
+    et := format('%I::timestamptz', event_time);
     a := sluice._window_aggs(sk, NULL);
     SELECT string_agg(quote_ident(g), ', '), string_agg(format('t.%I IS NOT DISTINCT FROM s.%1$I', g), ' AND ')
       INTO groups, gjoin FROM jsonb_array_elements_text(sk->'group_by') AS g;
@@ -638,8 +674,8 @@ BEGIN
     -- the watermark the batch leaves, first: append mode writes the windows
     -- it closes straight to the target instead of through the state
     EXECUTE format('SELECT min(%1$s), max(%1$s) FROM %2$s', et, input) INTO et_min, et_max;
-    new_w := CASE WHEN p.watermark_delay IS NULL THEN w
-                  ELSE greatest(w, et_max - p.watermark_delay) END;
+    new_w := CASE WHEN watermark_delay IS NULL THEN w
+                  ELSE greatest(w, et_max - watermark_delay) END;
 
     -- (row, window) pairs: one window per row when tumbling
     pairs := format('pairs AS MATERIALIZED (SELECT b.*, b.ctid AS sluice_ctid, w.ws AS sluice_ws FROM %s AS b, %s)',
@@ -679,7 +715,7 @@ BEGIN
             '   RETURNING 1)'
             ' %14$s'
             ' SELECT (SELECT count(*) FROM pairs WHERE %15$s), (SELECT count(*) FROM agg), (SELECT count(*) FROM emit)',
-            pairs, agg, p.state_table, closes, gsel, a.part_names, a.combines, coalesce(', ' || groups, ''),
+            pairs, agg, state_table, closes, gsel, a.part_names, a.combines, coalesce(', ' || groups, ''),
             (sk->>'relid')::oid::regclass, a.names, a.finals, batch_no, a.merges, lr, late)
           INTO dropped, updated, written;
         removed := written;
@@ -692,7 +728,7 @@ BEGIN
             '   RETURNING 1)'
             ' %9$s'
             ' SELECT (SELECT count(*) FROM pairs WHERE %10$s), (SELECT count(*) FROM up)',
-            pairs, agg, p.state_table, gsel, a.part_names, batch_no, coalesce(', ' || groups, ''), a.merges,
+            pairs, agg, state_table, gsel, a.part_names, batch_no, coalesce(', ' || groups, ''), a.merges,
             lr, late)
           INTO dropped, updated;
     END IF;
@@ -704,7 +740,7 @@ BEGIN
                        ' WHEN MATCHED THEN UPDATE SET %8$s'
                        ' WHEN NOT MATCHED THEN INSERT (window_start, window_end, %2$s %6$s)'
                        ' VALUES (s.window_start, s.window_end, %9$s %10$s)',
-                       (sk->>'relid')::oid::regclass, gsel, a.finals, p.state_table, batch_no, a.names,
+                       (sk->>'relid')::oid::regclass, gsel, a.finals, state_table, batch_no, a.names,
                        coalesce(' AND ' || gjoin, ''),
                        (SELECT string_agg(format('%s = s.%1$s', n), ', ') FROM regexp_split_to_table(a.names, ', ') n),
                        (SELECT coalesce(string_agg('s.' || quote_ident(g) || ', ', ''), '')
@@ -712,24 +748,17 @@ BEGIN
                        (SELECT string_agg('s.' || n, ', ') FROM regexp_split_to_table(a.names, ', ') n));
         GET DIAGNOSTICS written = ROW_COUNT;
         IF new_w IS NOT NULL THEN
-            EXECUTE format('DELETE FROM %s WHERE window_end <= %L::timestamptz', p.state_table, new_w);
+            EXECUTE format('DELETE FROM %s WHERE window_end <= %L::timestamptz', state_table, new_w);
             GET DIAGNOSTICS removed = ROW_COUNT;
         END IF;
     ELSIF mode = 'complete' THEN
         EXECUTE format('DELETE FROM %s', (sk->>'relid')::oid::regclass);
         EXECUTE format('INSERT INTO %s (window_start, window_end, %s %s) SELECT window_start, window_end, %s %s FROM %s',
-                       (sk->>'relid')::oid::regclass, gsel, a.names, gsel, a.finals, p.state_table);
+                       (sk->>'relid')::oid::regclass, gsel, a.names, gsel, a.finals, state_table);
         GET DIAGNOSTICS written = ROW_COUNT;
     END IF;
 
-    EXECUTE format('SELECT count(*) FROM %s', p.state_table) INTO total;
-    UPDATE sluice.pipeline SET watermark = new_w WHERE id = pipeline_no AND watermark IS DISTINCT FROM new_w;
-    UPDATE sluice.batch
-       SET watermark = w, next_watermark = new_w, event_time_min = et_min, event_time_max = et_max,
-           num_rows_dropped_by_watermark = dropped, state_rows_total = total,
-           state_rows_updated = updated, state_rows_removed = removed
-     WHERE pipeline_id = pipeline_no AND batch_id = batch_no;
-    RETURN written;
+    EXECUTE format('SELECT count(*) FROM %s', state_table) INTO total;
 END
 $$;
 
@@ -825,17 +854,19 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION sluice.create_pipeline(name text, source jsonb, sink jsonb,
-                                       trigger text DEFAULT '1 second',
-                                       transform text DEFAULT NULL,
-                                       event_time text DEFAULT NULL,
-                                       watermark_delay interval DEFAULT NULL)
-RETURNS void LANGUAGE plpgsql VOLATILE
+-- Checks a new pipeline as its caller would create it, and returns the
+-- catalog values for it; writes nothing.  sluice.create_pipeline() (in C)
+-- stores them as the extension's owner.  A source or sink description is
+-- built again by its function, so one written by hand is checked the same.
+CREATE FUNCTION sluice._pipeline_row(name text, source jsonb, sink jsonb, trigger text, transform text,
+                                     event_time text, watermark_delay interval,
+                                     OUT new_source jsonb, OUT new_sink jsonb, OUT target regclass,
+                                     OUT late_rows regclass, OUT sink_function text, OUT cols jsonb)
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    cols jsonb := source->'columns';
-    new_id int;
+    msg text;
 BEGIN
     IF name IS NULL OR source IS NULL OR sink IS NULL OR trigger IS NULL THEN
         RAISE EXCEPTION 'name, source, sink and trigger of a pipeline must not be null'
@@ -874,6 +905,25 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Describe the source with sluice.csv_source().';
     END IF;
+    BEGIN
+        cols := source->'columns';
+        msg := (SELECT string_agg(format('%I %s', c->>'name', c->>'type'), ', ')
+                  FROM jsonb_array_elements(cols) AS c);
+    EXCEPTION WHEN OTHERS THEN
+        msg := NULL;
+    END;
+    IF msg IS NULL THEN
+        RAISE EXCEPTION 'invalid source for pipeline "%"', name
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'The source has no list of columns.',
+                  HINT = 'Describe the source with sluice.csv_source().';
+    END IF;
+    source := sluice.csv_source(source->>'dir', msg, (source->>'header')::boolean, source->>'delimiter',
+                                source->>'pattern', (source->>'max_files_per_trigger')::int,
+                                source->>'quote', source->>'escape', source->>'null', source->>'encoding',
+                                source->>'on_error', source->>'after', source->>'archive_dir',
+                                (source->>'settle_ms')::bigint * interval '1 millisecond');
+    cols := source->'columns';
     IF NOT pg_has_role(current_user, 'pg_read_server_files', 'USAGE') THEN
         RAISE EXCEPTION 'permission denied to create pipeline "%"', name
             USING ERRCODE = 'insufficient_privilege',
@@ -895,6 +945,23 @@ BEGIN
     IF transform IS NOT NULL THEN
         cols := sluice._transform_columns(name, source, transform);
     END IF;
+
+    sink := CASE
+        WHEN sink->>'type' = 'append' AND sink ? 'relid' THEN
+            sluice.append_sink((sink->>'relid')::oid::regclass)
+        WHEN sink->>'type' = 'merge' AND sink ? 'relid' AND jsonb_typeof(sink->'key') = 'array' THEN
+            sluice.merge_sink((sink->>'relid')::oid::regclass, ARRAY(SELECT jsonb_array_elements_text(sink->'key')),
+                              sink->>'on_match')
+        WHEN sink->>'type' = 'function' AND sink ? 'fnoid' THEN
+            sluice.function_sink((sink->>'fnoid')::oid::regprocedure)
+        WHEN sink->>'type' = 'window' AND sink ? 'relid' AND jsonb_typeof(sink->'group_by') = 'array'
+             AND jsonb_typeof(sink->'aggregates') = 'array' THEN
+            sluice.window_sink((sink->>'relid')::oid::regclass, (sink->>'size')::interval, (sink->>'slide')::interval,
+                               ARRAY(SELECT jsonb_array_elements_text(sink->'group_by')),
+                               ARRAY(SELECT format('%s(%s) AS %I', a->>'fn', coalesce(quote_ident(a->>'arg'), '*'),
+                                                   a->>'alias')
+                                       FROM jsonb_array_elements(sink->'aggregates') AS a),
+                               sink->>'output_mode', (sink->>'late_relid')::oid::regclass) END;
 
     CASE
     WHEN sink->>'type' = 'append' AND sink ? 'relid'
@@ -918,40 +985,27 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
-    INSERT INTO sluice.pipeline (name, source, sink, trigger, transform, event_time, watermark_delay)
-    VALUES (create_pipeline.name, source, sink, trigger, transform, event_time, watermark_delay)
-    RETURNING id INTO new_id;
-    IF sink->>'type' = 'window' THEN
-        PERFORM sluice._window_create_state(new_id, sink, cols);
-    END IF;
-EXCEPTION WHEN unique_violation THEN
-    RAISE EXCEPTION 'pipeline "%" already exists', name USING ERRCODE = 'duplicate_object';
+    new_source := source;
+    target := (sink->>'relid')::oid::regclass;
+    late_rows := (sink->>'late_relid')::oid::regclass;
+    sink_function := (sink->>'fnoid')::oid::regprocedure::text;
+    new_sink := sink - ARRAY['target', 'relid', 'late_rows', 'late_relid', 'function', 'fnoid'];
 END
 $$;
+
+CREATE FUNCTION sluice.create_pipeline(name text, source jsonb, sink jsonb,
+                                       trigger text DEFAULT '1 second',
+                                       transform text DEFAULT NULL,
+                                       event_time text DEFAULT NULL,
+                                       watermark_delay interval DEFAULT NULL)
+RETURNS void LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'sluice_create_pipeline';
 COMMENT ON FUNCTION sluice.create_pipeline IS 'create a stopped pipeline from a source, through an optional transform, to a sink';
 
 -- set a pipeline's state (NULL: drop it) and wake the launcher at commit
 CREATE FUNCTION sluice._set_state(pipeline_name text, new_state text)
-RETURNS void LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    state_table text;
-BEGIN
-    IF new_state IS NULL THEN
-        DELETE FROM sluice.pipeline AS p WHERE p.name = pipeline_name RETURNING p.state_table INTO state_table;
-        IF state_table IS NOT NULL THEN
-            EXECUTE format('DROP TABLE IF EXISTS %s', state_table);
-        END IF;
-    ELSE
-        UPDATE sluice.pipeline AS p SET state = new_state WHERE p.name = pipeline_name;
-    END IF;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'pipeline "%" does not exist', pipeline_name USING ERRCODE = 'undefined_object';
-    END IF;
-    PERFORM sluice._wake();
-END
-$$;
+RETURNS void LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'sluice_set_state';
 
 CREATE FUNCTION sluice.drop_pipeline(name text)
 RETURNS void LANGUAGE sql VOLATILE STRICT
@@ -985,7 +1039,7 @@ SELECT p.name,
        p.state,
        p.trigger,
        p.source->>'type' AS source_type,
-       p.sink->>'target' AS target,
+       sluice._sink(p)->>'target' AS target,
        p.watermark,
        w.pid AS worker_pid,
        w.current_batch AS batch_in_flight,

@@ -1,11 +1,20 @@
 /*
  * api.c
- *		SQL-callable functions that need C: run_once(), the live worker
- *		status behind sluice.pipelines, and waking the launcher.
+ *		SQL-callable functions that need C: those that change the catalog
+ *		(create_pipeline, start, stop, drop_pipeline), run_once(), the live
+ *		worker status behind sluice.pipelines, and waking the launcher.
  *		The rest of the SQL interface is in sql/sluice--*.sql.
+ *
+ * The functions that change the catalog look the pipeline up, and check
+ * everything, as their caller: row-level security shows a user only her
+ * own pipelines.  Only the write itself is made as the extension's owner
+ * (catalog_exec), with the caller recorded as the pipeline's owner.
  */
 #include "postgres.h"
 
+#include "access/xact.h"
+#include "catalog/dependency.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "executor/spi.h"
@@ -13,10 +22,182 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "parser/parser.h"
+#include "pgstat.h"
 #include "postmaster/bgworker.h"
+#include "storage/latch.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
+#include "utils/lsyscache.h"
+#include "utils/syscache.h"
 
 #include "sluice.h"
+
+/* how long run_once() waits for the worker of a just-stopped pipeline to exit */
+#define RUN_ONCE_WAIT_MS 10000
+
+static void
+check_database(void)
+{
+	if (strcmp(get_database_name(MyDatabaseId), sluice_database) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("sluice pipelines run only in database \"%s\"", sluice_database),
+				 errhint("Set sluice.database in postgresql.conf and restart the server.")));
+}
+
+/*
+ * sluice.create_pipeline(name, source, sink, trigger, transform, event_time,
+ *		watermark_delay) returns void
+ *
+ * sluice._pipeline_row() checks everything as the caller and returns the
+ * catalog values; we store them as the extension's owner, with the caller
+ * as the owner, and make a window sink's state table as the caller.
+ */
+PG_FUNCTION_INFO_V1(sluice_create_pipeline);
+Datum
+sluice_create_pipeline(PG_FUNCTION_ARGS)
+{
+	Oid			argtypes[7] = {TEXTOID, JSONBOID, JSONBOID, TEXTOID, TEXTOID, TEXTOID, INTERVALOID};
+	Datum		args[7];
+	char		argnulls[7];
+	Oid			rowtypes[11] = {TEXTOID, REGROLEOID, JSONBOID, JSONBOID, REGCLASSOID, REGCLASSOID, TEXTOID,
+		TEXTOID, TEXTOID, TEXTOID, INTERVALOID};
+	Datum		row[11];
+	char		rownulls[11];
+	bool		isnull;
+	bool		window;
+	Datum		cols;
+	int32		id;
+
+	check_database();
+	for (int i = 0; i < 7; i++)
+	{
+		args[i] = PG_GETARG_DATUM(i);
+		argnulls[i] = PG_ARGISNULL(i) ? 'n' : ' ';
+	}
+
+	SPI_connect();
+	pinned_exec("SELECT r.new_source, r.new_sink, r.target, r.late_rows, r.sink_function, r.cols,"
+				"  r.new_sink->>'type' = 'window'"
+				" FROM sluice._pipeline_row($1, $2, $3, $4, $5, $6, $7) AS r",
+				7, argtypes, args, argnulls, SPI_OK_SELECT);
+
+	/* name, owner, source, sink, target, late_rows, sink_function, trigger, transform, event_time, delay */
+	row[0] = args[0];
+	row[1] = ObjectIdGetDatum(GetUserId());
+	memset(rownulls, ' ', sizeof(rownulls));
+	for (int i = 0; i < 5; i++)
+	{
+		row[2 + i] = spi_datum(0, 1 + i, &isnull);
+		rownulls[2 + i] = isnull ? 'n' : ' ';
+	}
+	for (int i = 0; i < 4; i++)
+	{
+		row[7 + i] = args[3 + i];
+		rownulls[7 + i] = argnulls[3 + i];
+	}
+	cols = spi_datum(0, 6, &isnull);	/* the columns the sink receives */
+	window = DatumGetBool(spi_datum(0, 7, &isnull));
+
+	if (catalog_exec("SELECT 1 FROM sluice.pipeline WHERE name = $1", 1, rowtypes, row, NULL,
+					 SPI_OK_SELECT) > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("pipeline \"%s\" already exists", TextDatumGetCString(args[0]))));
+	catalog_exec("INSERT INTO sluice.pipeline (name, owner, source, sink, target, late_rows, sink_function,"
+				 "  trigger, transform, event_time, watermark_delay)"
+				 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
+				 11, rowtypes, row, rownulls, SPI_OK_INSERT_RETURNING);
+	id = DatumGetInt32(spi_datum(0, 1, &isnull));
+
+	if (window)
+	{
+		Oid			types[4] = {INT4OID, TEXTOID, JSONBOID, JSONBOID};
+		Datum		values[4] = {Int32GetDatum(id), args[0], 0, cols};
+
+		/* the state table belongs to the owner, whose worker writes it */
+		catalog_exec("SELECT sluice._sink(p) FROM sluice.pipeline AS p WHERE id = $1",
+					 1, types, values, NULL, SPI_OK_SELECT);
+		values[2] = spi_datum(0, 1, &isnull);
+		pinned_exec("SELECT sluice._window_create_state($1, $2, $3, $4)", 4, types, values, NULL,
+					SPI_OK_SELECT);
+		values[1] = spi_datum(0, 1, &isnull);
+		catalog_exec("UPDATE sluice.pipeline SET state_table = $2 WHERE id = $1",
+					 2, (Oid[]) {INT4OID, REGCLASSOID}, values, NULL, SPI_OK_UPDATE);
+	}
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+/* Drop a pipeline's state table, as the caller, who must be able to. */
+static void
+drop_state_table(Oid relid)
+{
+	ObjectAddress obj;
+
+	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)))
+		return;					/* dropped already */
+	if (!pg_class_ownercheck(relid, GetUserId()))
+		aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_TABLE, get_rel_name(relid));
+	obj.classId = RelationRelationId;
+	obj.objectId = relid;
+	obj.objectSubId = 0;
+	performDeletion(&obj, DROP_RESTRICT, 0);
+}
+
+/*
+ * sluice._set_state(name text, new_state text) returns void
+ *
+ * start(), stop() and drop_pipeline() (new_state NULL).  The launcher is
+ * woken when the transaction commits.
+ */
+PG_FUNCTION_INFO_V1(sluice_set_state);
+Datum
+sluice_set_state(PG_FUNCTION_ARGS)
+{
+	Datum		values[2];
+	bool		isnull;
+	Datum		state_table;
+	bool		drop = PG_ARGISNULL(1);
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("the name of a pipeline must not be null")));
+	if (!drop && strcmp(text_to_cstring(PG_GETARG_TEXT_PP(1)), "running") != 0 &&
+		strcmp(text_to_cstring(PG_GETARG_TEXT_PP(1)), "stopped") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid pipeline state \"%s\"", text_to_cstring(PG_GETARG_TEXT_PP(1)))));
+
+	values[0] = PG_GETARG_DATUM(0);
+	SPI_connect();
+	/* as the caller: row-level security shows her own pipelines only */
+	if (pinned_exec("SELECT id, state_table FROM sluice.pipeline WHERE name = $1",
+					1, (Oid[]) {TEXTOID}, values, NULL, SPI_OK_SELECT) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("pipeline \"%s\" does not exist", TextDatumGetCString(values[0]))));
+	values[0] = spi_datum(0, 1, &isnull);
+	state_table = spi_datum(0, 2, &isnull);
+	if (drop)
+	{
+		catalog_exec("DELETE FROM sluice.pipeline WHERE id = $1", 1, (Oid[]) {INT4OID}, values, NULL,
+					 SPI_OK_DELETE);
+		if (!isnull)
+			drop_state_table(DatumGetObjectId(state_table));
+	}
+	else
+	{
+		values[1] = PG_GETARG_DATUM(1);
+		catalog_exec("UPDATE sluice.pipeline SET state = $2 WHERE id = $1", 2,
+					 (Oid[]) {INT4OID, TEXTOID}, values, NULL, SPI_OK_UPDATE);
+	}
+	SPI_finish();
+	sluice_wake_launcher();
+	PG_RETURN_VOID();
+}
 
 PG_FUNCTION_INFO_V1(sluice_wake);
 Datum
@@ -83,17 +264,23 @@ sluice_run_once(PG_FUNCTION_ARGS)
 	SluiceSlot *slot;
 	SluiceSlot	result;
 
-	if (strcmp(get_database_name(MyDatabaseId), sluice_database) != 0)
+	check_database();
+
+	/*
+	 * The worker is another session: it would wait for every lock this
+	 * transaction holds on what the batch touches, while we wait for it.
+	 */
+	if (IsTransactionBlock())
 		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("sluice pipelines run only in database \"%s\"", sluice_database),
-				 errhint("Set sluice.database in postgresql.conf and restart the server.")));
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("sluice.run_once() cannot run inside a transaction block"),
+				 errdetail("The pipeline's worker runs in a session of its own and would wait for this transaction's locks."),
+				 errhint("Call it on its own, outside BEGIN ... COMMIT.")));
 
 	SPI_connect();
-	if (SPI_execute_with_args("SELECT id, owner, state FROM sluice.pipeline WHERE name = $1",
-							  1, &type, &value, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read sluice.pipeline");
-	if (SPI_processed == 0)
+	/* as the caller: she sees her own pipelines only */
+	if (pinned_exec("SELECT id, owner, state FROM sluice.pipeline WHERE name = $1",
+					1, &type, &value, NULL, SPI_OK_SELECT) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("pipeline \"%s\" does not exist", text_to_cstring(name))));
@@ -108,13 +295,33 @@ sluice_run_once(PG_FUNCTION_ARGS)
 				 errmsg("pipeline \"%s\" is running", text_to_cstring(name)),
 				 errhint("Stop it with sluice.stop() first; its worker already processes what arrives.")));
 
-	slotno = slot_reserve(id, MyProcPid, &generation);
-	if (slotno < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_IN_USE),
-				 errmsg(slot_pipeline_busy(id) ? "pipeline \"%s\" is being run by another worker"
-						: "no free sluice worker slot to run pipeline \"%s\"", text_to_cstring(name)),
-				 errhint("Wait for the other run to end, or raise sluice.max_workers.")));
+	/*
+	 * The worker of a pipeline that was just stopped may still be on its way
+	 * out: give it a little time.
+	 */
+	for (int waited = 0;; waited += 100)
+	{
+		slotno = slot_reserve(id, MyProcPid, &generation);
+		if (slotno >= 0)
+			break;
+		if (!slot_pipeline_busy(id))
+			ereport(ERROR,
+					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+					 errmsg("no free sluice worker slot to run pipeline \"%s\"", text_to_cstring(name)),
+					 errdetail("All %d slots are taken by running pipelines and other run_once() calls.",
+							   sluice_max_workers),
+					 errhint("Stop a pipeline, or raise sluice.max_workers and restart the server.")));
+		if (waited >= RUN_ONCE_WAIT_MS)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_IN_USE),
+					 errmsg("pipeline \"%s\" is being run by another worker", text_to_cstring(name)),
+					 errdetail("Another sluice.run_once() call is running it, or its stopped worker did not exit within %d seconds.",
+							   RUN_ONCE_WAIT_MS / 1000),
+					 errhint("Wait for the other call to return, then try again.")));
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 100, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
 
 	memset(&args, 0, sizeof(args));
 	args.database = MyDatabaseId;

@@ -40,9 +40,6 @@
 
 #include "sluice.h"
 
-/* key class for pg_advisory_xact_lock(class, pipeline id) while planning */
-#define SLUICE_PLAN_LOCK_CLASS 1936487779
-
 typedef struct PipelineConfig
 {
 	char	   *name;
@@ -54,6 +51,7 @@ typedef struct PipelineConfig
 	List	   *options;
 	List	   *attnames;
 	Oid			target;
+	bool		window;			/* a window sink */
 	bool		staged;			/* COPY into "batch" first, then the sink */
 	char	   *stage_sql;
 	char	   *transform;
@@ -85,31 +83,6 @@ batch_error_context(void *arg)
 		errcontext("sluice pipeline \"%s\", batch " INT64_FORMAT, c->pipeline, c->batch_id);
 	else
 		errcontext("sluice pipeline \"%s\"", c->pipeline);
-}
-
-static uint64
-spi_run(const char *sql, int nargs, Oid *types, Datum *values, int expected_rc)
-{
-	int			rc = SPI_execute_with_args(sql, nargs, types, values, NULL, false, 0);
-
-	if (rc != expected_rc)
-		elog(ERROR, "sluice catalog query failed: %s", SPI_result_code_string(rc));
-	return SPI_processed;
-}
-
-static char *
-spi_text(int row, int col)
-{
-	return SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col);
-}
-
-static int64
-spi_int64(int row, int col)
-{
-	bool		isnull;
-	Datum		d = SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, &isnull);
-
-	return isnull ? 0 : DatumGetInt64(d);
 }
 
 static void
@@ -159,17 +132,17 @@ pipeline_load(int32 id)
 	Datum	   *elems;
 	int			nelems;
 
-	if (spi_run("SELECT p.name, p.state,"
+	if (catalog_exec("SELECT p.name, p.state,"
 				"  CASE WHEN p.trigger = 'available_now' THEN 0"
 				"       ELSE (extract(epoch FROM p.trigger::interval) * 1000)::int8 END,"
 				"  s->>'dir', s->>'pattern', s->>'max_files_per_trigger', s->>'header',"
 				"  s->>'delimiter', s->>'quote', s->>'escape', s->>'null', s->>'encoding',"
 				"  ARRAY(SELECT c->>'name' FROM jsonb_array_elements(s->'columns') c),"
-				"  p.sink->>'relid', p.sink->>'type', p.transform, sluice._stage_sql(s),"
+				"  p.target::oid, p.sink->>'type', p.transform, sluice._stage_sql(s),"
 				"  coalesce(s->>'on_error', 'fail'), coalesce(s->>'after', 'keep'), s->>'archive_dir',"
 				"  coalesce((s->>'settle_ms')::int8, 0)"
 				" FROM sluice.pipeline p, LATERAL (SELECT p.source) AS x(s) WHERE p.id = $1",
-				1, types, values, SPI_OK_SELECT) == 0)
+				1, types, values, NULL, SPI_OK_SELECT) == 0)
 		return NULL;
 
 	cfg = palloc0(sizeof(PipelineConfig));
@@ -192,6 +165,7 @@ pipeline_load(int32 id)
 	target = spi_text(0, 14);
 	cfg->target = target ? atooid(target) : InvalidOid;
 	cfg->transform = spi_text(0, 16);
+	cfg->window = strcmp(spi_text(0, 15), "window") == 0;
 	cfg->staged = strcmp(spi_text(0, 15), "append") != 0 || cfg->transform != NULL;
 	cfg->stage_sql = spi_text(0, 17);
 	cfg->on_error = spi_text(0, 18);
@@ -243,7 +217,7 @@ known_files(PipelineConfig *cfg, int32 id, List *files)
 	BoolGetDatum(strcmp(cfg->after, "keep") != 0)};
 	uint64		n;
 
-	n = spi_run("WITH c AS (SELECT * FROM unnest($2::text[], $3::int8[], $4::timestamptz[]) AS c(path, size, mtime)),"
+	n = catalog_exec("WITH c AS (SELECT * FROM unnest($2::text[], $3::int8[], $4::timestamptz[]) AS c(path, size, mtime)),"
 				" ch AS (UPDATE sluice.file f SET changed_at = now() FROM c"
 				"   WHERE f.pipeline_id = $1 AND f.path = c.path AND f.committed AND f.changed_at IS NULL"
 				"     AND (f.size <> c.size OR f.mtime <> c.mtime)"
@@ -259,7 +233,7 @@ known_files(PipelineConfig *cfg, int32 id, List *files)
 				" UNION ALL"
 				" SELECT true, f.path, NULL FROM sluice.file f JOIN c ON f.pipeline_id = $1 AND f.path = c.path"
 				"  WHERE $5 AND f.committed AND f.size = c.size AND f.mtime = c.mtime",
-				5, types, values, SPI_OK_SELECT);
+				5, types, values, NULL, SPI_OK_SELECT);
 	for (uint64 i = 0; i < n; i++)
 	{
 		if (strcmp(spi_text(i, 1), "t") == 0)
@@ -295,21 +269,23 @@ batch_plan(PipelineRun *run, int *attempts)
 	run->isolate_rows = strcmp(cfg->on_error, "fail") != 0;
 
 	/* a planned batch comes first: replay it, same id, same files */
-	if (spi_run("UPDATE sluice.batch b SET attempts = attempts + 1 FROM ("
+	if (catalog_exec("UPDATE sluice.batch b SET attempts = attempts + 1 FROM ("
 				"  SELECT batch_id FROM sluice.batch WHERE pipeline_id = $1 AND status = 'planned'"
 				"  ORDER BY batch_id LIMIT 1 FOR UPDATE SKIP LOCKED) o"
 				" WHERE b.pipeline_id = $1 AND b.batch_id = o.batch_id"
 				" RETURNING b.batch_id, b.attempts",
-				1, types, values, SPI_OK_UPDATE_RETURNING) > 0)
+				1, types, values, NULL, SPI_OK_UPDATE_RETURNING) > 0)
 	{
 		*attempts = (int) spi_int64(0, 2);
 		return spi_int64(0, 1);
 	}
 
-	/* a new batch: one planner at a time per pipeline, without a row lock */
-	values[1] = Int32GetDatum(SLUICE_PLAN_LOCK_CLASS);
-	spi_run("SELECT pg_advisory_xact_lock($2, $1)", 2,
-			(Oid[]) {INT4OID, INT4OID}, values, SPI_OK_SELECT);
+	/*
+	 * A new batch: one planner at a time per pipeline.  The pipeline's row
+	 * is the lock, which no user can take: users may only read the catalog.
+	 */
+	catalog_exec("SELECT 1 FROM sluice.pipeline WHERE id = $1 FOR UPDATE", 1, types, values, NULL,
+				 SPI_OK_SELECT);
 
 	files = csv_list_files(cfg->dir, cfg->pattern);
 	if (cfg->settle_ms > 0)
@@ -324,8 +300,8 @@ batch_plan(PipelineRun *run, int *attempts)
 	}
 	known_files(cfg, run->id, files);
 
-	spi_run("SELECT coalesce(max(batch_id), 0) + 1 FROM sluice.batch WHERE pipeline_id = $1",
-			1, types, values, SPI_OK_SELECT);
+	catalog_exec("SELECT coalesce(max(batch_id), 0) + 1 FROM sluice.batch WHERE pipeline_id = $1",
+			1, types, values, NULL, SPI_OK_SELECT);
 	batch_id = spi_int64(0, 1);
 
 	values[1] = files_array(files, 0);
@@ -335,15 +311,14 @@ batch_plan(PipelineRun *run, int *attempts)
 	values[5] = Int32GetDatum(cfg->max_files);
 	if (cfg->max_files == 0)
 		nulls[5] = 'n';
-	if (SPI_execute_with_args("WITH c AS ("
+	catalog_exec("WITH c AS ("
 							  "  SELECT * FROM unnest($2::text[], $3::int8[], $4::timestamptz[]) AS c(path, size, mtime)"
 							  "  WHERE NOT EXISTS (SELECT 1 FROM sluice.file f WHERE f.pipeline_id = $1 AND f.path = c.path)),"
 							  " claim AS (INSERT INTO sluice.file (pipeline_id, path, size, mtime, batch_id)"
 							  "  SELECT $1, path, size, mtime, $5 FROM c ORDER BY mtime, path LIMIT $6"
 							  "  ON CONFLICT DO NOTHING RETURNING 1)"
 							  " SELECT (SELECT count(*) FROM c), (SELECT count(*) FROM claim)",
-							  6, types, values, nulls, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not claim files");
+							  6, types, values, nulls, SPI_OK_SELECT);
 	candidates = spi_int64(0, 1);
 	claimed = spi_int64(0, 2);
 
@@ -354,9 +329,9 @@ batch_plan(PipelineRun *run, int *attempts)
 	if (claimed == 0)
 		return 0;
 
-	spi_run("INSERT INTO sluice.batch (pipeline_id, batch_id, status, attempts, planned_at)"
+	catalog_exec("INSERT INTO sluice.batch (pipeline_id, batch_id, status, attempts, planned_at)"
 			" VALUES ($1, $5, 'planned', 1, now())",
-			5, types, values, SPI_OK_INSERT);
+			5, types, values, NULL, SPI_OK_INSERT);
 	*attempts = 1;
 	return batch_id;
 }
@@ -366,8 +341,63 @@ temp_relid(const char *name)
 {
 	Datum		value = CStringGetTextDatum(psprintf("pg_temp.%s", name));
 
-	spi_run("SELECT $1::regclass::oid", 1, (Oid[]) {TEXTOID}, &value, SPI_OK_SELECT);
+	pinned_exec("SELECT $1::regclass::oid", 1, (Oid[]) {TEXTOID}, &value, NULL, SPI_OK_SELECT);
 	return (Oid) spi_int64(0, 1);
+}
+
+/*
+ * A window sink.  Under the pipeline's row lock, which serializes the
+ * watermark and the windows emitted, sluice._window_write() does the work
+ * as the owner; what it returns goes to the catalog.
+ */
+static int64
+batch_write_window(PipelineRun *run, int64 batch_id, Oid input)
+{
+	Oid			types[10] = {INT4OID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
+		TIMESTAMPTZOID, INT8OID, INT8OID, INT8OID, INT8OID};
+	Datum		values[10];
+	char		nulls[10];
+	Datum		args[7];
+	char		argnulls[7] = "       ";
+	bool		isnull;
+	int64		written;
+
+	values[0] = Int32GetDatum(run->id);
+	catalog_exec("SELECT sluice._sink(p), p.state_table, p.event_time, p.watermark_delay, p.watermark"
+				 " FROM sluice.pipeline AS p WHERE p.id = $1 FOR UPDATE",
+				 1, types, values, NULL, SPI_OK_SELECT);
+	args[0] = Int64GetDatum(batch_id);
+	for (int i = 1; i <= 5; i++)
+	{
+		args[i] = spi_datum(0, i, &isnull);
+		argnulls[i] = isnull ? 'n' : ' ';
+	}
+	args[6] = ObjectIdGetDatum(input);
+	pinned_exec("SELECT * FROM sluice._window_write($1, $2, $3, $4, $5, $6, $7)", 7,
+				(Oid[]) {INT8OID, JSONBOID, REGCLASSOID, TEXTOID, INTERVALOID, TIMESTAMPTZOID, REGCLASSOID},
+				args, argnulls, SPI_OK_SELECT);
+
+	/* written, new watermark, event time min and max, dropped, total, updated, removed */
+	written = spi_int64(0, 1);
+	values[1] = Int64GetDatum(batch_id);
+	values[2] = spi_datum(0, 2, &isnull);
+	nulls[2] = isnull ? 'n' : ' ';
+	values[3] = args[5];
+	nulls[3] = argnulls[5];
+	for (int i = 4; i < 10; i++)
+	{
+		values[i] = spi_datum(0, i - 1, &isnull);
+		nulls[i] = isnull ? 'n' : ' ';
+	}
+	nulls[0] = nulls[1] = ' ';
+	catalog_exec("WITH w AS (UPDATE sluice.pipeline SET watermark = $3"
+				 "  WHERE id = $1 AND watermark IS DISTINCT FROM $3)"
+				 " UPDATE sluice.batch SET watermark = $4, next_watermark = $3, event_time_min = $5,"
+				 "  event_time_max = $6, num_rows_dropped_by_watermark = $7, state_rows_total = $8,"
+				 "  state_rows_updated = $9, state_rows_removed = $10"
+				 " WHERE pipeline_id = $1 AND batch_id = $2",
+				 10, types, values, nulls, SPI_OK_UPDATE);
+	return written;
 }
 
 /*
@@ -390,28 +420,23 @@ batch_write_staged(PipelineRun *run, PipelineConfig *cfg, Oid stage, int64 batch
 	if (cfg->transform)
 	{
 		check_single_select(cfg->transform);
-		spi_run(psprintf("CREATE TEMP TABLE batch_out ON COMMIT DROP AS SELECT * FROM (%s) AS q",
-						 cfg->transform), 0, NULL, NULL, SPI_OK_UTILITY);
+		/* the owner's own query, with the owner's search_path */
+		if (SPI_execute(psprintf("CREATE TEMP TABLE batch_out ON COMMIT DROP AS SELECT * FROM (%s) AS q",
+								 cfg->transform), false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "could not run the transform");
 		input = temp_relid("batch_out");
 	}
-	values[1] = ObjectIdGetDatum(input);
+	/* windows are written as a whole: no row-by-row isolation */
+	if (cfg->window)
+		return batch_write_window(run, batch_id, input);
 
-	spi_run("SELECT sluice._sink_sql(sink, $2::regclass), sluice._sink_sql(sink, $2::regclass, true),"
-			" sink->>'type', sink->>'on_match' FROM sluice.pipeline WHERE id = $1",
-			2, types, values, SPI_OK_SELECT);
+	values[1] = ObjectIdGetDatum(input);
+	catalog_exec("SELECT sluice._sink_sql(s, $2::regclass), sluice._sink_sql(s, $2::regclass, true),"
+				 " s->>'type', s->>'on_match' FROM sluice.pipeline AS p, sluice._sink(p) AS s WHERE p.id = $1",
+				 2, types, values, NULL, SPI_OK_SELECT);
 	sql = spi_text(0, 1);
 	row_sql = spi_text(0, 2);
 	sink_type = spi_text(0, 3);
-	if (strcmp(sink_type, "window") == 0)
-	{
-		/* windows are written as a whole: no row-by-row isolation */
-		values[0] = Int64GetDatum(batch_id);
-		values[1] = Int32GetDatum(run->id);
-		values[2] = ObjectIdGetDatum(input);
-		spi_run("SELECT sluice._window_write($1, $2, $3::regclass)", 3,
-				(Oid[]) {INT8OID, INT4OID, OIDOID}, values, SPI_OK_SELECT);
-		return spi_int64(0, 1);
-	}
 	if (rj && strcmp(sink_type, "function") != 0)
 		/* row by row, the last row of a key must win: 'ignore' keeps the first it writes */
 		return rejects_write(rj, sql, row_sql, input, stage, batch_id,
@@ -454,13 +479,13 @@ batch_process(PipelineRun *run, int64 batch_id, int attempts, BatchErrorContext 
 	copy_into = cfg->target;
 	memset(&rj, 0, sizeof(rj));
 	rj.keep = strcmp(cfg->on_error, "reject") == 0;
-	if (spi_run("SELECT 1 FROM sluice.batch WHERE pipeline_id = $1 AND batch_id = $2"
+	if (catalog_exec("SELECT 1 FROM sluice.batch WHERE pipeline_id = $1 AND batch_id = $2"
 				" AND status = 'planned' FOR UPDATE",
-				2, types, values, SPI_OK_SELECT) == 0)
+				2, types, values, NULL, SPI_OK_SELECT) == 0)
 		return false;
 
-	spi_run("SELECT path FROM sluice.file WHERE pipeline_id = $1 AND batch_id = $2 ORDER BY mtime, path",
-			2, types, values, SPI_OK_SELECT);
+	catalog_exec("SELECT path FROM sluice.file WHERE pipeline_id = $1 AND batch_id = $2 ORDER BY mtime, path",
+			2, types, values, NULL, SPI_OK_SELECT);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		CsvFile    *f = palloc0(sizeof(CsvFile));
@@ -472,7 +497,7 @@ batch_process(PipelineRun *run, int64 batch_id, int attempts, BatchErrorContext 
 	csv_check_read_privilege();
 	if (cfg->staged || careful)
 	{
-		spi_run(cfg->stage_sql, 0, NULL, NULL, SPI_OK_UTILITY);
+		pinned_exec(cfg->stage_sql, 0, NULL, NULL, NULL, SPI_OK_UTILITY);
 		copy_into = temp_relid("batch");
 	}
 	foreach(lc, files)
@@ -524,10 +549,10 @@ batch_process(PipelineRun *run, int64 batch_id, int attempts, BatchErrorContext 
 	values[2] = files_array(files, 0);
 	values[3] = files_array(files, 1);
 	values[4] = files_array(files, 2);
-	spi_run("UPDATE sluice.file f SET committed = true, size = c.size, mtime = c.mtime"
+	catalog_exec("UPDATE sluice.file f SET committed = true, size = c.size, mtime = c.mtime"
 			" FROM unnest($3::text[], $4::int8[], $5::timestamptz[]) AS c(path, size, mtime)"
 			" WHERE f.pipeline_id = $1 AND f.batch_id = $2 AND f.path = c.path",
-			5, types, values, SPI_OK_UPDATE);
+			5, types, values, NULL, SPI_OK_UPDATE);
 
 	/* the compare-and-set that makes the batch ours */
 	values[2] = Int64GetDatum((int64) rows);
@@ -536,20 +561,19 @@ batch_process(PipelineRun *run, int64 batch_id, int attempts, BatchErrorContext 
 	values[5] = Int32GetDatum(list_length(files));
 	values[6] = Int64GetDatum(sink_rows);
 	values[7] = Int64GetDatum(rj.count);
-	if (SPI_execute_with_args("UPDATE sluice.batch SET status = 'committed', committed_at = now(),"
-							  "  input_rows = $3, bytes = $4, durations = $5::text::jsonb, files = $6,"
-							  "  sink_rows = $7, rejected_rows = $8"
-							  " WHERE pipeline_id = $1 AND batch_id = $2 AND status = 'planned'",
-							  8, (Oid[]) {INT4OID, INT8OID, INT8OID, INT8OID, TEXTOID, INT4OID, INT8OID, INT8OID},
-							  values, sink_rows < 0 ? "      n " : NULL, false, 0) != SPI_OK_UPDATE ||
-		SPI_processed != 1)
+	if (catalog_exec("UPDATE sluice.batch SET status = 'committed', committed_at = now(),"
+					 "  input_rows = $3, bytes = $4, durations = $5::text::jsonb, files = $6,"
+					 "  sink_rows = $7, rejected_rows = $8"
+					 " WHERE pipeline_id = $1 AND batch_id = $2 AND status = 'planned'",
+					 8, (Oid[]) {INT4OID, INT8OID, INT8OID, INT8OID, TEXTOID, INT4OID, INT8OID, INT8OID},
+					 values, sink_rows < 0 ? "      n " : NULL, SPI_OK_UPDATE) != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 				 errmsg("batch " INT64_FORMAT " of pipeline \"%s\" was committed by another worker",
 						batch_id, run->name)));
 
 	values[0] = CStringGetTextDatum(run->name);
-	spi_run("SELECT pg_notify('sluice_progress', $1)", 1, (Oid[]) {TEXTOID}, values, SPI_OK_SELECT);
+	catalog_exec("SELECT pg_notify('sluice_progress', $1)", 1, (Oid[]) {TEXTOID}, values, NULL, SPI_OK_SELECT);
 
 	crash_point("before_commit", attempts);
 	return true;
@@ -578,13 +602,12 @@ batch_record_failure(PipelineRun *run, int64 batch_id, ErrorData *edata)
 	}
 
 	xact_begin("recording a failure");
-	if (SPI_execute_with_args("INSERT INTO sluice.error (pipeline_id, batch_id, sqlstate, message, detail, hint, context)"
-							  " SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS (SELECT 1 FROM sluice.pipeline WHERE id = $1)",
-							  7, types, values, nulls, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "could not record the failure");
-	spi_run("UPDATE sluice.pipeline SET state = 'failed' WHERE id = $1", 1, types, values, SPI_OK_UPDATE);
+	catalog_exec("INSERT INTO sluice.error (pipeline_id, batch_id, sqlstate, message, detail, hint, context)"
+				 " SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS (SELECT 1 FROM sluice.pipeline WHERE id = $1)",
+				 7, types, values, nulls, SPI_OK_INSERT);
+	catalog_exec("UPDATE sluice.pipeline SET state = 'failed' WHERE id = $1", 1, types, values, NULL, SPI_OK_UPDATE);
 	values[0] = CStringGetTextDatum(run->name);
-	spi_run("SELECT pg_notify('sluice_progress', $1)", 1, (Oid[]) {TEXTOID}, values, SPI_OK_SELECT);
+	catalog_exec("SELECT pg_notify('sluice_progress', $1)", 1, (Oid[]) {TEXTOID}, values, NULL, SPI_OK_SELECT);
 	xact_end();
 
 	LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);

@@ -31,6 +31,7 @@
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -263,6 +264,8 @@ sluice_launcher_main(Datum arg)
 	BackgroundWorkerUnblockSignals();
 
 	BackgroundWorkerInitializeConnection(sluice_database, NULL, 0);
+	/* nothing a user created is resolved in our statements */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 
 	LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
 	sluice_shared->launcher_latch = MyLatch;

@@ -24,6 +24,7 @@
 #include "executor/spi.h"
 #include "nodes/makefuncs.h"
 #include "parser/parse_node.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -197,7 +198,11 @@ sink_one_row(void *arg)
 {
 	SinkRowState *st = arg;
 
-	if (SPI_execute_with_args(st->sql, 2, (Oid[]) {INT8OID, TIDOID}, st->values,
+	Datum		values[2] = {st->values[0],
+		PointerGetDatum(construct_array(&st->values[1], 1, TIDOID, sizeof(ItemPointerData), false,
+										TYPALIGN_SHORT))};
+
+	if (SPI_execute_with_args(st->sql, 2, (Oid[]) {INT8OID, TIDARRAYOID}, values,
 							  NULL, false, 0) < 0)
 		elog(ERROR, "could not write a row to the sink");
 	st->processed = SPI_processed;
@@ -322,10 +327,9 @@ rejects_save(Rejects *rj, int32 pipeline_id, int64 batch_id)
 			nulls[4] = 'n';
 		values[5] = CStringGetTextDatum(r->sqlstate);
 		values[6] = CStringGetTextDatum(r->message);
-		if (SPI_execute_with_args("INSERT INTO sluice.reject (pipeline_id, batch_id, file, line, raw_line, sqlstate, message)"
-								  " VALUES ($1, $2, $3, $4, $5, $6, $7)",
-								  7, (Oid[]) {INT4OID, INT8OID, TEXTOID, INT8OID, TEXTOID, TEXTOID, TEXTOID},
-								  values, nulls, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "could not save a rejected row");
+		catalog_exec("INSERT INTO sluice.reject (pipeline_id, batch_id, file, line, raw_line, sqlstate, message)"
+					 " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+					 7, (Oid[]) {INT4OID, INT8OID, TEXTOID, INT8OID, TEXTOID, TEXTOID, TEXTOID},
+					 values, nulls, SPI_OK_INSERT);
 	}
 }

@@ -79,6 +79,15 @@ extern void sluice_wake_launcher(void);
 extern struct BackgroundWorkerHandle *sluice_start_worker(int slotno, SluiceWorkerArgs *args,
 														  pid_t notify_pid);
 
+/* catalog.c */
+extern uint64 catalog_exec(const char *sql, int nargs, Oid *types, Datum *values,
+						   const char *nulls, int expected_rc);
+extern uint64 pinned_exec(const char *sql, int nargs, Oid *types, Datum *values,
+						  const char *nulls, int expected_rc);
+extern char *spi_text(int row, int col);
+extern int64 spi_int64(int row, int col);
+extern Datum spi_datum(int row, int col, bool *isnull);
+
 /* api.c */
 extern void check_single_select(const char *query);
 

@@ -53,7 +53,7 @@ worker_detach(int code, Datum arg)
 
 /* Run a statement about this pipeline in a transaction of its own. */
 static char *
-worker_exec(int32 id, const char *sql)
+worker_exec(int32 id, const char *sql, int expected_rc)
 {
 	char	   *result = NULL;
 	Datum		value = Int32GetDatum(id);
@@ -63,8 +63,7 @@ worker_exec(int32 id, const char *sql)
 	StartTransactionCommand();
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	if (SPI_execute_with_args(sql, 1, &type, &value, NULL, false, 0) < 0)
-		elog(ERROR, "sluice catalog query failed");
+	catalog_exec(sql, 1, &type, &value, NULL, expected_rc);
 	if (SPI_tuptable != NULL && SPI_processed > 0)
 		result = MemoryContextStrdup(TopMemoryContext,
 									 SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
@@ -109,7 +108,7 @@ sluice_worker_main(Datum arg)
 	run.run_once = args.run_once;
 	run.available_now = args.available_now || args.run_once;
 	run.slot = slot;
-	run.name = worker_exec(run.id, "SELECT name FROM sluice.pipeline WHERE id = $1");
+	run.name = worker_exec(run.id, "SELECT name FROM sluice.pipeline WHERE id = $1", SPI_OK_SELECT);
 	if (run.name == NULL)
 	{
 		/* told to the run_once() caller through the slot */
@@ -176,7 +175,8 @@ sluice_worker_main(Datum arg)
 		/* a drained available-now pipeline is stopped; a retried failure is over */
 		worker_exec(run.id, run.run_once
 					? "UPDATE sluice.pipeline SET state = 'stopped' WHERE id = $1 AND state = 'failed'"
-					: "UPDATE sluice.pipeline SET state = 'stopped' WHERE id = $1 AND state = 'running'");
+					: "UPDATE sluice.pipeline SET state = 'stopped' WHERE id = $1 AND state = 'running'",
+					SPI_OK_UPDATE);
 		LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
 		slot->finished = true;
 		LWLockRelease(sluice_shared->lock);

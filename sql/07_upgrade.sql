@@ -1,0 +1,80 @@
+--
+-- 07_upgrade: ALTER EXTENSION sluice UPDATE from 0.1 gives exactly what
+-- CREATE EXTENSION sluice gives, and CREATE EXTENSION never adopts a schema
+-- it did not create.  (Pipelines going on through an upgrade: the TAP test
+-- test/t/012_upgrade.pl.)
+--
+CREATE DATABASE regress_sluice_upgrade;
+\c regress_sluice_upgrade
+SET client_min_messages = warning;
+
+-- what the extension consists of, described by name, never by oid
+CREATE FUNCTION shape() RETURNS TABLE (kind text, name text, def text) LANGUAGE sql AS $$
+    SELECT 'function', p.oid::regprocedure::text,
+           pg_get_functiondef(p.oid) || coalesce(array_to_string(p.proacl, ','), '')
+           || coalesce(obj_description(p.oid, 'pg_proc'), '')
+      FROM pg_proc p WHERE p.pronamespace = 'sluice'::regnamespace
+    UNION ALL
+    SELECT 'view', c.oid::regclass::text, pg_get_viewdef(c.oid) || array_to_string(c.reloptions, ',')
+           || coalesce(array_to_string(c.relacl, ','), '') || coalesce(obj_description(c.oid, 'pg_class'), '')
+      FROM pg_class c WHERE c.relnamespace = 'sluice'::regnamespace AND c.relkind = 'v'
+    UNION ALL
+    SELECT 'relation', c.oid::regclass::text, c.relkind || c.relrowsecurity::text
+           || coalesce(array_to_string(c.relacl, ','), '')
+      FROM pg_class c WHERE c.relnamespace = 'sluice'::regnamespace AND c.relkind IN ('r', 'S', 'i')
+    UNION ALL
+    SELECT 'column', a.attrelid::regclass::text || '.' || a.attname,
+           format_type(a.atttypid, a.atttypmod) || a.attnotnull::text || coalesce(pg_get_expr(d.adbin, d.adrelid), '')
+      FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+      LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+     WHERE c.relnamespace = 'sluice'::regnamespace AND c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped
+    UNION ALL
+    SELECT 'constraint', conrelid::regclass::text || '.' || conname, pg_get_constraintdef(oid)
+      FROM pg_constraint WHERE connamespace = 'sluice'::regnamespace
+    UNION ALL
+    SELECT 'index', indexrelid::regclass::text, pg_get_indexdef(indexrelid)
+      FROM pg_index WHERE indrelid IN (SELECT oid FROM pg_class WHERE relnamespace = 'sluice'::regnamespace)
+    UNION ALL
+    SELECT 'policy', tablename || '.' || policyname, cmd || ' ' || coalesce(qual, '') || array_to_string(roles, ',')
+      FROM pg_policies WHERE schemaname = 'sluice'
+    UNION ALL
+    SELECT 'dumped', c::regclass::text, ''
+      FROM pg_extension e, unnest(e.extconfig) AS c WHERE e.extname = 'sluice'
+$$;
+
+CREATE EXTENSION sluice VERSION '0.1';
+SELECT extversion, extnamespace::regnamespace FROM pg_extension WHERE extname = 'sluice';
+ALTER EXTENSION sluice UPDATE TO '0.2';
+SELECT extversion FROM pg_extension WHERE extname = 'sluice';
+CREATE TABLE upgraded AS SELECT * FROM shape();
+
+-- 0.1 made the schema itself, outside the extension: it stays, and a new
+-- CREATE EXTENSION refuses to take it
+DROP EXTENSION sluice;
+SELECT count(*) AS objects_left FROM pg_class WHERE relnamespace = 'sluice'::regnamespace;
+CREATE EXTENSION sluice;
+DROP SCHEMA sluice;
+CREATE EXTENSION sluice;
+CREATE TABLE installed AS SELECT * FROM shape();
+
+-- nothing differs, and there is something to compare
+SELECT 'only after upgrade' AS "where", * FROM (TABLE upgraded EXCEPT TABLE installed) AS u
+UNION ALL
+SELECT 'only after install', * FROM (TABLE installed EXCEPT TABLE upgraded) AS i
+ORDER BY 1, 2, 3;
+SELECT kind, count(*) FROM installed GROUP BY kind ORDER BY kind;
+
+-- 0.2 and later make their schema in the script, so DROP EXTENSION takes it
+DROP EXTENSION sluice;
+SELECT count(*) AS sluice_schemas FROM pg_namespace WHERE nspname = 'sluice';
+
+-- a schema another role made first is never adopted
+CREATE ROLE regress_sluice_squatter;
+CREATE SCHEMA sluice AUTHORIZATION regress_sluice_squatter;
+CREATE EXTENSION sluice;
+SELECT count(*) AS extensions FROM pg_extension WHERE extname = 'sluice';
+DROP SCHEMA sluice;
+DROP ROLE regress_sluice_squatter;
+
+\c contrib_regression
+DROP DATABASE regress_sluice_upgrade;

@@ -1,0 +1,119 @@
+/*
+ * catalog.c
+ *		Reading and writing sluice's own tables, as the extension's owner.
+ *
+ * Users may only read the catalog (row-level security shows each their own
+ * pipelines); every change goes through the extension's functions and
+ * workers.  Those switch to the extension's owner around each catalog
+ * statement only, with search_path pinned to pg_catalog, pg_temp, so that
+ * nothing a user created is resolved in our SQL and nothing the user wrote
+ * runs with our rights.  Everything else a batch does (reading the source,
+ * writing the sink, the transform) stays with the pipeline's owner.
+ *
+ * An error inside a switched statement needs no cleanup here: aborting the
+ * (sub)transaction restores the user and the settings.
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/indexing.h"
+#include "catalog/pg_extension.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "utils/fmgroids.h"
+#include "utils/guc.h"
+#include "utils/rel.h"
+
+#include "sluice.h"
+
+/* The role that created the extension, which owns the catalog. */
+static Oid
+extension_owner(void)
+{
+	Oid			extoid = get_extension_oid("sluice", false);
+	Relation	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	Oid			owner;
+
+	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(extoid));
+	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "could not find extension sluice");
+	owner = ((Form_pg_extension) GETSTRUCT(tup))->extowner;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return owner;
+}
+
+/*
+ * Run one statement with search_path pinned, as the extension's owner
+ * (catalog statements) or as the current user (our statements over the
+ * user's objects).  Fails unless SPI returns expected_rc; returns the
+ * number of rows processed.
+ */
+static uint64
+pinned_exec_as(bool as_owner, const char *sql, int nargs, Oid *types, Datum *values,
+			   const char *nulls, int expected_rc)
+{
+	Oid			save_userid;
+	int			save_sec;
+	int			nestlevel;
+	int			rc;
+
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	if (as_owner)
+		SetUserIdAndSecContext(extension_owner(), save_sec | SECURITY_LOCAL_USERID_CHANGE);
+	nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+
+	rc = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
+
+	AtEOXact_GUC(true, nestlevel);
+	SetUserIdAndSecContext(save_userid, save_sec);
+	if (rc != expected_rc)
+		elog(ERROR, "sluice catalog query failed: %s", SPI_result_code_string(rc));
+	return SPI_processed;
+}
+
+uint64
+catalog_exec(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls,
+			 int expected_rc)
+{
+	return pinned_exec_as(true, sql, nargs, types, values, nulls, expected_rc);
+}
+
+uint64
+pinned_exec(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls,
+			int expected_rc)
+{
+	return pinned_exec_as(false, sql, nargs, types, values, nulls, expected_rc);
+}
+
+char *
+spi_text(int row, int col)
+{
+	return SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col);
+}
+
+int64
+spi_int64(int row, int col)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, &isnull);
+
+	return isnull ? 0 : DatumGetInt64(d);
+}
+
+Datum
+spi_datum(int row, int col, bool *isnull)
+{
+	return SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, isnull);
+}
