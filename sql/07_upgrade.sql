@@ -7,6 +7,7 @@
 CREATE DATABASE regress_sluice_upgrade;
 \c regress_sluice_upgrade
 SET client_min_messages = warning;
+SET check_function_bodies = false;   -- shape() reads a schema that comes and goes
 
 -- what the extension consists of, described by name, never by oid
 CREATE FUNCTION shape() RETURNS TABLE (kind text, name text, def text) LANGUAGE sql AS $$
@@ -19,8 +20,8 @@ CREATE FUNCTION shape() RETURNS TABLE (kind text, name text, def text) LANGUAGE 
            || coalesce(array_to_string(c.relacl, ','), '') || coalesce(obj_description(c.oid, 'pg_class'), '')
       FROM pg_class c WHERE c.relnamespace = 'sluice'::regnamespace AND c.relkind = 'v'
     UNION ALL
-    SELECT 'relation', c.oid::regclass::text, c.relkind || c.relrowsecurity::text
-           || coalesce(array_to_string(c.relacl, ','), '')
+    SELECT 'relation', c.oid::regclass::text, c.relkind::text || c.relrowsecurity::text
+           || array_to_string(coalesce(c.relacl, acldefault((CASE c.relkind WHEN 'S' THEN 's' ELSE 'r' END)::"char", c.relowner)), ',')
       FROM pg_class c WHERE c.relnamespace = 'sluice'::regnamespace AND c.relkind IN ('r', 'S', 'i')
     UNION ALL
     SELECT 'column', a.attrelid::regclass::text || '.' || a.attname,

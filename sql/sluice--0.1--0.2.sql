@@ -468,3 +468,5 @@ SELECT p.name,
                       WHERE e.pipeline_id = p.id AND e.sqlstate NOT LIKE '01%'
                       ORDER BY e.id DESC LIMIT 1) AS err ON true;
 COMMENT ON VIEW sluice.pipelines IS 'one row per pipeline: state, worker, last batch, backlog, last failure';
+
+GRANT SELECT ON sluice.pipelines TO PUBLIC;
