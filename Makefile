@@ -2,6 +2,7 @@ EXTENSION = sluice
 EXTVERSION = $(shell grep default_version $(EXTENSION).control | sed -e "s/default_version[[:space:]]*=[[:space:]]*'\([^']*\)'/\1/")
 MODULE_big = sluice
 OBJS = $(patsubst %.c,%.o,$(wildcard src/*.c))
+$(OBJS): $(wildcard src/*.h)
 DATA = $(wildcard sql/$(EXTENSION)--*.sql) $(EXTENSION)--0.1.control
 
 REGRESS = $(patsubst sql/%.sql,%,$(filter-out sql/$(EXTENSION)--%,$(wildcard sql/*.sql)))

@@ -110,6 +110,8 @@ sluice_create_pipeline(PG_FUNCTION_ARGS)
 				 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
 				 11, rowtypes, row, rownulls, SPI_OK_INSERT_RETURNING);
 	id = DatumGetInt32(spi_datum(0, 1, &isnull));
+	owners_add(GetUserId());
+	sluice_wake_launcher();		/* which keeps the owners from the catalog */
 
 	if (window)
 	{

@@ -21,6 +21,7 @@
 
 #include "access/xact.h"
 #include "catalog/pg_extension.h"
+#include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -29,8 +30,10 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "nodes/value.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -45,6 +48,9 @@ typedef struct LaunchedWorker
 	uint64		generation;
 	BackgroundWorkerHandle *handle; /* NULL once it exited */
 	TimestampTz started_at;
+	Oid			owner;			/* the role its worker connects as */
+	int			failed_starts;	/* workers in a row that could not connect */
+	bool		no_slot_reported;	/* since it last had a slot */
 	bool		seen;			/* still running in the catalog */
 } LaunchedWorker;
 
@@ -53,7 +59,11 @@ typedef struct RunningPipeline
 	int32		id;
 	Oid			owner;
 	bool		available_now;
+	char		name[NAMEDATALEN];
 } RunningPipeline;
+
+/* workers in a row that may fail to connect before their pipeline is failed */
+#define MAX_FAILED_STARTS 5
 
 static List *launched = NIL;	/* of LaunchedWorker, in TopMemoryContext */
 
@@ -66,11 +76,50 @@ launcher_detach(int code, Datum arg)
 	LWLockRelease(sluice_shared->lock);
 }
 
-/* The pipelines that should have a worker, read in a short transaction. */
+/*
+ * Fail a pipeline (or, with fail false, only warn about it) with the reason
+ * in sluice.errors, in a transaction of its own.  The launcher runs as a
+ * superuser; nothing here comes from a user.
+ */
+static void
+launcher_report(int32 id, bool fail, int sqlerrcode, const char *message, const char *detail,
+				const char *hint)
+{
+	Datum		values[6] = {Int32GetDatum(id), CStringGetTextDatum(unpack_sql_state(sqlerrcode)),
+		CStringGetTextDatum(message), CStringGetTextDatum(detail), CStringGetTextDatum(hint)};
+
+	ereport(LOG, (errmsg("sluice: %s", message), errdetail_internal("%s", detail)));
+	values[5] = BoolGetDatum(fail);
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_execute_with_args("WITH f AS (UPDATE sluice.pipeline SET state = 'failed'"
+							  "  WHERE id = $1 AND state = 'running' AND $6 RETURNING id)"
+							  " INSERT INTO sluice.error (pipeline_id, sqlstate, message, detail, hint)"
+							  " SELECT id, $2, $3, $4, $5 FROM sluice.pipeline"
+							  "  WHERE id = $1 AND (NOT $6 OR id IN (SELECT id FROM f))",
+							  6, (Oid[]) {INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID},
+							  values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not fail pipeline %d", id);
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+/*
+ * The pipelines that should have a worker, read in a short transaction.
+ * A worker slot goes only to a pipeline whose owner could create it now:
+ * one whose owner can no longer log in or read server files is failed
+ * here, with the reason, instead of having its worker fail forever.
+ */
 static List *
 launcher_running_pipelines(void)
 {
 	List	   *result = NIL;
+	List	   *refused = NIL;
+	List	   *owners = NIL;
+	ListCell   *lc;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -80,7 +129,14 @@ launcher_running_pipelines(void)
 	if (OidIsValid(get_extension_oid("sluice", true)))
 	{
 		SPI_connect();
-		if (SPI_execute("SELECT id, owner, trigger = 'available_now' FROM sluice.pipeline WHERE state = 'running'",
+		if (SPI_execute("SELECT p.id, p.owner, p.trigger = 'available_now',"
+						"  CASE WHEN r.oid IS NULL THEN 'its owner no longer exists'"
+						"       WHEN NOT r.rolcanlogin THEN format('Role %I cannot log in.', r.rolname)"
+						"       WHEN NOT pg_has_role(r.oid, 'pg_read_server_files', 'USAGE')"
+						"       THEN format('Role %I no longer has the privileges of pg_read_server_files.', r.rolname)"
+						"  END, p.name, r.rolname"
+						" FROM sluice.pipeline p LEFT JOIN pg_roles r ON r.oid = p.owner"
+						" WHERE p.state = 'running'",
 						true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not read sluice.pipeline");
 		for (uint64 i = 0; i < SPI_processed; i++)
@@ -89,20 +145,56 @@ launcher_running_pipelines(void)
 			TupleDesc	desc = SPI_tuptable->tupdesc;
 			RunningPipeline *p;
 			bool		isnull;
-			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+			char	   *why = SPI_getvalue(tup, desc, 4);
+			MemoryContext old;
 
+			old = MemoryContextSwitchTo(TopMemoryContext);
+			if (why)
+			{
+				/* in our own memory: SPI's goes at SPI_finish() */
+				refused = lappend(refused,
+								  list_make3(makeInteger(DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull))),
+											 makeString(psprintf("the owner of pipeline \"%s\" cannot run it",
+																 SPI_getvalue(tup, desc, 5))),
+											 makeString(SPI_getvalue(tup, desc, 6) ? pstrdup(why)
+														: pstrdup("Its owner no longer exists."))));
+				MemoryContextSwitchTo(old);
+				continue;
+			}
 			p = palloc(sizeof(RunningPipeline));
 			result = lappend(result, p);
 			MemoryContextSwitchTo(old);
 			p->id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
 			p->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
 			p->available_now = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
+			strlcpy(p->name, SPI_getvalue(tup, desc, 5), NAMEDATALEN);
 		}
+		if (SPI_execute("SELECT DISTINCT owner::oid FROM sluice.pipeline", true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read sluice.pipeline");
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			bool		isnull;
+
+			owners = lappend_oid(owners, DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
+																		SPI_tuptable->tupdesc, 1, &isnull)));
+		}
+		owners_set(owners);
 		SPI_finish();
 	}
 
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+
+	foreach(lc, refused)
+	{
+		List	   *r = lfirst(lc);
+
+		launcher_report(intVal(linitial(r)), true, ERRCODE_INSUFFICIENT_PRIVILEGE,
+							   strVal(lsecond(r)), strVal(lthird(r)),
+							   "Pipeline workers connect as the pipeline's owner and read server files. "
+							   "Give the owner back LOGIN and pg_read_server_files, then call sluice.start().");
+	}
+	list_free_deep(refused);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	return result;
 }
@@ -159,11 +251,31 @@ launcher_reconcile(void)
 			pid_t		pid;
 
 			if (GetBackgroundWorkerPid(lw->handle, &pid) != BGWH_STOPPED)
+			{
+				/* REASSIGN OWNED gave the pipeline to another role: restart as that one */
+				if (lw->owner != p->owner)
+					TerminateBackgroundWorker(lw->handle);
 				continue;
+			}
 			/* it exited; free its slot if it never got to do so itself */
+			if (slot_never_connected(lw->slotno, lw->generation))
+				lw->failed_starts++;
+			else
+				lw->failed_starts = 0;
 			slot_release(lw->slotno, lw->generation);
 			pfree(lw->handle);
 			lw->handle = NULL;
+		}
+		if (lw->failed_starts >= MAX_FAILED_STARTS)
+		{
+			launcher_report(p->id, true, ERRCODE_CONNECTION_FAILURE,
+							psprintf("the worker of pipeline \"%s\" could not connect", p->name),
+							psprintf("%d workers in a row exited before they connected to the database.",
+									 lw->failed_starts),
+							"The server log says why (the owner's connection limit, max_connections, the database). "
+							"Fix it, then call sluice.start().");
+			lw->failed_starts = 0;
+			continue;
 		}
 
 		/* back off after a recent start */
@@ -180,11 +292,13 @@ launcher_reconcile(void)
 		slotno = slot_reserve(p->id, 0, &generation);
 		if (slotno < 0)
 		{
-			/* held by a run_once() call, or all slots are taken */
-			if (!slot_pipeline_busy(p->id))
-				ereport(LOG,
-						(errmsg("sluice: no free worker slot for pipeline %d", p->id),
-						 errhint("Increase sluice.max_workers.")));
+			/* held by a run_once() call, or all slots are taken: say so once */
+			if (!slot_pipeline_busy(p->id) && !lw->no_slot_reported)
+				launcher_report(p->id, false, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+								psprintf("pipeline \"%s\" waits for a free worker slot", p->name),
+								psprintf("All %d sluice worker slots are taken.", sluice_max_workers),
+								"Stop another pipeline, or raise sluice.max_workers and restart the server.");
+			lw->no_slot_reported = true;
 			continue;
 		}
 
@@ -199,13 +313,18 @@ launcher_reconcile(void)
 		if (handle == NULL)
 		{
 			slot_release(slotno, generation);
-			ereport(LOG,
-					(errmsg("sluice: could not start a worker for pipeline %d", p->id),
-					 errhint("Increase max_worker_processes.")));
+			if (!lw->no_slot_reported)
+				launcher_report(p->id, false, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+								psprintf("pipeline \"%s\" waits for a background worker", p->name),
+								"All background worker slots of the server are taken.",
+								"Raise max_worker_processes and restart the server.");
+			lw->no_slot_reported = true;
 			sleep_ms = Min(sleep_ms, sluice_restart_delay * 1000L);
 			continue;
 		}
+		lw->no_slot_reported = false;
 		lw->handle = handle;
+		lw->owner = p->owner;
 		lw->slotno = slotno;
 		lw->generation = generation;
 	}

@@ -69,6 +69,24 @@ slot_release(int slotno, uint64 generation)
 	LWLockRelease(sluice_shared->lock);
 }
 
+/*
+ * Whether the worker started for this reservation exited before it could
+ * connect (the owner cannot log in, the database is gone, too many
+ * connections).  False when the slot was reserved again since: we cannot
+ * tell, and a pipeline is only failed on evidence.
+ */
+bool
+slot_never_connected(int slotno, uint64 generation)
+{
+	bool		never;
+
+	LWLockAcquire(sluice_shared->lock, LW_SHARED);
+	never = sluice_shared->slots[slotno].generation == generation &&
+		!sluice_shared->slots[slotno].connected;
+	LWLockRelease(sluice_shared->lock);
+	return never;
+}
+
 bool
 slot_pipeline_busy(int32 pipeline_id)
 {
@@ -80,6 +98,55 @@ slot_pipeline_busy(int32 pipeline_id)
 			busy = true;
 	LWLockRelease(sluice_shared->lock);
 	return busy;
+}
+
+/*
+ * The owners of pipelines, for DROP ROLE in other databases than the
+ * pipelines'.  The launcher sets them from the catalog at every look;
+ * create_pipeline() adds its owner at once, before it commits.
+ */
+void
+owners_set(List *owners)
+{
+	ListCell   *lc;
+
+	LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
+	sluice_shared->n_owners = 0;
+	sluice_shared->owners_overflow = list_length(owners) > SLUICE_MAX_OWNERS;
+	foreach(lc, owners)
+		if (sluice_shared->n_owners < SLUICE_MAX_OWNERS)
+			sluice_shared->owners[sluice_shared->n_owners++] = lfirst_oid(lc);
+	LWLockRelease(sluice_shared->lock);
+}
+
+void
+owners_add(Oid owner)
+{
+	LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < sluice_shared->n_owners; i++)
+		if (sluice_shared->owners[i] == owner)
+			owner = InvalidOid;
+	if (OidIsValid(owner))
+	{
+		if (sluice_shared->n_owners < SLUICE_MAX_OWNERS)
+			sluice_shared->owners[sluice_shared->n_owners++] = owner;
+		else
+			sluice_shared->owners_overflow = true;
+	}
+	LWLockRelease(sluice_shared->lock);
+}
+
+bool
+owners_contains(Oid owner)
+{
+	bool		found;
+
+	LWLockAcquire(sluice_shared->lock, LW_SHARED);
+	found = sluice_shared->owners_overflow;
+	for (int i = 0; i < sluice_shared->n_owners && !found; i++)
+		found = sluice_shared->owners[i] == owner;
+	LWLockRelease(sluice_shared->lock);
+	return found;
 }
 
 static void

@@ -120,6 +120,7 @@ _PG_init(void)
 	shmem_request_hook = sluice_shmem_request;
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = sluice_shmem_startup;
+	roles_install_hook();
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;

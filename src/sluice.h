@@ -38,6 +38,7 @@ typedef struct SluiceSlot
 	pid_t		worker_pid;		/* 0 until the worker attached, and after */
 	pid_t		waiter_pid;		/* run_once caller, 0 if none */
 	bool		worker_done;	/* the worker attached and has exited */
+	bool		connected;		/* the worker connected to its database */
 	bool		finished;		/* ... and it ended its loop normally */
 	int64		batches_committed;
 	int64		current_batch;
@@ -50,10 +51,16 @@ typedef struct SluiceSlot
 	char		context[SLUICE_MSG_LEN];
 } SluiceSlot;
 
+/* distinct pipeline owners that shared memory remembers, for DROP ROLE */
+#define SLUICE_MAX_OWNERS 1024
+
 typedef struct SluiceShared
 {
 	LWLock	   *lock;
 	Latch	   *launcher_latch;
+	int			n_owners;
+	bool		owners_overflow;	/* more owners than fit: assume any role owns some */
+	Oid			owners[SLUICE_MAX_OWNERS];
 	SluiceSlot	slots[FLEXIBLE_ARRAY_MEMBER];
 } SluiceShared;
 
@@ -75,6 +82,10 @@ extern void sluice_shmem_init(void);
 extern int	slot_reserve(int32 pipeline_id, pid_t waiter, uint64 *generation);
 extern void slot_release(int slotno, uint64 generation);
 extern bool slot_pipeline_busy(int32 pipeline_id);
+extern bool slot_never_connected(int slotno, uint64 generation);
+extern void owners_set(List *owners);
+extern void owners_add(Oid owner);
+extern bool owners_contains(Oid owner);
 extern void sluice_wake_launcher(void);
 extern struct BackgroundWorkerHandle *sluice_start_worker(int slotno, SluiceWorkerArgs *args,
 														  pid_t notify_pid);
@@ -90,6 +101,9 @@ extern Datum spi_datum(int row, int col, bool *isnull);
 
 /* api.c */
 extern void check_single_select(const char *query);
+
+/* roles.c */
+extern void roles_install_hook(void);
 
 /* launcher.c, worker.c */
 extern PGDLLEXPORT void sluice_launcher_main(Datum arg);

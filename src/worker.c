@@ -102,6 +102,9 @@ sluice_worker_main(Datum arg)
 	before_shmem_exit(worker_detach, 0);
 
 	BackgroundWorkerInitializeConnectionByOid(args.database, args.owner, 0);
+	LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
+	slot->connected = true;
+	LWLockRelease(sluice_shared->lock);
 
 	memset(&run, 0, sizeof(run));
 	run.id = args.pipeline_id;

@@ -1,0 +1,139 @@
+/*
+ * roles.c
+ *		Pipelines and the roles that own them: DROP ROLE, DROP OWNED BY and
+ *		REASSIGN OWNED BY, through a ProcessUtility_hook.
+ *
+ * A pipeline's worker connects as its owner, so a role that owns pipelines
+ * cannot be dropped, as it could not be while it owns a table.  Pipelines
+ * live in one database (sluice.database) while DROP ROLE may run in any:
+ * there we look in the catalog; elsewhere in the set of owners that the
+ * launcher keeps in shared memory, to which create_pipeline() adds its
+ * owner at once.  DROP OWNED BY and REASSIGN OWNED BY in that database drop
+ * or hand over the role's pipelines, as they do its tables.
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "nodes/parsenodes.h"
+#include "tcop/utility.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+
+#include "sluice.h"
+
+static ProcessUtility_hook_type prev_process_utility_hook = NULL;
+
+static bool
+in_pipelines_database(void)
+{
+	return OidIsValid(MyDatabaseId) &&
+		strcmp(get_database_name(MyDatabaseId), sluice_database) == 0 &&
+		OidIsValid(get_extension_oid("sluice", true));
+}
+
+/* Refuse to drop a role that owns pipelines. */
+static void
+check_drop_role(DropRoleStmt *stmt)
+{
+	bool		here = in_pipelines_database();
+	ListCell   *lc;
+
+	foreach(lc, stmt->roles)
+	{
+		RoleSpec   *spec = lfirst(lc);
+		Oid			role = get_rolespec_oid(spec, true);
+		int64		owned = 0;
+
+		if (!OidIsValid(role))
+			continue;
+		if (here)
+		{
+			Datum		value = ObjectIdGetDatum(role);
+
+			SPI_connect();
+			catalog_exec("SELECT count(*) FROM sluice.pipeline WHERE owner = $1", 1,
+						 (Oid[]) {REGROLEOID}, &value, NULL, SPI_OK_SELECT);
+			owned = spi_int64(0, 1);
+			SPI_finish();
+		}
+		else if (owners_contains(role))
+			owned = -1;			/* some, in the other database */
+		if (owned == 0)
+			continue;
+		ereport(ERROR,
+				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+				 errmsg("role \"%s\" cannot be dropped because some objects depend on it",
+						get_rolespec_name(spec)),
+				 owned > 0 ? errdetail_plural("owner of " INT64_FORMAT " sluice pipeline in database \"%s\"",
+											  "owner of " INT64_FORMAT " sluice pipelines in database \"%s\"",
+											  owned, owned, sluice_database)
+				 : errdetail("owner of sluice pipelines in database \"%s\"", sluice_database),
+				 errhint("In database \"%s\", drop them with sluice.drop_pipeline(), or run REASSIGN OWNED BY or DROP OWNED BY first.",
+						 sluice_database)));
+	}
+}
+
+/* The roles of DROP OWNED BY or REASSIGN OWNED BY, as an oid[] datum. */
+static Datum
+role_array(List *roles)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * list_length(roles));
+	ListCell   *lc;
+	int			n = 0;
+
+	foreach(lc, roles)
+		elems[n++] = ObjectIdGetDatum(get_rolespec_oid(lfirst(lc), false));
+	return PointerGetDatum(construct_array(elems, n, OIDOID, sizeof(Oid), true, TYPALIGN_INT));
+}
+
+static void
+sluice_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
+					   ProcessUtilityContext context, ParamListInfo params,
+					   QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
+{
+	Node	   *stmt = pstmt->utilityStmt;
+
+	if (IsA(stmt, DropRoleStmt))
+		check_drop_role((DropRoleStmt *) stmt);
+
+	if (prev_process_utility_hook)
+		prev_process_utility_hook(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+
+	/* after the command itself checked the caller's rights over the roles */
+	if ((IsA(stmt, DropOwnedStmt) || IsA(stmt, ReassignOwnedStmt)) && in_pipelines_database())
+	{
+		Datum		values[2];
+
+		SPI_connect();
+		if (IsA(stmt, DropOwnedStmt))
+		{
+			values[0] = role_array(((DropOwnedStmt *) stmt)->roles);
+			catalog_exec("DELETE FROM sluice.pipeline WHERE owner::oid = ANY ($1)", 1,
+						 (Oid[]) {OIDARRAYOID}, values, NULL, SPI_OK_DELETE);
+		}
+		else
+		{
+			values[0] = role_array(((ReassignOwnedStmt *) stmt)->roles);
+			values[1] = ObjectIdGetDatum(get_rolespec_oid(((ReassignOwnedStmt *) stmt)->newrole, false));
+			catalog_exec("UPDATE sluice.pipeline SET owner = $2 WHERE owner::oid = ANY ($1)", 2,
+						 (Oid[]) {OIDARRAYOID, REGROLEOID}, values, NULL, SPI_OK_UPDATE);
+		}
+		SPI_finish();
+		/* the launcher refreshes the owners and restarts workers as the new owner */
+		sluice_wake_launcher();
+	}
+}
+
+void
+roles_install_hook(void)
+{
+	prev_process_utility_hook = ProcessUtility_hook;
+	ProcessUtility_hook = sluice_process_utility;
+}
