@@ -1,13 +1,14 @@
 EXTENSION = sluice
 EXTVERSION = $(shell grep default_version $(EXTENSION).control | sed -e "s/default_version[[:space:]]*=[[:space:]]*'\([^']*\)'/\1/")
 MODULE_big = sluice
-OBJS = $(patsubst %.c,%.o,$(wildcard src/*.c))
+OBJS = $(patsubst %.c,%.o,$(wildcard src/*.c src/sources/*.c src/sinks/*.c))
 $(OBJS): $(wildcard src/*.h)
 DATA = $(wildcard sql/$(EXTENSION)--*.sql) $(EXTENSION)--0.1.control
 
 REGRESS = $(patsubst sql/%.sql,%,$(filter-out sql/$(EXTENSION)--%,$(wildcard sql/*.sql)))
 REGRESS_OPTS = --temp-config=./test/sluice.conf --temp-instance=./tmp_check --inputdir=.
 
+PG_CPPFLAGS = -Isrc
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
 
 PG_CONFIG ?= pg_config

@@ -49,6 +49,31 @@ DROP FUNCTION sluice._window_create_state(int, jsonb, jsonb);
 DROP FUNCTION sluice._window_write(bigint, int, regclass);
 DROP FUNCTION sluice.create_pipeline(text, jsonb, jsonb, text, text, text, interval);
 DROP FUNCTION sluice._set_state(text, text);
+DROP FUNCTION sluice._workers();
+-- C builds the statements now
+DROP FUNCTION sluice._files_pending(sluice.pipeline);
+DROP FUNCTION sluice._sink_sql(jsonb, regclass, boolean);
+DROP FUNCTION sluice._stage_sql(jsonb);
+
+CREATE FUNCTION sluice._workers(OUT pipeline_id int, OUT pid int, OUT batches bigint,
+                                OUT current_batch bigint)
+RETURNS SETOF record LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'sluice_workers';
+
+-- what a pipeline's source had left at its last plan (shared memory)
+CREATE FUNCTION sluice._backlog(pipeline_id int)
+RETURNS bigint LANGUAGE C VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'sluice_backlog';
+
+-- the staging table "batch" of a source, as the worker makes it
+CREATE FUNCTION sluice._create_stage(source jsonb)
+RETURNS regclass LANGUAGE C VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'sluice_create_stage';
+
+-- the slice of a batch, as its source describes it
+CREATE FUNCTION sluice._batch_offsets(pipeline_id int, batch_id bigint)
+RETURNS jsonb LANGUAGE C STABLE STRICT
+AS 'MODULE_PATHNAME', 'sluice_batch_offsets';
 
 -- a pipeline's sink as the sink functions describe it, from its typed columns
 CREATE FUNCTION sluice._sink(p sluice.pipeline)
@@ -75,51 +100,73 @@ BEGIN
     RETURN jsonb_build_object('type', 'function', 'function', fn::text, 'fnoid', fn::oid);
 END
 $$;
--- the statement that writes the relation "input" to a sink; $1 is the batch
--- id; with one_row, only the rows whose ctids are in $2 (tid[])
-CREATE OR REPLACE FUNCTION sluice._sink_sql(sink jsonb, input regclass, one_row boolean DEFAULT false)
-RETURNS text LANGUAGE plpgsql STABLE STRICT
+-- the columns a transform returns, found by planning it over an empty
+-- "batch"; the temporary tables go away with the block's subtransaction
+CREATE OR REPLACE FUNCTION sluice._transform_columns(pipeline_name text, source jsonb, transform text)
+RETURNS jsonb LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    cols text[];
-    keys text[];
-    target text := format('%s', (sink->>'relid')::oid::regclass);
-    rows text := format('%s%s', input, CASE WHEN one_row THEN ' WHERE ctid = ANY ($2)' ELSE '' END);
+    cols jsonb;
+    msg text;
+    det text;
 BEGIN
-    SELECT array_agg(quote_ident(attname::text) ORDER BY attnum) INTO cols
-      FROM pg_attribute WHERE attrelid = input AND attnum > 0 AND NOT attisdropped;
-    CASE sink->>'type'
-    WHEN 'append' THEN
-        RETURN format('INSERT INTO %1$s (%2$s) SELECT %2$s FROM %3$s', target, array_to_string(cols, ', '), rows);
-    WHEN 'merge' THEN
-        SELECT array_agg(quote_ident(k)) INTO keys FROM jsonb_array_elements_text(sink->'key') AS k;
-        -- the last row of a key in file and line order (the staging table's)
-        -- wins; a null key raises in the select list, where the planner
-        -- takes it for no filter; an unchanged row is not written again
-        RETURN format('MERGE INTO %1$s AS t USING (SELECT DISTINCT ON (%2$s) *, CASE %8$s END AS sluice_null_key'
-                      ' FROM %3$s ORDER BY %2$s, ctid DESC) AS s'
-                      ' ON %4$s WHEN MATCHED %5$s WHEN NOT MATCHED THEN INSERT (%6$s) VALUES (%7$s)',
-                      target, array_to_string(keys, ', '), rows,
-                      (SELECT string_agg(format('t.%s = s.%1$s', k), ' AND ') FROM unnest(keys) AS k),
-                      CASE WHEN sink->>'on_match' = 'ignore' OR cols <@ keys THEN 'THEN DO NOTHING'
-                           ELSE (SELECT format('AND (%s) IS DISTINCT FROM (%s) THEN UPDATE SET %s',
-                                               string_agg('t.' || c, ', '), string_agg('s.' || c, ', '),
-                                               string_agg(format('%s = s.%1$s', c), ', '))
-                                   FROM unnest(cols) AS c WHERE c <> ALL (keys)) END,
-                      array_to_string(cols, ', '),
-                      (SELECT string_agg('s.' || c, ', ') FROM unnest(cols) AS c),
-                      (SELECT string_agg(format('WHEN %I IS NULL THEN sluice._null_key(%L)', k, k), ' ')
-                         FROM jsonb_array_elements_text(sink->'key') AS k));
-    WHEN 'function' THEN
-        IF sink->>'fnoid' IS NULL THEN
-            RAISE EXCEPTION 'function % of the function sink does not exist', sink->>'function'
-                USING ERRCODE = 'undefined_function';
-        END IF;
-        RETURN format('SELECT %s($1, %L::regclass)', (sink->>'fnoid')::oid::regproc, input);
-    ELSE
-        RETURN NULL;    -- window sinks: sluice._window_write()
-    END CASE;
+    BEGIN
+        PERFORM sluice._check_query(transform);
+        -- the worker runs the transform with the owner's default search_path
+        PERFORM set_config('search_path', (SELECT reset_val FROM pg_settings WHERE name = 'search_path'), true);
+        PERFORM sluice._create_stage(source);
+        EXECUTE format('CREATE TEMP TABLE batch_out ON COMMIT DROP AS SELECT * FROM (%s) AS q LIMIT 0', transform);
+        SELECT jsonb_agg(jsonb_build_object('name', attname, 'type', format_type(atttypid, atttypmod))
+                         ORDER BY attnum) INTO cols
+          FROM pg_attribute
+         WHERE attrelid = 'pg_temp.batch_out'::regclass AND attnum > 0 AND NOT attisdropped;
+        RAISE EXCEPTION USING ERRCODE = 'SLU01';
+    EXCEPTION
+        WHEN SQLSTATE 'SLU01' THEN
+            NULL;
+        WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+            RAISE EXCEPTION 'invalid transform for pipeline "%"', pipeline_name
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = msg,
+                      HINT = 'A transform is a query over the relation "batch", which has the source''s columns.';
+    END;
+    RETURN cols;
+END
+$$;
+CREATE OR REPLACE FUNCTION sluice.progress(name text, n int DEFAULT 10)
+RETURNS TABLE (batch_id bigint, status text, attempts int, files int, input_rows bigint,
+               sink_rows bigint, rejected_rows bigint, bytes bigint,
+               num_rows_dropped_by_watermark bigint, watermark timestamptz,
+               next_watermark timestamptz, event_time_min timestamptz, event_time_max timestamptz,
+               state_rows_total bigint, state_rows_updated bigint, state_rows_removed bigint, rows_per_second numeric, duration_ms jsonb,
+               start_offset jsonb, end_offset jsonb,
+               planned_at timestamptz, committed_at timestamptz)
+LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    pid int;
+BEGIN
+    SELECT p.id INTO pid FROM sluice.pipeline AS p WHERE p.name = progress.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pipeline "%" does not exist', progress.name USING ERRCODE = 'undefined_object';
+    END IF;
+    RETURN QUERY
+    SELECT b.batch_id, b.status, b.attempts, b.files, b.input_rows, b.sink_rows, b.rejected_rows, b.bytes,
+           b.num_rows_dropped_by_watermark, b.watermark, b.next_watermark, b.event_time_min, b.event_time_max,
+           b.state_rows_total, b.state_rows_updated, b.state_rows_removed,
+           round(b.input_rows * 1000.0 / nullif((b.durations->>'total')::numeric, 0), 1),
+           b.durations,
+           jsonb_build_object('log_offset', b.batch_id - 1),
+           sluice._batch_offsets(b.pipeline_id, b.batch_id),
+           b.planned_at, b.committed_at
+      FROM sluice.batch AS b
+     WHERE b.pipeline_id = pid
+     ORDER BY b.batch_id DESC
+     LIMIT progress.n;
 END
 $$;
 -- the state table of a window pipeline, beside its target: one row per
@@ -452,7 +499,7 @@ SELECT p.name,
            AS last_rows_per_second,
        total.batches,
        total.input_rows,
-       sluice._files_pending(p) AS files_pending,
+       sluice._backlog(p.id) AS files_pending,
        err.message AS last_error,
        err.at AS last_error_at
   FROM sluice.pipeline AS p

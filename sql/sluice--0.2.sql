@@ -164,9 +164,24 @@ RETURNS void LANGUAGE C VOLATILE
 AS 'MODULE_PATHNAME', 'sluice_wake';
 
 CREATE FUNCTION sluice._workers(OUT pipeline_id int, OUT pid int, OUT batches bigint,
-                                OUT current_batch bigint, OUT files_pending int)
+                                OUT current_batch bigint)
 RETURNS SETOF record LANGUAGE C VOLATILE
 AS 'MODULE_PATHNAME', 'sluice_workers';
+
+-- what a pipeline's source had left at its last plan (shared memory)
+CREATE FUNCTION sluice._backlog(pipeline_id int)
+RETURNS bigint LANGUAGE C VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'sluice_backlog';
+
+-- the staging table "batch" of a source, as the worker makes it
+CREATE FUNCTION sluice._create_stage(source jsonb)
+RETURNS regclass LANGUAGE C VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'sluice_create_stage';
+
+-- the slice of a batch, as its source describes it
+CREATE FUNCTION sluice._batch_offsets(pipeline_id int, batch_id bigint)
+RETURNS jsonb LANGUAGE C STABLE STRICT
+AS 'MODULE_PATHNAME', 'sluice_batch_offsets';
 
 -- a pipeline's sink as the sink functions describe it, from its typed columns
 CREATE FUNCTION sluice._sink(p sluice.pipeline)
@@ -177,25 +192,6 @@ AS $$
         'target', p.target::text, 'relid', p.target::oid,
         'late_rows', p.late_rows::text, 'late_relid', p.late_rows::oid,
         'function', p.sink_function, 'fnoid', to_regprocedure(p.sink_function)::oid))
-$$;
-
--- files in the source directory that no committed batch has read; NULL if
--- the directory cannot be listed by the caller
-CREATE FUNCTION sluice._files_pending(p sluice.pipeline)
-RETURNS bigint LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF p.source->>'type' <> 'csv' THEN
-        RETURN NULL;
-    END IF;
-    RETURN (SELECT count(*)
-              FROM sluice._list_files(p.source->>'dir', p.source->>'pattern') AS l
-             WHERE NOT EXISTS (SELECT 1 FROM sluice.file AS f
-                                WHERE f.pipeline_id = p.id AND f.path = l.path AND f.committed));
-EXCEPTION WHEN OTHERS THEN
-    RETURN NULL;
-END
 $$;
 
 -- Sources and sinks: descriptions as jsonb, checked where they can be.
@@ -326,64 +322,6 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION sluice.function_sink IS 'a sink calling fn(batch_id bigint, batch regclass) in the batch transaction';
-
--- the statement that creates the staging table "batch" of a source, in the worker
-CREATE FUNCTION sluice._stage_sql(source jsonb)
-RETURNS text LANGUAGE sql IMMUTABLE STRICT
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT format('CREATE TEMP TABLE batch (%s) ON COMMIT DROP',
-                  string_agg(format('%I %s', c->>'name', c->>'type'), ', ' ORDER BY o))
-      FROM jsonb_array_elements(source->'columns') WITH ORDINALITY AS x(c, o)
-$$;
-
--- the statement that writes the relation "input" to a sink; $1 is the batch
--- id; with one_row, only the rows whose ctids are in $2 (tid[])
-CREATE FUNCTION sluice._sink_sql(sink jsonb, input regclass, one_row boolean DEFAULT false)
-RETURNS text LANGUAGE plpgsql STABLE STRICT
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    cols text[];
-    keys text[];
-    target text := format('%s', (sink->>'relid')::oid::regclass);
-    rows text := format('%s%s', input, CASE WHEN one_row THEN ' WHERE ctid = ANY ($2)' ELSE '' END);
-BEGIN
-    SELECT array_agg(quote_ident(attname::text) ORDER BY attnum) INTO cols
-      FROM pg_attribute WHERE attrelid = input AND attnum > 0 AND NOT attisdropped;
-    CASE sink->>'type'
-    WHEN 'append' THEN
-        RETURN format('INSERT INTO %1$s (%2$s) SELECT %2$s FROM %3$s', target, array_to_string(cols, ', '), rows);
-    WHEN 'merge' THEN
-        SELECT array_agg(quote_ident(k)) INTO keys FROM jsonb_array_elements_text(sink->'key') AS k;
-        -- the last row of a key in file and line order (the staging table's)
-        -- wins; a null key raises in the select list, where the planner
-        -- takes it for no filter; an unchanged row is not written again
-        RETURN format('MERGE INTO %1$s AS t USING (SELECT DISTINCT ON (%2$s) *, CASE %8$s END AS sluice_null_key'
-                      ' FROM %3$s ORDER BY %2$s, ctid DESC) AS s'
-                      ' ON %4$s WHEN MATCHED %5$s WHEN NOT MATCHED THEN INSERT (%6$s) VALUES (%7$s)',
-                      target, array_to_string(keys, ', '), rows,
-                      (SELECT string_agg(format('t.%s = s.%1$s', k), ' AND ') FROM unnest(keys) AS k),
-                      CASE WHEN sink->>'on_match' = 'ignore' OR cols <@ keys THEN 'THEN DO NOTHING'
-                           ELSE (SELECT format('AND (%s) IS DISTINCT FROM (%s) THEN UPDATE SET %s',
-                                               string_agg('t.' || c, ', '), string_agg('s.' || c, ', '),
-                                               string_agg(format('%s = s.%1$s', c), ', '))
-                                   FROM unnest(cols) AS c WHERE c <> ALL (keys)) END,
-                      array_to_string(cols, ', '),
-                      (SELECT string_agg('s.' || c, ', ') FROM unnest(cols) AS c),
-                      (SELECT string_agg(format('WHEN %I IS NULL THEN sluice._null_key(%L)', k, k), ' ')
-                         FROM jsonb_array_elements_text(sink->'key') AS k));
-    WHEN 'function' THEN
-        IF sink->>'fnoid' IS NULL THEN
-            RAISE EXCEPTION 'function % of the function sink does not exist', sink->>'function'
-                USING ERRCODE = 'undefined_function';
-        END IF;
-        RETURN format('SELECT %s($1, %L::regclass)', (sink->>'fnoid')::oid::regproc, input);
-    ELSE
-        RETURN NULL;    -- window sinks: sluice._window_write()
-    END CASE;
-END
-$$;
 
 -- null keys never match in MERGE, so a replay would insert them again: the
 -- merge statement refuses them, row by row, with this
@@ -779,7 +717,7 @@ BEGIN
         PERFORM sluice._check_query(transform);
         -- the worker runs the transform with the owner's default search_path
         PERFORM set_config('search_path', (SELECT reset_val FROM pg_settings WHERE name = 'search_path'), true);
-        EXECUTE sluice._stage_sql(source);
+        PERFORM sluice._create_stage(source);
         EXECUTE format('CREATE TEMP TABLE batch_out ON COMMIT DROP AS SELECT * FROM (%s) AS q LIMIT 0', transform);
         SELECT jsonb_agg(jsonb_build_object('name', attname, 'type', format_type(atttypid, atttypmod))
                          ORDER BY attnum) INTO cols
@@ -1050,7 +988,7 @@ SELECT p.name,
            AS last_rows_per_second,
        total.batches,
        total.input_rows,
-       sluice._files_pending(p) AS files_pending,
+       sluice._backlog(p.id) AS files_pending,
        err.message AS last_error,
        err.at AS last_error_at
   FROM sluice.pipeline AS p
@@ -1106,11 +1044,7 @@ BEGIN
            round(b.input_rows * 1000.0 / nullif((b.durations->>'total')::numeric, 0), 1),
            b.durations,
            jsonb_build_object('log_offset', b.batch_id - 1),
-           jsonb_build_object('log_offset', b.batch_id, 'files',
-               (SELECT jsonb_agg(jsonb_build_object('path', f.path, 'size', f.size, 'mtime', f.mtime)
-                                 ORDER BY f.mtime, f.path)
-                  FROM sluice.file AS f
-                 WHERE f.pipeline_id = b.pipeline_id AND f.batch_id = b.batch_id)),
+           sluice._batch_offsets(b.pipeline_id, b.batch_id),
            b.planned_at, b.committed_at
       FROM sluice.batch AS b
      WHERE b.pipeline_id = pid

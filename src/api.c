@@ -31,6 +31,7 @@
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
 
+#include "source.h"
 #include "sluice.h"
 
 /* how long run_once() waits for the worker of a just-stopped pipeline to exit */
@@ -211,7 +212,7 @@ sluice_wake(PG_FUNCTION_ARGS)
 
 /*
  * sluice._workers() returns setof (pipeline_id int, pid int, batches bigint,
- *		current_batch bigint, files_pending int)
+ *		current_batch bigint)
  */
 PG_FUNCTION_INFO_V1(sluice_workers);
 Datum
@@ -224,8 +225,8 @@ sluice_workers(PG_FUNCTION_ARGS)
 	for (int i = 0; i < sluice_max_workers; i++)
 	{
 		SluiceSlot *slot = &sluice_shared->slots[i];
-		Datum		values[5];
-		bool		nulls[5] = {false, false, false, false, false};
+		Datum		values[4];
+		bool		nulls[4] = {false, false, false, false};
 
 		if (slot->pipeline_id == 0 || slot->worker_pid == 0)
 			continue;
@@ -234,11 +235,27 @@ sluice_workers(PG_FUNCTION_ARGS)
 		values[2] = Int64GetDatum(slot->batches_committed);
 		values[3] = Int64GetDatum(slot->current_batch);
 		nulls[3] = slot->current_batch == 0;
-		values[4] = Int32GetDatum(slot->files_pending);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	LWLockRelease(sluice_shared->lock);
 	return (Datum) 0;
+}
+
+/*
+ * sluice._backlog(pipeline_id int) returns bigint
+ *
+ * What the pipeline's source had left to read at its last plan, from
+ * shared memory; NULL when no worker looked since the server started.
+ */
+PG_FUNCTION_INFO_V1(sluice_backlog);
+Datum
+sluice_backlog(PG_FUNCTION_ARGS)
+{
+	int64		backlog;
+
+	if (!stats_get_backlog(PG_GETARG_INT32(0), &backlog))
+		PG_RETURN_NULL();
+	PG_RETURN_INT64(backlog);
 }
 
 /*
@@ -404,4 +421,50 @@ sluice_check_query(PG_FUNCTION_ARGS)
 {
 	check_single_select(text_to_cstring(PG_GETARG_TEXT_PP(0)));
 	PG_RETURN_VOID();
+}
+
+/*
+ * sluice._create_stage(source jsonb) returns regclass
+ *
+ * The temporary table "batch" with the columns of a source, as the worker
+ * makes it: create_pipeline() plans a transform over it.
+ */
+PG_FUNCTION_INFO_V1(sluice_create_stage);
+Datum
+sluice_create_stage(PG_FUNCTION_ARGS)
+{
+	List	   *columns = source_columns(PG_GETARG_JSONB_P(0));
+	Oid			relid;
+
+	SPI_connect();
+	relid = create_stage(columns);
+	SPI_finish();
+	PG_RETURN_OID(relid);
+}
+
+/*
+ * sluice._batch_offsets(pipeline_id int, batch_id bigint) returns jsonb
+ *
+ * The slice of a batch as its source describes it, for sluice.progress();
+ * NULL for a pipeline the caller does not see.
+ */
+PG_FUNCTION_INFO_V1(sluice_batch_offsets);
+Datum
+sluice_batch_offsets(PG_FUNCTION_ARGS)
+{
+	Datum		id = PG_GETARG_DATUM(0);
+	Datum		result;
+
+	SPI_connect();
+	if (pinned_exec("SELECT source->>'type' FROM sluice.pipeline WHERE id = $1", 1,
+					(Oid[]) {INT4OID}, &id, NULL, SPI_OK_SELECT) == 0)
+	{
+		SPI_finish();
+		PG_RETURN_NULL();
+	}
+	result = JsonbPGetDatum(source_routine(spi_text(0, 1))->describe(DatumGetInt32(id),
+																	  PG_GETARG_INT64(1)));
+	result = SPI_datumTransfer(result, false, -1);
+	SPI_finish();
+	PG_RETURN_DATUM(result);
 }

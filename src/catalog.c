@@ -24,7 +24,10 @@
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/fmgroids.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/jsonb.h"
+#include "utils/numeric.h"
 #include "utils/rel.h"
 
 #include "sluice.h"
@@ -116,4 +119,58 @@ Datum
 spi_datum(int row, int col, bool *isnull)
 {
 	return SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, isnull);
+}
+
+/*
+ * A key of a jsonb object as text (strings, numbers and booleans as
+ * jsonb's ->> gives them), or NULL when it is missing or null.
+ */
+char *
+jsonb_get_text(Jsonb *j, const char *key)
+{
+	JsonbValue	v;
+
+	if (!getKeyJsonValueFromContainer(&j->root, key, strlen(key), &v))
+		return NULL;
+	switch (v.type)
+	{
+		case jbvString:
+			return pnstrdup(v.val.string.val, v.val.string.len);
+		case jbvNumeric:
+			return DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v.val.numeric)));
+		case jbvBool:
+			return pstrdup(v.val.boolean ? "true" : "false");
+		case jbvNull:
+			return NULL;
+		default:
+			elog(ERROR, "sluice option \"%s\" is not a scalar", key);
+	}
+	return NULL;					/* keep the compiler quiet */
+}
+
+int64
+jsonb_get_int64(Jsonb *j, const char *key, int64 missing)
+{
+	char	   *s = jsonb_get_text(j, key);
+
+	return s ? pg_strtoint64(s) : missing;
+}
+
+/* Text elements of an array-valued key, as a List of C strings. */
+List *
+jsonb_get_text_list(Jsonb *j, const char *key)
+{
+	JsonbValue	v;
+	List	   *result = NIL;
+	JsonbIterator *it;
+	JsonbValue	elem;
+	JsonbIteratorToken tok;
+
+	if (!getKeyJsonValueFromContainer(&j->root, key, strlen(key), &v) || v.type != jbvBinary)
+		return NIL;
+	it = JsonbIteratorInit(v.val.binary.data);
+	while ((tok = JsonbIteratorNext(&it, &elem, true)) != WJB_DONE)
+		if (tok == WJB_ELEM && elem.type == jbvString)
+			result = lappend(result, pnstrdup(elem.val.string.val, elem.val.string.len));
+	return result;
 }

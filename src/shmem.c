@@ -12,6 +12,7 @@
 #include "miscadmin.h"
 #include "postmaster/bgworker.h"
 #include "storage/latch.h"
+#include "utils/timestamp.h"
 
 #include "sluice.h"
 
@@ -98,6 +99,51 @@ slot_pipeline_busy(int32 pipeline_id)
 			busy = true;
 	LWLockRelease(sluice_shared->lock);
 	return busy;
+}
+
+/*
+ * Remember a pipeline's backlog.  When the table is full, the pipeline
+ * looked at longest ago makes room.
+ */
+void
+stats_set_backlog(int32 pipeline_id, int64 backlog)
+{
+	SluicePipelineStats *entry = NULL;
+
+	LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < SLUICE_MAX_PIPELINE_STATS; i++)
+	{
+		SluicePipelineStats *s = &sluice_shared->stats[i];
+
+		if (s->pipeline_id == pipeline_id)
+		{
+			entry = s;
+			break;
+		}
+		if (entry == NULL || (entry->pipeline_id != 0 &&
+							  (s->pipeline_id == 0 || s->updated_at < entry->updated_at)))
+			entry = s;
+	}
+	entry->pipeline_id = pipeline_id;
+	entry->backlog = backlog;
+	entry->updated_at = GetCurrentTimestamp();
+	LWLockRelease(sluice_shared->lock);
+}
+
+bool
+stats_get_backlog(int32 pipeline_id, int64 *backlog)
+{
+	bool		found = false;
+
+	LWLockAcquire(sluice_shared->lock, LW_SHARED);
+	for (int i = 0; i < SLUICE_MAX_PIPELINE_STATS && !found; i++)
+		if (sluice_shared->stats[i].pipeline_id == pipeline_id)
+		{
+			*backlog = sluice_shared->stats[i].backlog;
+			found = true;
+		}
+	LWLockRelease(sluice_shared->lock);
+	return found;
 }
 
 /*

@@ -21,6 +21,7 @@ char	   *sluice_database = NULL;
 int			sluice_max_workers = 4;
 int			sluice_launcher_naptime = 10;
 int			sluice_restart_delay = 5;
+int			sluice_rescan_interval = 300;
 char	   *sluice_crash_at = NULL;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
@@ -105,6 +106,11 @@ _PG_init(void)
 	DefineCustomIntVariable("sluice.restart_delay",
 							"Least time between two starts of a pipeline's worker after it died.",
 							NULL, &sluice_restart_delay, 5, 0, 3600,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("sluice.rescan_interval",
+							"Time between two full listings of a CSV source's directory.",
+							"In between, an inotify watch names the files that appeared or changed.",
+							&sluice_rescan_interval, 300, 1, 86400,
 							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
 	DefineCustomStringVariable("sluice.crash_at",
 							   "Testing only: a worker kills itself with SIGKILL at this stage of the first attempt of each batch.",

@@ -10,6 +10,7 @@
 #include "postgres.h"
 
 #include "nodes/pg_list.h"
+#include "utils/jsonb.h"
 #include "storage/itemptr.h"
 #include "storage/lwlock.h"
 #include "storage/latch.h"
@@ -20,6 +21,7 @@ extern char *sluice_database;
 extern int	sluice_max_workers;
 extern int	sluice_launcher_naptime;
 extern int	sluice_restart_delay;
+extern int	sluice_rescan_interval;
 extern char *sluice_crash_at;
 
 #define SLUICE_MSG_LEN 1024
@@ -42,7 +44,6 @@ typedef struct SluiceSlot
 	bool		finished;		/* ... and it ended its loop normally */
 	int64		batches_committed;
 	int64		current_batch;
-	int32		files_pending;
 	bool		failed;
 	int			sqlerrcode;
 	char		message[SLUICE_MSG_LEN];
@@ -50,6 +51,19 @@ typedef struct SluiceSlot
 	char		hint[SLUICE_MSG_LEN];
 	char		context[SLUICE_MSG_LEN];
 } SluiceSlot;
+
+/*
+ * What shared memory remembers of a pipeline beyond its worker's life, for
+ * sluice.pipelines: the backlog its source saw at its last plan.
+ */
+#define SLUICE_MAX_PIPELINE_STATS 1024
+
+typedef struct SluicePipelineStats
+{
+	int32		pipeline_id;	/* 0 when unused */
+	int64		backlog;
+	TimestampTz updated_at;
+} SluicePipelineStats;
 
 /* distinct pipeline owners that shared memory remembers, for DROP ROLE */
 #define SLUICE_MAX_OWNERS 1024
@@ -61,6 +75,7 @@ typedef struct SluiceShared
 	int			n_owners;
 	bool		owners_overflow;	/* more owners than fit: assume any role owns some */
 	Oid			owners[SLUICE_MAX_OWNERS];
+	SluicePipelineStats stats[SLUICE_MAX_PIPELINE_STATS];
 	SluiceSlot	slots[FLEXIBLE_ARRAY_MEMBER];
 } SluiceShared;
 
@@ -83,6 +98,8 @@ extern int	slot_reserve(int32 pipeline_id, pid_t waiter, uint64 *generation);
 extern void slot_release(int slotno, uint64 generation);
 extern bool slot_pipeline_busy(int32 pipeline_id);
 extern bool slot_never_connected(int slotno, uint64 generation);
+extern void stats_set_backlog(int32 pipeline_id, int64 backlog);
+extern bool stats_get_backlog(int32 pipeline_id, int64 *backlog);
 extern void owners_set(List *owners);
 extern void owners_add(Oid owner);
 extern bool owners_contains(Oid owner);
@@ -98,6 +115,14 @@ extern uint64 pinned_exec(const char *sql, int nargs, Oid *types, Datum *values,
 extern char *spi_text(int row, int col);
 extern int64 spi_int64(int row, int col);
 extern Datum spi_datum(int row, int col, bool *isnull);
+extern char *jsonb_get_text(Jsonb *j, const char *key);
+extern int64 jsonb_get_int64(Jsonb *j, const char *key, int64 missing);
+extern List *jsonb_get_text_list(Jsonb *j, const char *key);
+
+/* xact.c */
+extern void xact_begin(const char *activity);
+extern void xact_end(void);
+extern ErrorData *xact_catch(MemoryContext cxt);
 
 /* api.c */
 extern void check_single_select(const char *query);
@@ -119,6 +144,50 @@ typedef enum BatchOutcome
 	BATCH_STOP					/* the pipeline is gone or no longer running */
 } BatchOutcome;
 
+/* a column the source delivers, its type parsed by PostgreSQL's parser */
+typedef struct SourceColumn
+{
+	char	   *name;
+	Oid			typid;
+	int32		typmod;
+} SourceColumn;
+
+struct SourceRoutine;
+struct SinkRoutine;
+
+/*
+ * One row of sluice.pipeline, read at the start of each transaction of a
+ * batch, in the batch's memory.
+ */
+typedef struct Pipeline
+{
+	int32		id;
+	char	   *name;
+	char	   *state;
+	int64		trigger_ms;		/* 0 for available_now */
+	Jsonb	   *source;			/* the source's options */
+	Jsonb	   *sink;			/* the sink's options, as sluice._sink() gives them */
+	Oid			target;			/* the sink's table, if it has one */
+	char	   *transform;
+	List	   *columns;		/* of SourceColumn */
+	bool		isolate_rows;	/* on_error is 'reject' or 'skip' */
+	bool		keep_rejects;	/* on_error is 'reject' */
+	const struct SourceRoutine *source_routine;
+	const struct SinkRoutine *sink_routine;
+} Pipeline;
+
+/* the batch in flight */
+typedef struct Batch
+{
+	int64		id;
+	int			attempts;
+	/* counted by the source as it reads */
+	uint64		rows;
+	int64		bytes;
+	int32		units;			/* files, partitions */
+	const char *unit;			/* what is being read, for the error context */
+} Batch;
+
 typedef struct PipelineRun
 {
 	int32		id;
@@ -128,9 +197,19 @@ typedef struct PipelineRun
 	int64		trigger_ms;
 	bool		isolate_rows;	/* on_error is 'reject' or 'skip' */
 	SluiceSlot *slot;
+	MemoryContext run_cxt;		/* lives as long as the worker: source state */
+	MemoryContext batch_cxt;	/* reset after every batch and every retry */
+	void	   *source_state;
+	int64		backlog;		/* the source's backlog once the batch in flight commits */
+	/* the source's after_commit, once a batch committed (the catalog is gone by then) */
+	void		(*after_commit) (void *state, Batch *b);
 } PipelineRun;
 
 extern BatchOutcome batch_run(PipelineRun *run);
+extern void crash_point(const char *stage, int attempts);
+extern Oid	temp_relid(const char *name);
+extern Oid	create_stage(List *columns);
+extern List *source_columns(Jsonb *source);
 
 /* rejects.c */
 typedef struct StagedRow
@@ -166,21 +245,5 @@ extern uint64 rejects_copy_file(Rejects *rj, Oid stage, List *attnames, List *op
 extern int64 rejects_write(Rejects *rj, const char *all_sql, const char *row_sql, Oid input,
 						   Oid stage, int64 batch_id, bool backwards);
 extern void rejects_save(Rejects *rj, int32 pipeline_id, int64 batch_id);
-
-/* csv_source.c */
-typedef struct CsvFile
-{
-	char	   *path;
-	int64		size;
-	TimestampTz mtime;
-} CsvFile;
-
-extern List *csv_list_files(const char *dir, const char *pattern);
-extern List *csv_copy_options(bool header, const char *delimiter, const char *quote,
-							  const char *escape, const char *null_string,
-							  const char *encoding);
-extern uint64 csv_copy_file(Oid target, List *attnames, List *options, const char *path);
-extern void csv_check_read_privilege(void);
-extern void csv_dispose_file(const char *path, const char *after, const char *archive_dir);
 
 #endif							/* SLUICE_H */

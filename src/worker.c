@@ -111,6 +111,8 @@ sluice_worker_main(Datum arg)
 	run.run_once = args.run_once;
 	run.available_now = args.available_now || args.run_once;
 	run.slot = slot;
+	run.run_cxt = AllocSetContextCreate(TopMemoryContext, "sluice pipeline", ALLOCSET_DEFAULT_SIZES);
+	run.batch_cxt = AllocSetContextCreate(TopMemoryContext, "sluice batch", ALLOCSET_DEFAULT_SIZES);
 	run.name = worker_exec(run.id, "SELECT name FROM sluice.pipeline WHERE id = $1", SPI_OK_SELECT);
 	if (run.name == NULL)
 	{

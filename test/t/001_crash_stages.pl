@@ -54,6 +54,9 @@ for my $stage (qw(after_plan after_read after_sink before_commit after_commit))
 		't', "$stage: worker back");
 	is($node->safe_psql('postgres', "SELECT count(*) FROM sluice.errors WHERE pipeline = '$name'"),
 		'0', "$stage: a crash is not recorded as an error");
+	# shared memory is new after a crash: the backlog is known again once the worker planned
+	wait_until($node, "SELECT files_pending FROM sluice.pipelines WHERE name = '$name'",
+		'0', "$stage: the worker sees nothing left");
 	is($node->safe_psql('postgres',
 			"SELECT format('%s|%s|%s|%s', last_error, batches, input_rows, files_pending)"
 			  . " FROM sluice.pipelines WHERE name = '$name'"),

@@ -1,0 +1,45 @@
+/*
+ * sink.h
+ *		The interface between the micro-batch (batch.c) and a sink.
+ *
+ * A sink is a SinkRoutine.  batch.c knows no sink by name: a new sink is a
+ * new file in src/sinks/ and a line in sink_routine().
+ *
+ *	direct		whether the source may COPY straight into the sink's target
+ *				when there is no transform (an append sink: the batch then
+ *				costs what COPY costs); otherwise the rows are staged in the
+ *				temporary table "batch" first
+ *	write		in the batch transaction, as the pipeline's owner: take the
+ *				rows of the relation "input" (the staging table, or the
+ *				transform's result) with statements built here, in C, from
+ *				the catalog; with rj, set aside the rows the target refuses.
+ *				Returns the rows written, or -1 when the sink cannot tell.
+ *	describe	the sink in a few words, for messages and monitoring
+ */
+#ifndef SLUICE_SINK_H
+#define SLUICE_SINK_H
+
+#include "sluice.h"
+
+typedef struct SinkRoutine
+{
+	const char *type;
+	bool		direct;
+	int64		(*write) (Pipeline *p, Batch *b, Oid input, Oid stage, Rejects *rj);
+	char	   *(*describe) (Pipeline *p);
+} SinkRoutine;
+
+extern const SinkRoutine *sink_routine(const char *type);
+
+/* src/sinks/ */
+extern const SinkRoutine append_sink_routine;
+extern const SinkRoutine merge_sink_routine;
+extern const SinkRoutine function_sink_routine;
+extern const SinkRoutine window_sink_routine;
+
+/* src/sinks/append.c: what append and merge share */
+extern List *sink_columns(Oid relid);
+extern char *sink_column_list(Oid relid, const char *prefix);
+extern char *sink_relation_name(Oid relid);
+
+#endif							/* SLUICE_SINK_H */

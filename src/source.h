@@ -1,0 +1,50 @@
+/*
+ * source.h
+ *		The interface between the micro-batch (batch.c) and a source.
+ *
+ * A source is a SourceRoutine, as a table access method is an
+ * IndexAmRoutine: batch.c calls it at fixed points of a batch and knows
+ * nothing of files or streams.  A new source is a new file in src/sources/
+ * and a line in source_routine().
+ *
+ *	open		once per worker: the source's state from its catalog options,
+ *				allocated in the worker's long-lived memory (cxt), which
+ *				lives until the worker exits
+ *	plan		in the plan transaction, under the pipeline's plan lock: claim
+ *				the next slice for batch_id within the source's limits and
+ *				record it (write-ahead), as the extension's owner; returns
+ *				how many units (files, messages) it claimed, 0 when idle, and
+ *				sets *backlog to what it has not read yet, the slice just
+ *				claimed included.  An idle plan must write nothing.
+ *	read		in the batch transaction, as the pipeline's owner: read the
+ *				slice of the batch into the relation "into", columns in
+ *				source order; with rj, set bad rows aside instead of failing
+ *	commit		in the batch transaction, after the sink: advance the offsets
+ *	after_commit	after the batch transaction committed, outside any
+ *				transaction (may be NULL)
+ *	describe	the offsets of one batch as jsonb, for sluice.progress()
+ */
+#ifndef SLUICE_SOURCE_H
+#define SLUICE_SOURCE_H
+
+#include "utils/jsonb.h"
+
+#include "sluice.h"
+
+typedef struct SourceRoutine
+{
+	const char *type;
+	void	   *(*open) (Pipeline *p, MemoryContext cxt);
+	int64		(*plan) (void *state, Pipeline *p, int64 batch_id, int64 *backlog);
+	void		(*read) (void *state, Pipeline *p, Batch *b, Oid into, Rejects *rj);
+	void		(*commit) (void *state, Pipeline *p, Batch *b);
+	void		(*after_commit) (void *state, Batch *b);
+	Jsonb	   *(*describe) (int32 pipeline_id, int64 batch_id);
+} SourceRoutine;
+
+extern const SourceRoutine *source_routine(const char *type);
+
+/* src/sources/csv.c */
+extern const SourceRoutine csv_source_routine;
+
+#endif							/* SLUICE_SOURCE_H */
