@@ -8,7 +8,7 @@ DATA = $(wildcard sql/$(EXTENSION)--*.sql) $(EXTENSION)--0.1.control
 REGRESS = $(patsubst sql/%.sql,%,$(filter-out sql/$(EXTENSION)--%,$(wildcard sql/*.sql)))
 REGRESS_OPTS = --temp-config=./test/sluice.conf --temp-instance=./tmp_check --inputdir=.
 
-PG_CPPFLAGS = -Isrc
+PG_CPPFLAGS = -Isrc -DSLUICE_VERSION='"$(EXTVERSION)"'
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
 
 PG_CONFIG ?= pg_config

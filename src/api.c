@@ -225,8 +225,8 @@ sluice_workers(PG_FUNCTION_ARGS)
 	for (int i = 0; i < sluice_max_workers; i++)
 	{
 		SluiceSlot *slot = &sluice_shared->slots[i];
-		Datum		values[4];
-		bool		nulls[4] = {false, false, false, false};
+		Datum		values[5];
+		bool		nulls[5] = {false, false, false, false, true};	/* 0.1 had a fifth column */
 
 		if (slot->pipeline_id == 0 || slot->worker_pid == 0)
 			continue;
@@ -284,6 +284,7 @@ sluice_run_once(PG_FUNCTION_ARGS)
 	SluiceSlot	result;
 
 	check_database();
+	check_extension_version();
 
 	/*
 	 * The worker is another session: it would wait for every lock this

@@ -210,6 +210,9 @@ batch_plan(PipelineRun *run, int *attempts)
 
 	values[0] = Int32GetDatum(run->id);
 
+	/* a new library over an old catalog: wait for ALTER EXTENSION UPDATE */
+	if (!extension_version_ok(NULL))
+		return -1;
 	p = pipeline_load(run->id);
 	if (p == NULL || (!run->run_once && strcmp(p->state, "running") != 0))
 		return -1;

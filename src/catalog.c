@@ -32,9 +32,12 @@
 
 #include "sluice.h"
 
-/* The role that created the extension, which owns the catalog. */
+/*
+ * The extension's row in pg_extension: the role that created it, which owns
+ * the catalog, and the version of its SQL objects.
+ */
 static Oid
-extension_owner(void)
+extension_lookup(char **version)
 {
 	Oid			extoid = get_extension_oid("sluice", false);
 	Relation	rel = table_open(ExtensionRelationId, AccessShareLock);
@@ -50,9 +53,51 @@ extension_owner(void)
 	if (!HeapTupleIsValid(tup))
 		elog(ERROR, "could not find extension sluice");
 	owner = ((Form_pg_extension) GETSTRUCT(tup))->extowner;
+	if (version)
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tup, Anum_pg_extension_extversion, RelationGetDescr(rel), &isnull);
+
+		*version = isnull ? pstrdup("") : TextDatumGetCString(d);
+	}
 	systable_endscan(scan);
 	table_close(rel, AccessShareLock);
 	return owner;
+}
+
+static Oid
+extension_owner(void)
+{
+	return extension_lookup(NULL);
+}
+
+/*
+ * Whether the extension's SQL objects are this library's version.  After a
+ * new build is installed and the server restarted, pipelines wait until
+ * ALTER EXTENSION sluice UPDATE has brought the catalog along.
+ */
+bool
+extension_version_ok(char **version)
+{
+	char	   *v;
+
+	(void) extension_lookup(&v);
+	if (version)
+		*version = v;
+	return strcmp(v, SLUICE_VERSION) == 0;
+}
+
+void
+check_extension_version(void)
+{
+	char	   *version;
+
+	if (!extension_version_ok(&version))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"sluice\" is at version %s, but its library is %s", version,
+						SLUICE_VERSION),
+				 errhint("Run ALTER EXTENSION sluice UPDATE.")));
 }
 
 /*

@@ -108,6 +108,31 @@ launcher_report(int32 id, bool fail, int sqlerrcode, const char *message, const 
 }
 
 /*
+ * Whether pipelines must wait for ALTER EXTENSION sluice UPDATE: the
+ * library is newer than the catalog.  Said once in the log.
+ */
+static bool
+launcher_version_waits(void)
+{
+	static bool reported = false;
+	char	   *version;
+
+	if (extension_version_ok(&version))
+	{
+		reported = false;
+		return false;
+	}
+	if (!reported)
+		ereport(LOG,
+				(errmsg("sluice: extension \"sluice\" is at version %s, but its library is %s", version,
+						SLUICE_VERSION),
+				 errdetail("No pipeline runs until the extension is updated."),
+				 errhint("Run ALTER EXTENSION sluice UPDATE in database \"%s\".", sluice_database)));
+	reported = true;
+	return true;
+}
+
+/*
  * The pipelines that should have a worker, read in a short transaction.
  * A worker slot goes only to a pipeline whose owner could create it now:
  * one whose owner can no longer log in or read server files is failed
@@ -126,7 +151,7 @@ launcher_running_pipelines(void)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, "reading sluice.pipeline");
 
-	if (OidIsValid(get_extension_oid("sluice", true)))
+	if (OidIsValid(get_extension_oid("sluice", true)) && !launcher_version_waits())
 	{
 		SPI_connect();
 		if (SPI_execute("SELECT p.id, p.owner, p.trigger = 'available_now',"

@@ -108,6 +108,8 @@ extern struct BackgroundWorkerHandle *sluice_start_worker(int slotno, SluiceWork
 														  pid_t notify_pid);
 
 /* catalog.c */
+extern bool extension_version_ok(char **version);
+extern void check_extension_version(void);
 extern uint64 catalog_exec(const char *sql, int nargs, Oid *types, Datum *values,
 						   const char *nulls, int expected_rc);
 extern uint64 pinned_exec(const char *sql, int nargs, Oid *types, Datum *values,
