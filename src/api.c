@@ -283,8 +283,8 @@ sluice_run_once(PG_FUNCTION_ARGS)
 	SluiceSlot *slot;
 	SluiceSlot	result;
 
-	check_database();
 	check_extension_version();
+	check_database();
 
 	/*
 	 * The worker is another session: it would wait for every lock this

@@ -319,7 +319,7 @@ launcher_reconcile(void)
 		{
 			/* held by a run_once() call, or all slots are taken: say so once */
 			if (!slot_pipeline_busy(p->id) && !lw->no_slot_reported)
-				launcher_report(p->id, false, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+				launcher_report(p->id, false, ERRCODE_WARNING,
 								psprintf("pipeline \"%s\" waits for a free worker slot", p->name),
 								psprintf("All %d sluice worker slots are taken.", sluice_max_workers),
 								"Stop another pipeline, or raise sluice.max_workers and restart the server.");
@@ -339,7 +339,7 @@ launcher_reconcile(void)
 		{
 			slot_release(slotno, generation);
 			if (!lw->no_slot_reported)
-				launcher_report(p->id, false, ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+				launcher_report(p->id, false, ERRCODE_WARNING,
 								psprintf("pipeline \"%s\" waits for a background worker", p->name),
 								"All background worker slots of the server are taken.",
 								"Raise max_worker_processes and restart the server.");
