@@ -8,22 +8,7 @@ RESET client_min_messages;
 -- the PL/pgSQL line numbers of the raising functions are not the point here
 \set SHOW_CONTEXT never
 
--- wait (at most ~30 s) until a boolean query is true
-CREATE FUNCTION wait_until(cond text) RETURNS void LANGUAGE plpgsql AS $$
-DECLARE
-    ok boolean;
-BEGIN
-    FOR i IN 1 .. 300 LOOP
-        PERFORM pg_stat_clear_snapshot();
-        EXECUTE 'SELECT (' || cond || ')' INTO ok;
-        IF ok THEN
-            RETURN;
-        END IF;
-        PERFORM pg_sleep(0.1);
-    END LOOP;
-    RAISE EXCEPTION 'timed out waiting for: %', cond;
-END
-$$;
+\i test/regress/wait_until.sql
 
 \! rm -rf /tmp/sluice_regress/errors && mkdir -p /tmp/sluice_regress/errors/bad /tmp/sluice_regress/errors/empty
 COPY (SELECT 1 AS id) TO '/tmp/sluice_regress/errors/a_file.csv' WITH (FORMAT csv, HEADER);

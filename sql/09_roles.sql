@@ -9,21 +9,7 @@ CREATE EXTENSION IF NOT EXISTS sluice;
 RESET client_min_messages;
 \set SHOW_CONTEXT never
 
-CREATE FUNCTION wait_until(cond text) RETURNS void LANGUAGE plpgsql AS $$
-DECLARE
-    ok boolean;
-BEGIN
-    FOR i IN 1 .. 300 LOOP
-        PERFORM pg_stat_clear_snapshot();
-        EXECUTE 'SELECT (' || cond || ')' INTO ok;
-        IF ok THEN
-            RETURN;
-        END IF;
-        PERFORM pg_sleep(0.1);
-    END LOOP;
-    RAISE EXCEPTION 'timed out waiting for: %', cond;
-END
-$$;
+\i test/regress/wait_until.sql
 
 \! rm -rf /tmp/sluice_regress/roles && mkdir -p /tmp/sluice_regress/roles
 COPY (SELECT g AS id FROM generate_series(1, 3) g) TO '/tmp/sluice_regress/roles/1.csv' WITH (FORMAT csv, HEADER);

@@ -19,21 +19,7 @@ SELECT name, state, batches, input_rows, last_error FROM sluice.pipelines;
 SELECT count(*) AS rows, count(DISTINCT transaction_id) AS ids FROM bank_transactions;
 
 -- the same once the worker is surely up: run_once() waits for it to exit
-CREATE FUNCTION wait_until(cond text) RETURNS void LANGUAGE plpgsql AS $$
-DECLARE
-    ok boolean;
-BEGIN
-    FOR i IN 1 .. 300 LOOP
-        PERFORM pg_stat_clear_snapshot();
-        EXECUTE 'SELECT (' || cond || ')' INTO ok;
-        IF ok THEN
-            RETURN;
-        END IF;
-        PERFORM pg_sleep(0.1);
-    END LOOP;
-    RAISE EXCEPTION 'timed out waiting for: %', cond;
-END
-$$;
+\i test/regress/wait_until.sql
 SELECT sluice.start('bank_ingest');
 SELECT wait_until($$(SELECT worker_pid IS NOT NULL FROM sluice.pipelines WHERE name = 'bank_ingest')$$);
 \! perl test/gen_bank.pl /tmp/sluice_regress/readme/bank2 2 50 301 8 >/dev/null && mv /tmp/sluice_regress/readme/bank2/bank_00001.csv /tmp/sluice_regress/readme/bank/more_1.csv && mv /tmp/sluice_regress/readme/bank2/bank_00002.csv /tmp/sluice_regress/readme/bank/more_2.csv

@@ -7,21 +7,7 @@ CREATE EXTENSION IF NOT EXISTS sluice;
 RESET client_min_messages;
 \set SHOW_CONTEXT never
 
-CREATE FUNCTION wait_until(cond text) RETURNS void LANGUAGE plpgsql AS $$
-DECLARE
-    ok boolean;
-BEGIN
-    FOR i IN 1 .. 300 LOOP
-        PERFORM pg_stat_clear_snapshot();
-        EXECUTE 'SELECT (' || cond || ')' INTO ok;
-        IF ok THEN
-            RETURN;
-        END IF;
-        PERFORM pg_sleep(0.1);
-    END LOOP;
-    RAISE EXCEPTION 'timed out waiting for: %', cond;
-END
-$$;
+\i test/regress/wait_until.sql
 
 \! rm -rf /tmp/sluice_regress/slots && mkdir -p /tmp/sluice_regress/slots
 COPY (SELECT 1 AS id) TO '/tmp/sluice_regress/slots/1.csv' WITH (FORMAT csv, HEADER);
