@@ -24,7 +24,7 @@ our @EXPORT = qw(
   wait_until poll_value start_session progress_summary
   gen_window_feed window_model create_window_pipeline
   window_db_target window_db_late window_db_progress window_db_state
-  rows_match us_ts
+  rows_match us_ts csv_rows fmt_cents last_per_customer
 );
 
 # Cluster.pm's init() runs pg_regress --config-auth; plain prove does not set it.
@@ -177,6 +177,45 @@ SELECT sluice.create_pipeline('$name',
   sluice.append_sink('$table'), '$trigger');
 });
 	return;
+}
+
+# Rows [id, customer, cents, ts] of gen_files-like files, in file then line
+# order, without the lines that do not parse as such (bad rows).
+sub csv_rows
+{
+	my @rows;
+	for my $path (@_)
+	{
+		open my $fh, '<', $path or die "could not read $path: $!";
+		my $header = <$fh>;
+		while (my $line = <$fh>)
+		{
+			chomp $line;
+			my ($id, $c, $amount, $ts) = split /,/, $line;
+			next unless defined $ts && $id =~ /^\d+$/ && $c =~ /^\d+$/ && $amount =~ /^(\d+)\.(\d\d)$/;
+			push @rows, [ $id, $c, $1 * 100 + $2, $ts ];
+		}
+		close $fh;
+	}
+	return @rows;
+}
+
+sub fmt_cents
+{
+	my ($c) = @_;
+	return sprintf('%d.%02d', int($c / 100), $c % 100);
+}
+
+# "customer|id|amount|ts" of the last row of each customer in @$rows (as
+# csv_rows returns them), by customer: what a merge sink keyed by customer
+# leaves
+sub last_per_customer
+{
+	my ($rows) = @_;
+	my %last;
+	$last{ $_->[1] } = $_ for @$rows;
+	return [ map { join('|', $_, $last{$_}[0], fmt_cents($last{$_}[2]), $last{$_}[3]) }
+		  sort { $a <=> $b } keys %last ];
 }
 
 sub pipeline_id
