@@ -41,6 +41,13 @@ CREATE FUNCTION shape() RETURNS TABLE (kind text, name text, def text) LANGUAGE 
     UNION ALL
     SELECT 'dumped', c::regclass::text, ''
       FROM pg_extension e, unnest(e.extconfig) AS c WHERE e.extname = 'sluice'
+    UNION ALL
+    SELECT 'extension', e.extname, e.extnamespace::regnamespace::text || e.extrelocatable::text
+           || (SELECT string_agg(pg_describe_object(d.classid, d.objid, d.objsubid), ',')
+                 FROM pg_depend d
+                WHERE d.refclassid = 'pg_extension'::regclass AND d.refobjid = e.oid
+                  AND d.classid = 'pg_namespace'::regclass)
+      FROM pg_extension e WHERE e.extname = 'sluice'
 $$;
 
 CREATE EXTENSION sluice VERSION '0.1';
@@ -52,12 +59,11 @@ ALTER EXTENSION sluice UPDATE TO '0.2';
 SELECT extversion FROM pg_extension WHERE extname = 'sluice';
 CREATE TABLE upgraded AS SELECT * FROM shape();
 
--- 0.1 made the schema itself, outside the extension: it stays, and a new
--- CREATE EXTENSION refuses to take it
+-- 0.1 made the schema outside the extension; the update takes it in, and
+-- the extension to pg_catalog, as a fresh install has them, so that pg_dump
+-- and DROP EXTENSION treat both alike
 DROP EXTENSION sluice;
-SELECT count(*) AS objects_left FROM pg_class WHERE relnamespace = 'sluice'::regnamespace;
-CREATE EXTENSION sluice;
-DROP SCHEMA sluice;
+SELECT count(*) AS sluice_schemas FROM pg_namespace WHERE nspname = 'sluice';
 CREATE EXTENSION sluice;
 CREATE TABLE installed AS SELECT * FROM shape();
 

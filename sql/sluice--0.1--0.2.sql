@@ -4,6 +4,17 @@
 -- functions as regclass and signatures so pg_dump writes names, and is
 -- dumped by pg_dump.  Offsets, batches, files and window state are kept.
 
+-- 0.1's CREATE EXTENSION made the schema outside the extension.  0.2 keeps
+-- the extension in pg_catalog and its schema as a member, as a fresh install
+-- does, so that pg_dump and DROP EXTENSION treat both alike.
+UPDATE pg_catalog.pg_extension SET extnamespace = 'pg_catalog'::regnamespace WHERE extname = 'sluice';
+DELETE FROM pg_catalog.pg_depend
+ WHERE classid = 'pg_catalog.pg_extension'::regclass
+   AND objid = (SELECT oid FROM pg_catalog.pg_extension WHERE extname = 'sluice')
+   AND refclassid = 'pg_catalog.pg_namespace'::regclass AND refobjid = 'sluice'::regnamespace;
+ALTER EXTENSION sluice ADD SCHEMA sluice;
+COMMENT ON SCHEMA sluice IS 'sluice: exactly-once streaming pipelines';
+
 DROP VIEW sluice.pipelines;
 
 -- what a sink writes moves out of its jsonb into typed columns
