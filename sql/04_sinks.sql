@@ -110,6 +110,7 @@ CREATE TEMP TABLE sinks_before AS
 SELECT t, sinks_md5(t) AS md5 FROM unnest('{sinks_acct,sinks_heap,sinks_ign}'::regclass[]) AS t;
 DELETE FROM sluice.file WHERE pipeline_id IN (SELECT id FROM sluice.pipeline WHERE name IN ('m_upd', 'm_ign'));
 DELETE FROM sluice.batch WHERE pipeline_id IN (SELECT id FROM sluice.pipeline WHERE name IN ('m_upd', 'm_ign'));
+UPDATE sluice.pipeline SET committed_batch = 0 WHERE name IN ('m_upd', 'm_ign');
 SELECT sluice.drop_pipeline('m_heap');
 SELECT sluice.create_pipeline('m_heap', sluice.csv_source('/tmp/sluice_regress/sinks/merge', 'id int, v text'),
                               sluice.merge_sink('sinks_heap', '{id}'));

@@ -33,6 +33,7 @@ SELECT sluice.run_once('slots_6');
 -- a slot comes free: the waiting pipeline gets it
 SELECT sluice.stop('slots_1');
 SELECT wait_until($$(SELECT worker_pid IS NOT NULL FROM sluice.pipelines WHERE name = 'slots_5')$$);
+SELECT wait_until($$(SELECT count(*) = 5 FROM slots_t)$$);
 SELECT count(*) AS rows_once_each FROM slots_t;
 SELECT sluice.stop('slots_' || i) FROM generate_series(2, 5) AS i;
 SELECT wait_until($$(SELECT count(*) = 0 FROM sluice.pipelines WHERE worker_pid IS NOT NULL)$$);

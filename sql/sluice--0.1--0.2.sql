@@ -27,6 +27,10 @@ UPDATE sluice.pipeline
        sink_function = (sink->>'fnoid')::oid::regprocedure::text,
        sink = sink - ARRAY['target', 'relid', 'late_rows', 'late_relid', 'function', 'fnoid'];
 ALTER TABLE sluice.pipeline ALTER COLUMN state_table TYPE regclass USING state_table::regclass;
+ALTER TABLE sluice.pipeline ADD COLUMN committed_batch bigint NOT NULL DEFAULT 0;
+UPDATE sluice.pipeline p
+   SET committed_batch = coalesce((SELECT max(b.batch_id) FROM sluice.batch b
+                                    WHERE b.pipeline_id = p.id AND b.status = 'committed'), 0);
 
 DROP POLICY owner_only ON sluice.pipeline;
 DROP POLICY owner_only ON sluice.batch;

@@ -38,6 +38,8 @@ CREATE TABLE sluice.pipeline (
     watermark_delay interval,
     watermark   timestamptz,        -- of event-time pipelines; never moves back
     state_table regclass,           -- window state, dropped with the pipeline
+    committed_batch bigint NOT NULL DEFAULT 0,  -- the last batch committed, to tell a catalog
+                                                -- pg_restore has not finished loading
     state       text NOT NULL DEFAULT 'stopped' CHECK (state IN ('running', 'stopped', 'failed')),
     created_at  timestamptz NOT NULL DEFAULT now()
 );

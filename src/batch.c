@@ -186,6 +186,38 @@ pipeline_load(int32 id)
 	return p;
 }
 
+/*
+ * Before a worker's first batch: is the catalog whole?  While pg_restore
+ * loads a dump, a pipeline's row can be there before its batches, its
+ * files or its state table's unique index; a batch then would read again
+ * what committed batches read.  Until it is whole the batch is transient:
+ * tried again later.
+ */
+static void
+batch_check_catalog(PipelineRun *run)
+{
+	Datum		value = Int32GetDatum(run->id);
+
+	if (run->catalog_whole)
+		return;
+	catalog_exec("SELECT p.committed_batch > coalesce(b.last, 0) OR coalesce(b.files, 0) > f.files"
+				 "   OR (p.state_table IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_index i"
+				 "                                              WHERE i.indrelid = p.state_table AND i.indisunique))"
+				 " FROM sluice.pipeline AS p,"
+				 "  LATERAL (SELECT max(batch_id) AS last, sum(files) AS files FROM sluice.batch"
+				 "            WHERE pipeline_id = p.id AND status = 'committed') AS b,"
+				 "  LATERAL (SELECT count(*) AS files FROM sluice.file WHERE pipeline_id = p.id AND committed) AS f"
+				 " WHERE p.id = $1",
+				 1, (Oid[]) {INT4OID}, &value, NULL, SPI_OK_SELECT);
+	if (SPI_processed == 1 && strcmp(spi_text(0, 1), "t") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_IN_USE),
+				 errmsg("the catalog of pipeline \"%s\" is not whole yet", run->name),
+				 errdetail("Its committed batches, their files or its state table's unique index are missing, as while pg_restore loads a dump."),
+				 errhint("The batch is tried again later.")));
+	run->catalog_whole = true;
+}
+
 /* The source's state, once per worker, in the worker's long-lived memory. */
 static void
 source_open(PipelineRun *run, Pipeline *p)
@@ -218,6 +250,7 @@ batch_plan(PipelineRun *run, int *attempts)
 		return -1;
 	run->trigger_ms = p->trigger_ms;
 	run->isolate_rows = p->isolate_rows;
+	batch_check_catalog(run);
 
 	/* a planned batch comes first: replay it, same id, same slice */
 	if (catalog_exec("UPDATE sluice.batch b SET attempts = attempts + 1 FROM ("
@@ -339,6 +372,8 @@ batch_process(PipelineRun *run, Batch *b, double plan_ms, bool careful)
 	values[5] = Int32GetDatum(b->units);
 	values[6] = Int64GetDatum(sink_rows);
 	values[7] = Int64GetDatum(rj.count);
+	catalog_exec("UPDATE sluice.pipeline SET committed_batch = $2 WHERE id = $1",
+				 2, (Oid[]) {INT4OID, INT8OID}, values, NULL, SPI_OK_UPDATE);
 	if (catalog_exec("UPDATE sluice.batch SET status = 'committed', committed_at = now(),"
 					 "  input_rows = $3, bytes = $4, durations = $5::text::jsonb, files = $6,"
 					 "  sink_rows = $7, rejected_rows = $8"

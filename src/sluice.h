@@ -203,6 +203,7 @@ typedef struct PipelineRun
 	MemoryContext batch_cxt;	/* reset after every batch and every retry */
 	void	   *source_state;
 	int64		backlog;		/* the source's backlog once the batch in flight commits */
+	bool		catalog_whole;	/* checked before the first batch (pg_restore) */
 	/* the source's after_commit, once a batch committed (the catalog is gone by then) */
 	void		(*after_commit) (void *state, Batch *b);
 } PipelineRun;

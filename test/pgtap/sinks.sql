@@ -102,6 +102,7 @@ SELECT ok(test_util.wait_until($$(SELECT worker_pid IS NULL FROM sluice.pipeline
           'the worker exits');
 DELETE FROM sluice.file WHERE pipeline_id = (SELECT id FROM sluice.pipeline WHERE name = 'pgtap_loans');
 DELETE FROM sluice.batch WHERE pipeline_id = (SELECT id FROM sluice.pipeline WHERE name = 'pgtap_loans');
+UPDATE sluice.pipeline SET committed_batch = 0 WHERE name = 'pgtap_loans';
 SELECT lives_ok($$SELECT sluice.start('pgtap_loans')$$, 'start() again, with nothing read');
 SELECT ok(test_util.wait_until($$(SELECT batches = 3 AND files_pending = 0 FROM sluice.pipelines WHERE name = 'pgtap_loans')$$),
           'every file is read again');

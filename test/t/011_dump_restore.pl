@@ -427,6 +427,50 @@ for my $t (@same)
 		"B and A: the same $what");
 }
 
+# ---------------------------------------------------------------------------
+# Cluster C: the same dump restored in two parts while the launcher looks
+# every second: first everything up to the pipelines' batches (so their rows
+# are there, the running one among them), 3 seconds later the rest.  The
+# running pipeline's worker waits for a whole catalog instead of reading its
+# committed files again.
+
+my $nc = PostgreSQL::Test::Cluster->new('dump_c');
+$nc->init;
+$nc->append_conf(
+	'postgresql.conf', qq{
+shared_preload_libraries = 'sluice'
+sluice.database = 'postgres'
+sluice.restart_delay = 1
+sluice.launcher_naptime = 1
+$tz});
+$nc->start;
+$nc->safe_psql('postgres', $roles);
+my $list = "$work/a.list";
+$nc->command_ok([ 'pg_restore', '-l', '-f', $list, $dump ], 'pg_restore -l of the dump');
+my @toc = split /\n/, slurp_file($list);
+my ($cut) = grep { $toc[$_] =~ /TABLE DATA sluice batch / } 0 .. $#toc;
+ok(defined $cut, 'the dump has the batches of sluice');
+open my $first, '>', "$work/first.list" or die;
+print $first join("\n", @toc[ 0 .. $cut - 1 ]), "\n";
+close $first;
+open my $rest, '>', "$work/rest.list" or die;
+print $rest join("\n", @toc[ $cut .. $#toc ]), "\n";
+close $rest;
+$nc->command_ok([ 'pg_restore', '--exit-on-error', '-L', "$work/first.list", '-d', 'postgres', $dump ],
+	'C: pg_restore up to the batches');
+wait_until($nc, "SELECT count(*) > 0 FROM sluice.pipeline WHERE state = 'running'", 't',
+	'C: the running pipeline is restored');
+sleep 3;    # three looks of the launcher, and retries of the worker
+is($nc->safe_psql('postgres', 'SELECT count(*) FROM sluice.batch'), '0', 'C: no batch ran on half a catalog');
+$nc->command_ok([ 'pg_restore', '--exit-on-error', '-L', "$work/rest.list", '-d', 'postgres', $dump ],
+	'C: pg_restore of the rest, with no error');
+wait_until($nc, $files_committed . "'app_in'", scalar(@app_all), 'C: the append pipeline read every file');
+check_table($nc, 'ingest.tx', \@app_all, 'C: the append target holds every row of its files exactly once');
+is($nc->safe_psql('postgres',
+		"SELECT count(*) FROM sluice.errors WHERE pipeline = 'app_in' AND time > now() - interval '1 minute'"),
+	'0', 'C: no failure recorded');
+$nc->stop;
+
 $na->stop;
 $nb->stop;
 done_testing();
