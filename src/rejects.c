@@ -265,8 +265,13 @@ rejects_copy_file(Rejects *rj, Oid stage, List *attnames, List *options, const c
 		lines++;
 		rejects_add(rj, fileno, (int64) st.cstate->cur_lineno, st.cstate->line_buf.data, edata);
 		FreeErrorData(edata);
-		/* past an encoding error nothing more of the file can be read */
-		if (st.cstate->input_reached_error)
+		/*
+		 * Past a line that could not be read at all, nothing more of the file
+		 * can be: after an encoding error, or a carriage return or newline
+		 * that is not the file's line end, COPY's reader stays where it
+		 * failed, and reading on would fail there again, for ever.
+		 */
+		if (st.cstate->input_reached_error || !st.cstate->line_buf_valid)
 			break;
 	}
 
