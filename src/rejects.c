@@ -4,24 +4,43 @@
  *
  * A batch first runs on the fast path, exactly as with on_error => 'fail'.
  * Only when it fails with a data error (SQLSTATE class 22) or an integrity
- * violation (class 23) is it rolled back and run again carefully: each line
- * is parsed by COPY's own NextCopyFrom() into the staging table in a
- * subtransaction of its own, and a line that fails is set aside with its
- * file, line number, text and error.  The sink then takes the staged rows
- * in one statement; if the sink refuses some (NOT NULL, CHECK, foreign or
- * unique keys), it takes them one at a time, again in subtransactions, and
- * sets aside the refused ones.  So clean batches never pay for this.
+ * violation (class 23) is it rolled back and run again carefully, at a cost
+ * that grows with the number of bad rows rather than with the batch:
+ *
+ * 1. Each file is parsed by COPY's own NextCopyFrom() in subtransactions of
+ *	  up to PARSE_CHUNK_ROWS rows.  They only parse, into slots whose memory
+ *	  is ours and outlives them, and write nothing, so they are assigned no
+ *	  transaction id.  A line that fails rolls back its subtransaction, is
+ *	  set aside with its file, line number, text and error, and parsing goes
+ *	  on after it in a new one.  The rows parsed so far are then inserted
+ *	  into the staging table outside any subtransaction, in the batch
+ *	  transaction: a file with b bad lines costs about rows/PARSE_CHUNK_ROWS
+ *	  + b subtransactions, none of which takes a transaction id.
+ *
+ * 2. The sink takes the staged rows in one statement.  If it refuses some
+ *	  (NOT NULL, CHECK, foreign or unique keys, a null merge key), the rows
+ *	  are split in SINK_SPLIT parts, each written in a subtransaction of its
+ *	  own; a part that fails is split again, down to single rows, which are
+ *	  set aside.  That is O(b log n) subtransactions (and transaction ids)
+ *	  for b refused rows among n.  Every row that is not refused is written
+ *	  once, in file order, so the sink ends as one statement over them
+ *	  would leave it.
+ *
+ * So clean batches never pay for this, and a batch with a few bad rows
+ * costs a few times a clean one instead of a transaction id per row.
  */
 #include "postgres.h"
 
 #include "access/heapam.h"
 #include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/copy.h"
 #include "commands/copyfrom_internal.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
+#include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "parser/parse_node.h"
 #include "utils/array.h"
@@ -31,6 +50,23 @@
 #include "utils/resowner.h"
 
 #include "sluice.h"
+
+/*
+ * Rows parsed in one subtransaction, and staged together, at most: enough
+ * to make the subtransactions' own cost vanish, few enough to keep a chunk
+ * in memory.  The limits of COPY's own multi-insert buffers.
+ */
+#define PARSE_CHUNK_ROWS 1000
+#define PARSE_CHUNK_BYTES 65535
+
+/*
+ * Parts that rows the sink refused are split in.  More parts waste less
+ * work on parts that fail, the rows a statement wrote before its refused
+ * row, but take more statements: 16 take up to 16 log16(n) = 4 log2(n) for
+ * a refused row among n.  With 2 refused rows among 200,000, halves gave
+ * the sink statements 350,000 rows in all, 16 parts 227,000.
+ */
+#define SINK_SPLIT 16
 
 bool
 rejects_is_row_error(int sqlerrcode)
@@ -90,44 +126,109 @@ try_in_subxact(void (*fn) (void *), void *arg)
 	return edata;
 }
 
-typedef struct CopyRowState
+typedef struct ParseChunk
 {
 	CopyFromState cstate;
-	Relation	rel;
-	Datum	   *values;
-	bool	   *nulls;
 	ExprContext *econtext;
-	bool		more;
-	ItemPointerData tid;
-} CopyRowState;
+	TupleTableSlot **slots;		/* the rows parsed and not yet staged */
+	int			nslots;			/* slots made so far */
+	int64	   *lines;			/* their line numbers */
+	int			nrows;
+	int			nbytes;			/* their lines' length */
+	bool		eof;
+	MemoryContext chunkcxt;		/* their values, until they are staged */
+} ParseChunk;
 
+/*
+ * Parse lines into st->slots until the chunk is full or the file ends.  It
+ * runs in a subtransaction and writes nothing: an error leaves the rows
+ * parsed before it in the slots, which are not the subtransaction's.
+ */
 static void
-copy_one_row(void *arg)
+parse_rows(void *arg)
 {
-	CopyRowState *st = arg;
+	ParseChunk *st = arg;
 
-	st->more = NextCopyFrom(st->cstate, st->econtext, st->values, st->nulls);
-	if (st->more)
+	MemoryContextSwitchTo(st->chunkcxt);
+	while (st->nrows < st->nslots && st->nbytes < PARSE_CHUNK_BYTES)
 	{
-		HeapTuple	tup = heap_form_tuple(RelationGetDescr(st->rel), st->values, st->nulls);
+		TupleTableSlot *slot = st->slots[st->nrows];
 
-		simple_heap_insert(st->rel, tup);
-		st->tid = tup->t_self;
+		CHECK_FOR_INTERRUPTS();
+		if (!NextCopyFrom(st->cstate, st->econtext, slot->tts_values, slot->tts_isnull))
+		{
+			st->eof = true;
+			break;
+		}
+		ExecStoreVirtualTuple(slot);
+		st->lines[st->nrows++] = (int64) st->cstate->cur_lineno;
+		st->nbytes += st->cstate->line_buf.len;
 	}
 }
 
 /*
- * COPY one file into the staging table line by line, setting bad lines
- * aside.  Returns the number of lines read, good or bad.
+ * Make more slots, twice as many up to PARSE_CHUNK_ROWS: many files are
+ * small, and making a thousand slots costs more than reading a few lines.
+ * Not in a parsing subtransaction: a slot pins the tuple descriptor in the
+ * current resource owner, and must outlive it.
+ */
+static void
+add_slots(ParseChunk *st, Relation rel)
+{
+	int			n = Min(Max(8, st->nslots * 2), PARSE_CHUNK_ROWS);
+
+	for (; st->nslots < n; st->nslots++)
+		st->slots[st->nslots] = table_slot_create(rel, NULL);
+}
+
+/*
+ * Insert the parsed rows into the staging table, in the batch transaction,
+ * and keep where each one went and where it came from.
+ */
+static void
+stage_rows(Rejects *rj, ParseChunk *st, Relation rel, BulkInsertState bistate, int fileno)
+{
+	MemoryContext oldcxt;
+
+	if (st->nrows == 0)
+		return;
+	oldcxt = MemoryContextSwitchTo(st->chunkcxt);
+	table_multi_insert(rel, st->slots, st->nrows, GetCurrentCommandId(true), 0, bistate);
+	MemoryContextSwitchTo(oldcxt);
+
+	if (rj->nstaged + st->nrows > rj->maxstaged)
+	{
+		while (rj->nstaged + st->nrows > rj->maxstaged)
+			rj->maxstaged = Max(1024, rj->maxstaged * 2);
+		rj->staged = rj->staged ? repalloc_huge(rj->staged, sizeof(StagedRow) * rj->maxstaged)
+			: palloc(sizeof(StagedRow) * rj->maxstaged);
+	}
+	for (int i = 0; i < st->nrows; i++)
+	{
+		StagedRow  *r = &rj->staged[rj->nstaged++];
+
+		r->tid = st->slots[i]->tts_tid;
+		r->fileno = fileno;
+		r->line = st->lines[i];
+		ExecClearTuple(st->slots[i]);
+	}
+	st->nrows = 0;
+	st->nbytes = 0;
+	MemoryContextReset(st->chunkcxt);
+}
+
+/*
+ * COPY one file into the staging table, setting bad lines aside.  Returns
+ * the number of lines read, good or bad.
  */
 uint64
 rejects_copy_file(Rejects *rj, Oid stage, List *attnames, List *options, const char *path)
 {
-	CopyRowState st;
+	ParseChunk	st;
+	Relation	rel;
+	BulkInsertState bistate;
 	List	   *attlist = NIL;
 	ListCell   *lc;
-	MemoryContext rowcxt;
-	MemoryContext oldcxt = CurrentMemoryContext;
 	int			fileno;
 	uint64		lines = 0;
 
@@ -136,85 +237,81 @@ rejects_copy_file(Rejects *rj, Oid stage, List *attnames, List *options, const c
 
 	foreach(lc, attnames)
 		attlist = lappend(attlist, makeString(lfirst(lc)));
-	st.rel = table_open(stage, RowExclusiveLock);
-	st.cstate = BeginCopyFrom(make_parsestate(NULL), st.rel, NULL, path, false, NULL,
+	rel = table_open(stage, RowExclusiveLock);
+	memset(&st, 0, sizeof(st));
+	st.cstate = BeginCopyFrom(make_parsestate(NULL), rel, NULL, path, false, NULL,
 							  attlist, options);
-	st.values = palloc(sizeof(Datum) * RelationGetDescr(st.rel)->natts);
-	st.nulls = palloc(sizeof(bool) * RelationGetDescr(st.rel)->natts);
 	st.econtext = CreateStandaloneExprContext();
-	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "sluice careful copy", ALLOCSET_DEFAULT_SIZES);
+	st.slots = palloc(sizeof(TupleTableSlot *) * PARSE_CHUNK_ROWS);
+	add_slots(&st, rel);
+	st.lines = palloc(sizeof(int64) * PARSE_CHUNK_ROWS);
+	st.chunkcxt = AllocSetContextCreate(CurrentMemoryContext, "sluice careful copy",
+										ALLOCSET_DEFAULT_SIZES);
+	bistate = GetBulkInsertState();
 
-	for (;;)
+	while (!st.eof)
 	{
-		ErrorData  *edata;
+		ErrorData  *edata = try_in_subxact(parse_rows, &st);
+		bool		full = st.nrows == st.nslots;
 
-		MemoryContextSwitchTo(rowcxt);
-		st.more = false;
-		edata = try_in_subxact(copy_one_row, &st);
-		MemoryContextSwitchTo(oldcxt);
-		if (edata)
+		lines += st.nrows;
+		stage_rows(rj, &st, rel, bistate, fileno);
+		if (edata == NULL)
 		{
-			lines++;
-			rejects_add(rj, fileno, (int64) st.cstate->cur_lineno,
-						st.cstate->line_buf.data, edata);
-			/* past an encoding error nothing more of the file can be read */
-			if (st.cstate->input_reached_error)
-				break;
-			MemoryContextReset(rowcxt);
+			if (full && st.nslots < PARSE_CHUNK_ROWS)
+				add_slots(&st, rel);
 			continue;
 		}
-		if (!st.more)
-			break;
 		lines++;
-		if (rj->nstaged == rj->maxstaged)
-		{
-			rj->maxstaged = Max(1024, rj->maxstaged * 2);
-			rj->staged = rj->staged ? repalloc_huge(rj->staged, sizeof(StagedRow) * rj->maxstaged)
-				: palloc(sizeof(StagedRow) * rj->maxstaged);
-		}
-		rj->staged[rj->nstaged].tid = st.tid;
-		rj->staged[rj->nstaged].fileno = fileno;
-		rj->staged[rj->nstaged].line = (int64) st.cstate->cur_lineno;
-		rj->nstaged++;
-		MemoryContextReset(rowcxt);
+		rejects_add(rj, fileno, (int64) st.cstate->cur_lineno, st.cstate->line_buf.data, edata);
+		FreeErrorData(edata);
+		/*
+		 * Past a line that could not be read at all, nothing more of the file
+		 * can be: after an encoding error, or a carriage return or newline
+		 * that is not the file's line end, COPY's reader stays where it
+		 * failed, and reading on would fail there again, for ever.
+		 */
+		if (st.cstate->input_reached_error || !st.cstate->line_buf_valid)
+			break;
 	}
 
+	FreeBulkInsertState(bistate);
+	table_finish_bulk_insert(rel, 0);
 	EndCopyFrom(st.cstate);
 	FreeExprContext(st.econtext, true);
-	MemoryContextDelete(rowcxt);
-	table_close(st.rel, NoLock);
+	for (int i = 0; i < st.nslots; i++)
+		ExecDropSingleTupleTableSlot(st.slots[i]);
+	MemoryContextDelete(st.chunkcxt);
+	table_close(rel, NoLock);
 	return lines;
 }
 
-typedef struct SinkRowState
+typedef struct SinkState
 {
-	const char *sql;
-	Datum		values[2];
+	Rejects    *rj;
+	Oid			input;
+	Oid			stage;
+	char	   *rel;			/* the input relation, quoted */
+	bool		backwards;
+	const char *all_sql;		/* the statement for all rows */
+	SPIPlanPtr	some_plan;		/* the one for the rows in values[1] */
+	Datum		values[2];		/* the batch id; the rows' ctids, as tid[] */
 	uint64		processed;
-} SinkRowState;
+	int64		written;
+} SinkState;
 
 static void
-sink_one_row(void *arg)
+sink_rows(void *arg)
 {
-	SinkRowState *st = arg;
+	SinkState  *st = arg;
+	int			rc;
 
-	Datum		values[2] = {st->values[0],
-		PointerGetDatum(construct_array(&st->values[1], 1, TIDOID, sizeof(ItemPointerData), false,
-										TYPALIGN_SHORT))};
-
-	if (SPI_execute_with_args(st->sql, 2, (Oid[]) {INT8OID, TIDARRAYOID}, values,
-							  NULL, false, 0) < 0)
-		elog(ERROR, "could not write a row to the sink");
-	st->processed = SPI_processed;
-}
-
-static void
-sink_all_rows(void *arg)
-{
-	SinkRowState *st = arg;
-
-	if (SPI_execute_with_args(st->sql, 1, (Oid[]) {INT8OID}, st->values, NULL, false, 0) < 0)
-		elog(ERROR, "could not write the batch to the sink");
+	if (st->some_plan)
+		rc = SPI_execute_plan(st->some_plan, st->values, NULL, false, 0);
+	else
+		rc = SPI_execute_with_args(st->all_sql, 1, (Oid[]) {INT8OID}, st->values, NULL, false, 0);
+	if (rc < 0)
+		elog(ERROR, "could not write rows to the sink: %s", SPI_result_code_string(rc));
 	st->processed = SPI_processed;
 }
 
@@ -225,12 +322,82 @@ staged_cmp(const void *a, const void *b)
 							  (ItemPointer) &((const StagedRow *) b)->tid);
 }
 
+/* Set a row the sink refused aside, traced to its file and line if it has one. */
+static void
+set_aside(SinkState *st, ItemPointer tid, ErrorData *edata)
+{
+	StagedRow  *found = NULL;
+	char	   *raw = NULL;
+	Datum		value = PointerGetDatum(tid);
+
+	if (st->input == st->stage)
+	{
+		StagedRow	key;
+
+		key.tid = *tid;
+		found = bsearch(&key, st->rj->staged, st->rj->nstaged, sizeof(StagedRow), staged_cmp);
+	}
+	if (st->rj->keep &&
+		SPI_execute_with_args(psprintf("SELECT r::text FROM %s AS r WHERE ctid = $1", st->rel),
+							  1, (Oid[]) {TIDOID}, &value, NULL, false, 0) == SPI_OK_SELECT &&
+		SPI_processed == 1)
+		raw = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	rejects_add(st->rj, found ? found->fileno : -1, found ? found->line : 0, raw, edata);
+}
+
+/*
+ * Write the rows tids[0 .. n - 1] to the sink in a subtransaction, unless
+ * "failed" says that they just failed together.  If the sink refuses some,
+ * split them in SINK_SPLIT parts and write each the same way, down to
+ * single rows, which are set aside.  The parts go in file order, or the
+ * last first when st->backwards, so that of the rows of a key the one that
+ * wins is the one that wins in one statement.
+ */
+static void
+write_rows(SinkState *st, ItemPointerData *tids, uint64 n, bool failed)
+{
+	uint64		nparts = Min(n, SINK_SPLIT);
+
+	if (!failed)
+	{
+		Datum	   *elems = palloc(sizeof(Datum) * n);
+		ArrayType  *arr;
+		ErrorData  *edata;
+
+		for (uint64 i = 0; i < n; i++)
+			elems[i] = PointerGetDatum(&tids[i]);
+		arr = construct_array(elems, (int) n, TIDOID, sizeof(ItemPointerData), false, TYPALIGN_SHORT);
+		st->values[1] = PointerGetDatum(arr);
+		edata = try_in_subxact(sink_rows, st);
+		pfree(arr);
+		pfree(elems);
+		if (edata == NULL)
+		{
+			st->written += (int64) st->processed;
+			return;
+		}
+		if (n == 1)
+			set_aside(st, &tids[0], edata);
+		FreeErrorData(edata);
+		if (n == 1)
+			return;
+	}
+	for (uint64 p = 0; p < nparts; p++)
+	{
+		uint64		k = st->backwards ? nparts - 1 - p : p;
+		uint64		lo = n * k / nparts;
+		uint64		hi = n * (k + 1) / nparts;
+
+		write_rows(st, tids + lo, hi - lo, false);
+	}
+}
+
 /*
  * Write the relation "input" to the sink: all rows in one statement if the
- * sink takes them, else row by row, setting refused rows aside.  Rows of
- * the staging table itself are traced to their file and line; rows that a
- * transform made are set aside with no line.  Either way the row's text as
- * PostgreSQL prints a record stands for the raw line.  Row by row goes
+ * sink takes them, else in parts as above, setting refused rows aside.
+ * Rows of the staging table itself are traced to their file and line; rows
+ * that a transform made are set aside with no line.  Either way the row's
+ * text as PostgreSQL prints a record stands for the raw line.  Parts go
  * backwards when the sink keeps the first row of a key it sees (a merge
  * that ignores matches), so that the last row wins as in one statement.
  * Returns the rows written.
@@ -239,65 +406,63 @@ int64
 rejects_write(Rejects *rj, const char *all_sql, const char *row_sql, Oid input, Oid stage,
 			  int64 batch_id, bool backwards)
 {
-	SinkRowState st;
+	SinkState	st;
 	ErrorData  *edata;
-	char	   *rel = quote_qualified_identifier("pg_temp", get_rel_name(input));
 	ItemPointerData *tids;
 	uint64		ntids;
-	int64		written = 0;
 
-	st.sql = all_sql;
+	memset(&st, 0, sizeof(st));
+	st.rj = rj;
+	st.input = input;
+	st.stage = stage;
+	st.rel = quote_qualified_identifier("pg_temp", get_rel_name(input));
+	st.backwards = backwards;
+	st.all_sql = all_sql;
 	st.values[0] = Int64GetDatum(batch_id);
-	edata = try_in_subxact(sink_all_rows, &st);
+	edata = try_in_subxact(sink_rows, &st);
 	if (edata == NULL)
 		return (int64) st.processed;
 	FreeErrorData(edata);
 
 	if (input == stage)
+	{
+		/* the staged rows are all the rows of the staging table */
 		qsort(rj->staged, rj->nstaged, sizeof(StagedRow), staged_cmp);
-
-	/* not read-only: the staged rows must be visible to the snapshot */
-	if (SPI_execute(psprintf("SELECT ctid FROM %s ORDER BY ctid", rel), false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read the staged rows");
-	ntids = SPI_processed;
-	tids = palloc(sizeof(ItemPointerData) * Max(ntids, 1));
-	for (uint64 i = 0; i < ntids; i++)
+		ntids = rj->nstaged;
+		tids = palloc(sizeof(ItemPointerData) * Max(ntids, 1));
+		for (uint64 i = 0; i < ntids; i++)
+			tids[i] = rj->staged[i].tid;
+	}
+	else
 	{
-		bool		isnull;
+		/* not read-only: the rows must be visible to the snapshot */
+		if (SPI_execute(psprintf("SELECT ctid FROM %s ORDER BY ctid", st.rel), false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read the rows to write");
+		ntids = SPI_processed;
+		tids = palloc(sizeof(ItemPointerData) * Max(ntids, 1));
+		for (uint64 i = 0; i < ntids; i++)
+		{
+			bool		isnull;
 
-		tids[i] = *(ItemPointer) DatumGetPointer(SPI_getbinval(SPI_tuptable->vals[i],
-													 SPI_tuptable->tupdesc, 1, &isnull));
+			tids[i] = *(ItemPointer) DatumGetPointer(SPI_getbinval(SPI_tuptable->vals[i],
+														 SPI_tuptable->tupdesc, 1, &isnull));
+		}
+		SPI_freetuptable(SPI_tuptable);
 	}
 
-	st.sql = row_sql;
-	for (uint64 n = 0; n < ntids; n++)
-	{
-		uint64		i = backwards ? ntids - 1 - n : n;
-		StagedRow  *found = NULL;
-		char	   *raw = NULL;
-
-		st.values[1] = PointerGetDatum(&tids[i]);
-		edata = try_in_subxact(sink_one_row, &st);
-		if (edata == NULL)
-		{
-			written += st.processed;
-			continue;
-		}
-		if (input == stage)
-		{
-			StagedRow	key;
-
-			key.tid = tids[i];
-			found = bsearch(&key, rj->staged, rj->nstaged, sizeof(StagedRow), staged_cmp);
-		}
-		if (SPI_execute_with_args(psprintf("SELECT r::text FROM %s AS r WHERE ctid = $1", rel),
-								  1, (Oid[]) {TIDOID}, &st.values[1], NULL, false, 0) == SPI_OK_SELECT &&
-			SPI_processed == 1)
-			raw = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-		rejects_add(rj, found ? found->fileno : -1, found ? found->line : 0, raw, edata);
-		FreeErrorData(edata);
-	}
-	return written;
+	/*
+	 * One generic plan for all parts.  It reads them by TID scan, whereas a
+	 * plan for a known number of tids costs each as a random page read and
+	 * scans the whole input instead for more than a thousand or so.
+	 */
+	st.some_plan = SPI_prepare_cursor(row_sql, 2, (Oid[]) {INT8OID, TIDARRAYOID},
+									  CURSOR_OPT_GENERIC_PLAN);
+	if (st.some_plan == NULL)
+		elog(ERROR, "could not prepare the statement for some rows: %s",
+			 SPI_result_code_string(SPI_result));
+	write_rows(&st, tids, ntids, true);
+	SPI_freeplan(st.some_plan);
+	return st.written;
 }
 
 /* Keep the set-aside rows in sluice.reject, in the batch transaction. */
