@@ -219,7 +219,7 @@ SELECT sluice.run_once('bad');
 \set SHOW_CONTEXT never
 SELECT name, state, files_pending FROM sluice.pipelines WHERE name = 'bad';
 
--- a target dropped after the pipeline was created
+-- a target cannot be dropped while a pipeline writes into it
 CREATE TABLE errors_gone (id int, v text);
 SELECT sluice.create_pipeline('gone', sluice.csv_source('/tmp/sluice_regress/errors/bad', 'id int, v text'),
                               sluice.append_sink('errors_gone'));
@@ -269,6 +269,7 @@ SELECT batch_id, status, attempts, files, input_rows FROM sluice.progress('slow'
 SELECT sluice.drop_pipeline('bad');
 SELECT sluice.drop_pipeline('slow');
 SELECT sluice.drop_pipeline('gone');
+DROP TABLE errors_gone;
 SELECT sluice.drop_pipeline('ok');
 SELECT count(*) FROM sluice.pipelines;
 DROP VIEW errors_view;

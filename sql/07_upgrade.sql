@@ -4,6 +4,11 @@
 -- it did not create.  (Pipelines going on through an upgrade: the TAP test
 -- test/t/012_upgrade.pl.)
 --
+-- DROP ROLE in another database than the pipelines' asks the launcher, which
+-- must have looked at the catalog once
+\i test/regress/wait_until.sql
+SELECT wait_until($$EXISTS (SELECT 1 FROM pg_stat_activity WHERE backend_type = 'sluice launcher' AND state = 'idle')$$);
+DROP FUNCTION wait_until(text);
 CREATE DATABASE regress_sluice_upgrade;
 \c regress_sluice_upgrade
 SET client_min_messages = warning;
@@ -41,6 +46,9 @@ CREATE FUNCTION shape() RETURNS TABLE (kind text, name text, def text) LANGUAGE 
     UNION ALL
     SELECT 'dumped', c::regclass::text, ''
       FROM pg_extension e, unnest(e.extconfig) AS c WHERE e.extname = 'sluice'
+    UNION ALL
+    SELECT 'event trigger', evtname, evtevent || evtfoid::regprocedure::text || evtenabled::text
+      FROM pg_event_trigger WHERE evtname LIKE 'sluice%'
     UNION ALL
     SELECT 'extension', e.extname, e.extnamespace::regnamespace::text || e.extrelocatable::text
            || (SELECT string_agg(pg_describe_object(d.classid, d.objid, d.objsubid), ',')

@@ -29,7 +29,8 @@ RESET ROLE;
 -- not while it owns a pipeline
 DROP ROLE regress_sluice_owner;
 DROP ROLE IF EXISTS regress_sluice_nobody, regress_sluice_owner;
--- nor from another database
+-- nor from another database, once the launcher has looked at the catalog
+SELECT wait_until($$EXISTS (SELECT 1 FROM pg_stat_activity WHERE backend_type = 'sluice launcher' AND state = 'idle')$$);
 \c postgres
 DROP ROLE regress_sluice_owner;
 \c contrib_regression
@@ -65,6 +66,8 @@ ALTER ROLE regress_sluice_heir NOLOGIN;
 SELECT sluice._wake();
 SELECT wait_until($$(SELECT state = 'failed' AND worker_pid IS NULL FROM sluice.pipelines WHERE name = 'roles_p')$$);
 SELECT pipeline, sqlstate, message, detail, hint FROM sluice.errors WHERE pipeline = 'roles_p';
+-- run_once() says so too, even to a superuser
+SELECT sluice.run_once('roles_p');
 -- once it can log in again, start() brings it back
 ALTER ROLE regress_sluice_heir LOGIN;
 SET ROLE regress_sluice_heir;

@@ -52,6 +52,20 @@ SELECT sluice.run_once('slots_fn');
 SELECT name, state, last_error FROM sluice.pipelines WHERE name = 'slots_fn';
 SELECT sluice.drop_pipeline('slots_fn');
 
+-- a table a pipeline writes into cannot be dropped while the pipeline exists
+CREATE SCHEMA slots_s;
+CREATE TABLE slots_s.t (id int);
+SELECT sluice.create_pipeline('slots_drop', sluice.csv_source('/tmp/sluice_regress/slots', 'id int'),
+                              sluice.append_sink('slots_s.t'));
+DROP TABLE slots_s.t;
+DROP SCHEMA slots_s CASCADE;
+SELECT to_regclass('slots_s.t') IS NOT NULL AS still_there;
+-- other tables go as usual, and so does the target once the pipeline is gone
+CREATE TABLE slots_s.other (id int);
+DROP TABLE slots_s.other;
+SELECT sluice.drop_pipeline('slots_drop');
+DROP SCHEMA slots_s CASCADE;
+
 DROP TABLE slots_t;
 DROP FUNCTION wait_until(text);
 \! rm -rf /tmp/sluice_regress/slots

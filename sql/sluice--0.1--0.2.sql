@@ -48,6 +48,8 @@ CREATE POLICY owner_only ON sluice.reject FOR SELECT USING (pipeline_id IN (SELE
 REVOKE ALL ON sluice.pipeline, sluice.batch, sluice.file, sluice.error, sluice.reject FROM PUBLIC;
 REVOKE ALL ON SEQUENCE sluice.pipeline_id_seq, sluice.error_id_seq, sluice.reject_id_seq FROM PUBLIC;
 GRANT SELECT ON sluice.pipeline, sluice.batch, sluice.file, sluice.error, sluice.reject TO PUBLIC;
+-- readable for pg_dump --enable-row-security by users, who see their own rows
+GRANT SELECT ON SEQUENCE sluice.pipeline_id_seq, sluice.error_id_seq, sluice.reject_id_seq TO PUBLIC;
 
 -- pg_dump keeps the pipelines, their offsets and their logs
 SELECT pg_catalog.pg_extension_config_dump('sluice.pipeline', '');
@@ -79,6 +81,13 @@ AS 'MODULE_PATHNAME', 'sluice_workers';
 CREATE FUNCTION sluice._backlog(pipeline_id int)
 RETURNS bigint LANGUAGE C VOLATILE STRICT
 AS 'MODULE_PATHNAME', 'sluice_backlog';
+
+-- a table a pipeline writes into cannot be dropped while the pipeline exists
+CREATE FUNCTION sluice._on_drop()
+RETURNS event_trigger LANGUAGE C
+AS 'MODULE_PATHNAME', 'sluice_on_drop';
+
+CREATE EVENT TRIGGER sluice_on_drop ON sql_drop EXECUTE FUNCTION sluice._on_drop();
 
 -- the staging table "batch" of a source, as the worker makes it
 CREATE FUNCTION sluice._create_stage(source jsonb)

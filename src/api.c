@@ -14,6 +14,8 @@
 
 #include "access/xact.h"
 #include "catalog/dependency.h"
+#include "access/htup_details.h"
+#include "catalog/pg_authid.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
@@ -36,6 +38,19 @@
 
 /* how long run_once() waits for the worker of a just-stopped pipeline to exit */
 #define RUN_ONCE_WAIT_MS 10000
+
+static bool
+role_can_login(Oid role)
+{
+	HeapTuple	tup = SearchSysCache1(AUTHOID, ObjectIdGetDatum(role));
+	bool		can;
+
+	if (!HeapTupleIsValid(tup))
+		return false;
+	can = ((Form_pg_authid) GETSTRUCT(tup))->rolcanlogin;
+	ReleaseSysCache(tup);
+	return can;
+}
 
 static void
 check_database(void)
@@ -309,6 +324,15 @@ sluice_run_once(PG_FUNCTION_ARGS)
 	state = pstrdup(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3));
 	SPI_finish();
 
+	/* a worker connects as the owner */
+	if (!role_can_login(owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("the owner of pipeline \"%s\" cannot run it", text_to_cstring(name)),
+				 GetUserNameFromId(owner, true)
+				 ? errdetail("Role %s cannot log in.", quote_identifier(GetUserNameFromId(owner, true)))
+				 : errdetail("Its owner no longer exists."),
+				 errhint("Pipeline workers connect as the pipeline's owner: give it back LOGIN.")));
 	if (strcmp(state, "running") == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

@@ -13,7 +13,9 @@
  */
 #include "postgres.h"
 
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "commands/event_trigger.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
@@ -23,6 +25,7 @@
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 
 #include "sluice.h"
 
@@ -61,6 +64,13 @@ check_drop_role(DropRoleStmt *stmt)
 			owned = spi_int64(0, 1);
 			SPI_finish();
 		}
+		else if (!owners_known())
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("cannot tell yet whether role \"%s\" owns sluice pipelines", get_rolespec_name(spec)),
+					 errdetail("The sluice launcher has not read the pipelines of database \"%s\" since the server started.",
+							   sluice_database),
+					 errhint("Try again in a moment, or run DROP ROLE in database \"%s\".", sluice_database)));
 		else if (owners_contains(role))
 			owned = -1;			/* some, in the other database */
 		if (owned == 0)
@@ -101,30 +111,37 @@ sluice_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnl
 	if (IsA(stmt, DropRoleStmt))
 		check_drop_role((DropRoleStmt *) stmt);
 
+	/*
+	 * DROP OWNED drops the pipelines before the tables they write, which
+	 * they protect (sluice_on_drop).  If the command then finds the caller
+	 * may not, it fails and this rolls back with it.
+	 */
+	if (IsA(stmt, DropOwnedStmt) && in_pipelines_database())
+	{
+		Datum		value = role_array(((DropOwnedStmt *) stmt)->roles);
+
+		SPI_connect();
+		catalog_exec("DELETE FROM sluice.pipeline WHERE owner::oid = ANY ($1)", 1,
+					 (Oid[]) {OIDARRAYOID}, &value, NULL, SPI_OK_DELETE);
+		SPI_finish();
+		sluice_wake_launcher();
+	}
+
 	if (prev_process_utility_hook)
 		prev_process_utility_hook(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
 	else
 		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
 
 	/* after the command itself checked the caller's rights over the roles */
-	if ((IsA(stmt, DropOwnedStmt) || IsA(stmt, ReassignOwnedStmt)) && in_pipelines_database())
+	if (IsA(stmt, ReassignOwnedStmt) && in_pipelines_database())
 	{
 		Datum		values[2];
 
 		SPI_connect();
-		if (IsA(stmt, DropOwnedStmt))
-		{
-			values[0] = role_array(((DropOwnedStmt *) stmt)->roles);
-			catalog_exec("DELETE FROM sluice.pipeline WHERE owner::oid = ANY ($1)", 1,
-						 (Oid[]) {OIDARRAYOID}, values, NULL, SPI_OK_DELETE);
-		}
-		else
-		{
-			values[0] = role_array(((ReassignOwnedStmt *) stmt)->roles);
-			values[1] = ObjectIdGetDatum(get_rolespec_oid(((ReassignOwnedStmt *) stmt)->newrole, false));
-			catalog_exec("UPDATE sluice.pipeline SET owner = $2 WHERE owner::oid = ANY ($1)", 2,
-						 (Oid[]) {OIDARRAYOID, REGROLEOID}, values, NULL, SPI_OK_UPDATE);
-		}
+		values[0] = role_array(((ReassignOwnedStmt *) stmt)->roles);
+		values[1] = ObjectIdGetDatum(get_rolespec_oid(((ReassignOwnedStmt *) stmt)->newrole, false));
+		catalog_exec("UPDATE sluice.pipeline SET owner = $2 WHERE owner::oid = ANY ($1)", 2,
+					 (Oid[]) {OIDARRAYOID, REGROLEOID}, values, NULL, SPI_OK_UPDATE);
 		SPI_finish();
 		/* the launcher refreshes the owners and restarts workers as the new owner */
 		sluice_wake_launcher();
@@ -136,4 +153,37 @@ roles_install_hook(void)
 {
 	prev_process_utility_hook = ProcessUtility_hook;
 	ProcessUtility_hook = sluice_process_utility;
+}
+
+/*
+ * sluice._on_drop(), an event trigger on sql_drop: a table a pipeline writes
+ * into (its target, late-rows or state table) cannot be dropped while the
+ * pipeline exists, as if the pipeline depended on it.  The catalog keeps
+ * such a table as a regclass, which would otherwise be left naming an OID
+ * that a dump and restore could give to another table.
+ */
+PG_FUNCTION_INFO_V1(sluice_on_drop);
+Datum
+sluice_on_drop(PG_FUNCTION_ARGS)
+{
+	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
+		elog(ERROR, "sluice_on_drop must be called as an event trigger");
+	/* DROP EXTENSION sluice drops the catalog too */
+	if (!OidIsValid(get_extension_oid("sluice", true)) ||
+		!OidIsValid(get_relname_relid("pipeline", get_namespace_oid("sluice", true))))
+		PG_RETURN_VOID();
+
+	SPI_connect();
+	if (catalog_exec("SELECT p.name, d.object_identity FROM pg_catalog.pg_event_trigger_dropped_objects() AS d,"
+					 "  sluice.pipeline AS p"
+					 " WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objsubid = 0"
+					 "   AND d.objid IN (p.target, p.late_rows, p.state_table) LIMIT 1",
+					 0, NULL, NULL, NULL, SPI_OK_SELECT) > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+				 errmsg("cannot drop table %s because sluice pipeline \"%s\" writes into it",
+						spi_text(0, 2), spi_text(0, 1)),
+				 errhint("Drop the pipeline first with sluice.drop_pipeline().")));
+	SPI_finish();
+	PG_RETURN_VOID();
 }

@@ -157,6 +157,7 @@ owners_set(List *owners)
 	ListCell   *lc;
 
 	LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
+	sluice_shared->owners_known = true;
 	sluice_shared->n_owners = 0;
 	sluice_shared->owners_overflow = list_length(owners) > SLUICE_MAX_OWNERS;
 	foreach(lc, owners)
@@ -180,6 +181,18 @@ owners_add(Oid owner)
 			sluice_shared->owners_overflow = true;
 	}
 	LWLockRelease(sluice_shared->lock);
+}
+
+/* whether the launcher has read the owners since the server started */
+bool
+owners_known(void)
+{
+	bool		known;
+
+	LWLockAcquire(sluice_shared->lock, LW_SHARED);
+	known = sluice_shared->owners_known;
+	LWLockRelease(sluice_shared->lock);
+	return known;
 }
 
 bool

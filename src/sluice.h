@@ -72,6 +72,7 @@ typedef struct SluiceShared
 {
 	LWLock	   *lock;
 	Latch	   *launcher_latch;
+	bool		owners_known;	/* the launcher has read them since startup */
 	int			n_owners;
 	bool		owners_overflow;	/* more owners than fit: assume any role owns some */
 	Oid			owners[SLUICE_MAX_OWNERS];
@@ -103,6 +104,7 @@ extern bool stats_get_backlog(int32 pipeline_id, int64 *backlog);
 extern void owners_set(List *owners);
 extern void owners_add(Oid owner);
 extern bool owners_contains(Oid owner);
+extern bool owners_known(void);
 extern void sluice_wake_launcher(void);
 extern struct BackgroundWorkerHandle *sluice_start_worker(int slotno, SluiceWorkerArgs *args,
 														  pid_t notify_pid);
