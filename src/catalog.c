@@ -23,6 +23,7 @@
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "storage/proc.h"
 #include "utils/fmgroids.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -39,12 +40,26 @@
 static Oid
 extension_lookup(char **version)
 {
-	Oid			extoid = get_extension_oid("sluice", false);
-	Relation	rel = table_open(ExtensionRelationId, AccessShareLock);
+	/* looked up once per transaction: every catalog statement asks */
+	static LocalTransactionId cached_lxid = InvalidLocalTransactionId;
+	static Oid	cached_owner;
+	static char cached_version[NAMEDATALEN];
+	Oid			extoid;
+	Relation	rel;
 	ScanKeyData key;
 	SysScanDesc scan;
 	HeapTuple	tup;
-	Oid			owner;
+	bool		isnull;
+	Datum		d;
+
+	if (MyProc->lxid == cached_lxid && cached_lxid != InvalidLocalTransactionId)
+	{
+		if (version)
+			*version = pstrdup(cached_version);
+		return cached_owner;
+	}
+	extoid = get_extension_oid("sluice", false);
+	rel = table_open(ExtensionRelationId, AccessShareLock);
 
 	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber, F_OIDEQ,
 				ObjectIdGetDatum(extoid));
@@ -52,17 +67,15 @@ extension_lookup(char **version)
 	tup = systable_getnext(scan);
 	if (!HeapTupleIsValid(tup))
 		elog(ERROR, "could not find extension sluice");
-	owner = ((Form_pg_extension) GETSTRUCT(tup))->extowner;
-	if (version)
-	{
-		bool		isnull;
-		Datum		d = heap_getattr(tup, Anum_pg_extension_extversion, RelationGetDescr(rel), &isnull);
-
-		*version = isnull ? pstrdup("") : TextDatumGetCString(d);
-	}
+	cached_owner = ((Form_pg_extension) GETSTRUCT(tup))->extowner;
+	d = heap_getattr(tup, Anum_pg_extension_extversion, RelationGetDescr(rel), &isnull);
+	strlcpy(cached_version, isnull ? "" : TextDatumGetCString(d), NAMEDATALEN);
+	cached_lxid = MyProc->lxid;
 	systable_endscan(scan);
 	table_close(rel, AccessShareLock);
-	return owner;
+	if (version)
+		*version = pstrdup(cached_version);
+	return cached_owner;
 }
 
 static Oid
