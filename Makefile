@@ -14,3 +14,11 @@ PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initi
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# The tests write their files under $SLUICE_TEST_DIR, a new directory for each
+# run (scripts/test makes it), so that two runs can go on side by side.
+installcheck: sluice-test-dir
+.PHONY: sluice-test-dir
+sluice-test-dir:
+	@[ -n "$$SLUICE_TEST_DIR" ] && [ -d "$$SLUICE_TEST_DIR" ] || \
+	  { echo 'installcheck: set SLUICE_TEST_DIR to an empty directory the postgres OS user can write (scripts/test does)' >&2; exit 1; }

@@ -3,6 +3,10 @@
 -- create / run_once / progress / pipelines / start / stop / drop.
 --
 CREATE EXTENSION sluice;
+-- the test's files go under $SLUICE_TEST_DIR, a new directory for each run;
+-- where a path is printed, it is printed as $SLUICE_TEST_DIR/...
+\getenv test_dir SLUICE_TEST_DIR
+\set dir :test_dir/api
 
 \i test/regress/wait_until.sql
 
@@ -18,8 +22,9 @@ SELECT c.relname, c.relkind, c.relrowsecurity
  ORDER BY 1;
 
 -- a source is a jsonb description; types come back canonical
-SELECT jsonb_pretty(sluice.csv_source('/tmp/sluice_regress/api/',
-                                      'id int, amount numeric(12,2), ts timestamptz, note text'));
+SELECT replace(jsonb_pretty(sluice.csv_source(:'dir' || '/',
+                                              'id int, amount numeric(12,2), ts timestamptz, note text')),
+               :'test_dir', '$SLUICE_TEST_DIR') AS jsonb_pretty;
 SELECT sluice.csv_source('/', 'id int8', header => false, delimiter => ';',
                          pattern => 'part-*.txt', max_files_per_trigger => 3,
                          quote => '''', escape => '\', null_string => 'NULL',
@@ -39,32 +44,39 @@ DROP SCHEMA "Odd Schema" CASCADE;
 
 -- five files, whose mtimes do not follow their names:
 -- f3 (oldest), f1, f5, f2, f4 (newest)
-\! rm -rf /tmp/sluice_regress/api && mkdir -p /tmp/sluice_regress/api
+\! rm -rf "$SLUICE_TEST_DIR"/api && mkdir -p "$SLUICE_TEST_DIR"/api
+\set f :dir/f1.csv
 COPY (SELECT g AS id, g * 1.25 AS amount, '2024-01-01 00:00:00+00'::timestamptz + g * interval '1 hour' AS ts,
              'row ' || g AS note
-        FROM generate_series(1, 10) g) TO '/tmp/sluice_regress/api/f1.csv' WITH (FORMAT csv, HEADER);
+        FROM generate_series(1, 10) g) TO :'f' WITH (FORMAT csv, HEADER);
+\set f :dir/f2.csv
 COPY (SELECT g AS id, g * 1.25 AS amount, '2024-01-01 00:00:00+00'::timestamptz + g * interval '1 hour' AS ts,
              CASE WHEN g % 2 = 0 THEN 'comma, "quoted"' END AS note
-        FROM generate_series(11, 30) g) TO '/tmp/sluice_regress/api/f2.csv' WITH (FORMAT csv, HEADER);
+        FROM generate_series(11, 30) g) TO :'f' WITH (FORMAT csv, HEADER);
+\set f :dir/f3.csv
 COPY (SELECT g AS id, g * 1.25 AS amount, NULL AS ts, E'multi\nline' AS note
-        FROM generate_series(31, 33) g) TO '/tmp/sluice_regress/api/f3.csv' WITH (FORMAT csv, HEADER);
+        FROM generate_series(31, 33) g) TO :'f' WITH (FORMAT csv, HEADER);
+\set f :dir/f4.csv
 COPY (SELECT g AS id, g * 1.25 AS amount, NULL AS ts, NULL AS note
-        FROM generate_series(34, 40) g) TO '/tmp/sluice_regress/api/f4.csv' WITH (FORMAT csv, HEADER);
+        FROM generate_series(34, 40) g) TO :'f' WITH (FORMAT csv, HEADER);
+\set f :dir/f5.csv
 COPY (SELECT g AS id, 0 AS amount, NULL AS ts, 'x' AS note
-        FROM generate_series(41, 41) g) TO '/tmp/sluice_regress/api/f5.csv' WITH (FORMAT csv, HEADER);
+        FROM generate_series(41, 41) g) TO :'f' WITH (FORMAT csv, HEADER);
 -- not matching the pattern, or hidden: never read
-COPY (SELECT 1000 AS id) TO '/tmp/sluice_regress/api/ignored.txt' WITH (FORMAT csv, HEADER);
-COPY (SELECT 1001 AS id) TO '/tmp/sluice_regress/api/.hidden.csv' WITH (FORMAT csv, HEADER);
-\! touch -d @1704067201 /tmp/sluice_regress/api/f3.csv
-\! touch -d @1704067202 /tmp/sluice_regress/api/f1.csv
-\! touch -d @1704067203 /tmp/sluice_regress/api/f5.csv
-\! touch -d @1704067204 /tmp/sluice_regress/api/f2.csv
-\! touch -d @1704067205 /tmp/sluice_regress/api/f4.csv
-\! touch -d @1704067200 /tmp/sluice_regress/api/ignored.txt /tmp/sluice_regress/api/.hidden.csv
+\set f :dir/ignored.txt
+COPY (SELECT 1000 AS id) TO :'f' WITH (FORMAT csv, HEADER);
+\set f :dir/.hidden.csv
+COPY (SELECT 1001 AS id) TO :'f' WITH (FORMAT csv, HEADER);
+\! touch -d @1704067201 "$SLUICE_TEST_DIR"/api/f3.csv
+\! touch -d @1704067202 "$SLUICE_TEST_DIR"/api/f1.csv
+\! touch -d @1704067203 "$SLUICE_TEST_DIR"/api/f5.csv
+\! touch -d @1704067204 "$SLUICE_TEST_DIR"/api/f2.csv
+\! touch -d @1704067205 "$SLUICE_TEST_DIR"/api/f4.csv
+\! touch -d @1704067200 "$SLUICE_TEST_DIR"/api/ignored.txt "$SLUICE_TEST_DIR"/api/.hidden.csv
 
 -- the source's columns may be a subset, in any order; loaded_at keeps its default
 SELECT sluice.create_pipeline('api',
-    sluice.csv_source('/tmp/sluice_regress/api', 'id int, amount numeric, ts timestamptz, note text',
+    sluice.csv_source(:'dir', 'id int, amount numeric, ts timestamptz, note text',
                       max_files_per_trigger => 2),
     sluice.append_sink('api_target'),
     trigger => 'available_now');
@@ -89,11 +101,13 @@ SELECT batch_id, status, attempts, files, input_rows, bytes,
        duration_ms ?& ARRAY['plan', 'write', 'total'] AS durations_ok,
        start_offset,
        end_offset->'log_offset' AS end_log_offset,
-       (SELECT jsonb_agg(f - 'mtime') FROM jsonb_array_elements(end_offset->'files') f) AS end_files,
+       replace((SELECT jsonb_agg(f - 'mtime') FROM jsonb_array_elements(end_offset->'files') f)::text,
+               :'test_dir', '$SLUICE_TEST_DIR') AS end_files,
        planned_at <= committed_at AS times_ok
   FROM sluice.progress('api');
 -- the mtimes recorded are the files' own
-SELECT f->>'path' AS path, extract(epoch FROM (f->>'mtime')::timestamptz) AS mtime
+SELECT replace(f->>'path', :'test_dir', '$SLUICE_TEST_DIR') AS path,
+       extract(epoch FROM (f->>'mtime')::timestamptz) AS mtime
   FROM sluice.progress('api') p, jsonb_array_elements(p.end_offset->'files') f
  ORDER BY 2;
 SELECT batch_id FROM sluice.progress('api', 1);
@@ -108,17 +122,20 @@ SELECT count(*) FROM api_target;
 SELECT count(*) FROM sluice.progress('api');
 
 -- a new file is picked up by the next run, as batch 4
+\set f :dir/f6.csv
 COPY (SELECT g AS id, 1 AS amount, NULL AS ts, NULL AS note FROM generate_series(42, 44) g)
-  TO '/tmp/sluice_regress/api/f6.csv' WITH (FORMAT csv, HEADER);
+  TO :'f' WITH (FORMAT csv, HEADER);
 SELECT sluice.run_once('api');
-SELECT batch_id, files, input_rows, end_offset->'files'->0->>'path' AS path
+SELECT batch_id, files, input_rows,
+       replace(end_offset->'files'->0->>'path', :'test_dir', '$SLUICE_TEST_DIR') AS path
   FROM sluice.progress('api', 1);
 SELECT count(*), max(id) FROM api_target;
 
 -- start: the launcher gives the pipeline a worker, which drains what
 -- arrives; an available_now pipeline is stopped again once it drained
+\set f :dir/f7.csv
 COPY (SELECT g AS id, 2 AS amount, NULL AS ts, NULL AS note FROM generate_series(45, 46) g)
-  TO '/tmp/sluice_regress/api/f7.csv' WITH (FORMAT csv, HEADER);
+  TO :'f' WITH (FORMAT csv, HEADER);
 SELECT sluice.start('api');
 SELECT wait_until($$(SELECT count(*) = 46 FROM api_target)$$);
 SELECT wait_until($$(SELECT state = 'stopped' AND worker_pid IS NULL FROM sluice.pipelines WHERE name = 'api')$$);
@@ -127,7 +144,7 @@ SELECT name, state, last_batch_id, batches, input_rows, files_pending FROM sluic
 -- a pipeline with an interval trigger keeps its worker
 CREATE TABLE api_target2 (id int, amount numeric, ts timestamptz, note text);
 SELECT sluice.create_pipeline('api2',
-    sluice.csv_source('/tmp/sluice_regress/api', 'id int, amount numeric, ts timestamptz, note text',
+    sluice.csv_source(:'dir', 'id int, amount numeric, ts timestamptz, note text',
                       pattern => 'f[67].csv'),
     sluice.append_sink('api_target2'), '100 milliseconds');
 SELECT sluice.start('api2');
@@ -165,7 +182,7 @@ SELECT count(*) FROM api_target;
 
 -- a name can be used again after a drop; the new pipeline starts from scratch
 SELECT sluice.create_pipeline('api',
-    sluice.csv_source('/tmp/sluice_regress/api', 'id int, amount numeric, ts timestamptz, note text',
+    sluice.csv_source(:'dir', 'id int, amount numeric, ts timestamptz, note text',
                       pattern => 'f5.csv'),
     sluice.append_sink('api_target2'));
 SELECT sluice.run_once('api');
@@ -174,4 +191,4 @@ SELECT sluice.drop_pipeline('api');
 
 DROP TABLE api_target, api_target2;
 DROP FUNCTION wait_until(text);
-\! rm -rf /tmp/sluice_regress/api
+\! rm -rf "$SLUICE_TEST_DIR"/api

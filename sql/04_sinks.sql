@@ -7,6 +7,18 @@ CREATE EXTENSION IF NOT EXISTS sluice;
 RESET client_min_messages;
 -- the PL/pgSQL line numbers of the raising functions are not the point here
 \set SHOW_CONTEXT never
+-- the test's files go under $SLUICE_TEST_DIR, a new directory for each run
+\getenv test_dir SLUICE_TEST_DIR
+\set dir :test_dir/sinks
+\set merge :dir/merge
+\set comp :dir/comp
+\set nullkey :dir/nullkey
+\set fn :dir/fn
+\set tx :dir/tx
+\set order :dir/order
+\set empty :dir/empty
+-- for the DO blocks below, whose text psql does not interpolate
+SET sluice_test.empty = :'empty';
 
 -- a fingerprint of a table's rows, in no particular order
 CREATE FUNCTION sinks_md5(t regclass) RETURNS text LANGUAGE plpgsql AS $$
@@ -19,7 +31,7 @@ BEGIN
 END
 $$;
 
-\! rm -rf /tmp/sluice_regress/sinks && mkdir -p /tmp/sluice_regress/sinks/merge /tmp/sluice_regress/sinks/comp /tmp/sluice_regress/sinks/nullkey /tmp/sluice_regress/sinks/fn /tmp/sluice_regress/sinks/tx /tmp/sluice_regress/sinks/order /tmp/sluice_regress/sinks/empty
+\! rm -rf "$SLUICE_TEST_DIR"/sinks && mkdir -p "$SLUICE_TEST_DIR"/sinks/merge "$SLUICE_TEST_DIR"/sinks/comp "$SLUICE_TEST_DIR"/sinks/nullkey "$SLUICE_TEST_DIR"/sinks/fn "$SLUICE_TEST_DIR"/sinks/tx "$SLUICE_TEST_DIR"/sinks/order "$SLUICE_TEST_DIR"/sinks/empty
 
 --
 -- merge_sink(): the description, and arguments it refuses
@@ -36,11 +48,11 @@ SELECT sluice.merge_sink('sinks_acct', '{id}', NULL);
 SELECT sluice.merge_sink(NULL, '{id}');
 SELECT sluice.merge_sink('sinks_no_such_table', '{id}');
 -- the key must be among the columns the target receives (names are case-sensitive)
-SELECT sluice.create_pipeline('e', sluice.csv_source('/tmp/sluice_regress/sinks/empty', 'id int, v text'),
+SELECT sluice.create_pipeline('e', sluice.csv_source(:'empty', 'id int, v text'),
                               sluice.merge_sink('sinks_acct', '{ID}'));
-SELECT sluice.create_pipeline('e', sluice.csv_source('/tmp/sluice_regress/sinks/empty', 'id int, v text'),
+SELECT sluice.create_pipeline('e', sluice.csv_source(:'empty', 'id int, v text'),
                               sluice.merge_sink('sinks_acct', '{id,n}'));
-SELECT sluice.create_pipeline('e', sluice.csv_source('/tmp/sluice_regress/sinks/empty', 'id int, v text'),
+SELECT sluice.create_pipeline('e', sluice.csv_source(:'empty', 'id int, v text'),
                               sluice.merge_sink('sinks_acct', '{id}') - 'key');
 SELECT count(*) FROM sluice.pipelines;
 
@@ -50,14 +62,17 @@ SELECT count(*) FROM sluice.pipelines;
 --   b.csv (oldest), then a.csv and c.csv (same mtime: a before c), later d.csv
 -- v says where a row comes from: file.line
 --
+\set f :merge/b.csv
 COPY (SELECT * FROM (VALUES (1, 'b.1'), (2, 'b.2'), (1, 'b.3')) AS t(id, v))
-  TO '/tmp/sluice_regress/sinks/merge/b.csv' WITH (FORMAT csv, HEADER);
+  TO :'f' WITH (FORMAT csv, HEADER);
+\set f :merge/a.csv
 COPY (SELECT * FROM (VALUES (2, 'a.1'), (3, 'a.2'), (3, 'a.3')) AS t(id, v))
-  TO '/tmp/sluice_regress/sinks/merge/a.csv' WITH (FORMAT csv, HEADER);
+  TO :'f' WITH (FORMAT csv, HEADER);
+\set f :merge/c.csv
 COPY (SELECT * FROM (VALUES (3, 'c.1'), (4, 'c.2')) AS t(id, v))
-  TO '/tmp/sluice_regress/sinks/merge/c.csv' WITH (FORMAT csv, HEADER);
-\! touch -d @1704067201 /tmp/sluice_regress/sinks/merge/b.csv
-\! touch -d @1704067202 /tmp/sluice_regress/sinks/merge/a.csv /tmp/sluice_regress/sinks/merge/c.csv
+  TO :'f' WITH (FORMAT csv, HEADER);
+\! touch -d @1704067201 "$SLUICE_TEST_DIR"/sinks/merge/b.csv
+\! touch -d @1704067202 "$SLUICE_TEST_DIR"/sinks/merge/a.csv "$SLUICE_TEST_DIR"/sinks/merge/c.csv
 
 -- three targets: one with a primary key (and rows already there, one with a
 -- non-default extra column), one without any index, one for on_match 'ignore'
@@ -66,13 +81,13 @@ CREATE TABLE sinks_heap (id int, v text, n int DEFAULT 7);
 CREATE TABLE sinks_ign (id int PRIMARY KEY, v text);
 CREATE UNIQUE INDEX ON sinks_ign (id);  -- two unique indexes on the key: still fine
 INSERT INTO sinks_ign VALUES (4, 'pre.4');
-SELECT sluice.create_pipeline('m_upd', sluice.csv_source('/tmp/sluice_regress/sinks/merge', 'id int, v text'),
+SELECT sluice.create_pipeline('m_upd', sluice.csv_source(:'merge', 'id int, v text'),
                               sluice.merge_sink('sinks_acct', '{id}'), 'available_now');
 -- without a unique index, and one file per batch
-SELECT sluice.create_pipeline('m_heap', sluice.csv_source('/tmp/sluice_regress/sinks/merge', 'id int, v text',
+SELECT sluice.create_pipeline('m_heap', sluice.csv_source(:'merge', 'id int, v text',
                                                           max_files_per_trigger => 1),
                               sluice.merge_sink('sinks_heap', '{id}'));
-SELECT sluice.create_pipeline('m_ign', sluice.csv_source('/tmp/sluice_regress/sinks/merge', 'id int, v text'),
+SELECT sluice.create_pipeline('m_ign', sluice.csv_source(:'merge', 'id int, v text'),
                               sluice.merge_sink('sinks_ign', '{id}', 'ignore'));
 SELECT sluice.run_once('m_upd'), sluice.run_once('m_heap'), sluice.run_once('m_ign');
 
@@ -91,9 +106,10 @@ SELECT id, v FROM sinks_ign ORDER BY id;
 SELECT batch_id, input_rows, sink_rows FROM sluice.progress('m_ign');
 
 -- a newer file: a later batch overrides earlier ones (except for ignore)
+\set f :merge/d.csv
 COPY (SELECT * FROM (VALUES (1, 'd.1'), (5, 'd.2'), (5, 'd.3')) AS t(id, v))
-  TO '/tmp/sluice_regress/sinks/merge/d.csv' WITH (FORMAT csv, HEADER);
-\! touch -d @1704067203 /tmp/sluice_regress/sinks/merge/d.csv
+  TO :'f' WITH (FORMAT csv, HEADER);
+\! touch -d @1704067203 "$SLUICE_TEST_DIR"/sinks/merge/d.csv
 SELECT sluice.run_once('m_upd'), sluice.run_once('m_heap'), sluice.run_once('m_ign');
 SELECT id, v, n FROM sinks_acct ORDER BY id;
 SELECT batch_id, input_rows, sink_rows FROM sluice.progress('m_upd', 1);
@@ -112,7 +128,7 @@ DELETE FROM sluice.file WHERE pipeline_id IN (SELECT id FROM sluice.pipeline WHE
 DELETE FROM sluice.batch WHERE pipeline_id IN (SELECT id FROM sluice.pipeline WHERE name IN ('m_upd', 'm_ign'));
 UPDATE sluice.pipeline SET committed_batch = 0 WHERE name IN ('m_upd', 'm_ign');
 SELECT sluice.drop_pipeline('m_heap');
-SELECT sluice.create_pipeline('m_heap', sluice.csv_source('/tmp/sluice_regress/sinks/merge', 'id int, v text'),
+SELECT sluice.create_pipeline('m_heap', sluice.csv_source(:'merge', 'id int, v text'),
                               sluice.merge_sink('sinks_heap', '{id}'));
 SELECT sluice.run_once('m_upd'), sluice.run_once('m_heap'), sluice.run_once('m_ign');
 SELECT t, md5 = sinks_md5(t) AS unchanged FROM sinks_before ORDER BY t::text;
@@ -121,9 +137,10 @@ SELECT count(*) AS heap_rows FROM sinks_heap;
 SELECT batch_id, files, input_rows, sink_rows FROM sluice.progress('m_upd');
 SELECT batch_id, files, input_rows, sink_rows FROM sluice.progress('m_ign');
 -- the same rows again, in a new file, change nothing either
+\set f :merge/e.csv
 COPY (SELECT * FROM (VALUES (1, 'd.1'), (5, 'd.2'), (5, 'd.3')) AS t(id, v))
-  TO '/tmp/sluice_regress/sinks/merge/e.csv' WITH (FORMAT csv, HEADER);
-\! touch -d @1704067204 /tmp/sluice_regress/sinks/merge/e.csv
+  TO :'f' WITH (FORMAT csv, HEADER);
+\! touch -d @1704067204 "$SLUICE_TEST_DIR"/sinks/merge/e.csv
 SELECT sluice.run_once('m_upd'), sluice.run_once('m_heap'), sluice.run_once('m_ign');
 SELECT t, md5 = sinks_md5(t) AS unchanged FROM sinks_before ORDER BY t::text;
 
@@ -132,13 +149,15 @@ SELECT t, md5 = sinks_md5(t) AS unchanged FROM sinks_before ORDER BY t::text;
 --
 CREATE TABLE sinks_comp ("Region" text, id int, v text, note text DEFAULT 'default',
                          PRIMARY KEY ("Region", id));
+\set f :comp/x.csv
 COPY (SELECT * FROM (VALUES ('eu', 1, 'x.1'), ('us', 1, 'x.2'), ('eu', 1, 'x.3'), ('eu', 2, 'x.4')) AS t(r, id, v))
-  TO '/tmp/sluice_regress/sinks/comp/x.csv' WITH (FORMAT csv, HEADER);
+  TO :'f' WITH (FORMAT csv, HEADER);
+\set f :comp/y.csv
 COPY (SELECT * FROM (VALUES ('us', 1, 'y.1'), ('us', 2, 'y.2'), ('US', 2, NULL)) AS t(r, id, v))
-  TO '/tmp/sluice_regress/sinks/comp/y.csv' WITH (FORMAT csv, HEADER);
-\! touch -d @1704067201 /tmp/sluice_regress/sinks/comp/y.csv
-\! touch -d @1704067202 /tmp/sluice_regress/sinks/comp/x.csv
-SELECT sluice.create_pipeline('m_comp', sluice.csv_source('/tmp/sluice_regress/sinks/comp', '"Region" text, id int, v text'),
+  TO :'f' WITH (FORMAT csv, HEADER);
+\! touch -d @1704067201 "$SLUICE_TEST_DIR"/sinks/comp/y.csv
+\! touch -d @1704067202 "$SLUICE_TEST_DIR"/sinks/comp/x.csv
+SELECT sluice.create_pipeline('m_comp', sluice.csv_source(:'comp', '"Region" text, id int, v text'),
                               sluice.merge_sink('sinks_comp', '{Region,id}'));
 SELECT sluice.run_once('m_comp');
 SELECT "Region", id, v, note FROM sinks_comp ORDER BY 1, 2;
@@ -147,9 +166,10 @@ SELECT batch_id, files, input_rows, sink_rows FROM sluice.progress('m_comp');
 --
 -- a null in a key column fails the batch; nothing of it is written
 --
+\set f :nullkey/n.csv
 COPY (SELECT * FROM (VALUES ('eu', 7, 'ok'), (NULL, 8, 'null region'), ('eu', 9, NULL)) AS t(r, id, v))
-  TO '/tmp/sluice_regress/sinks/nullkey/n.csv' WITH (FORMAT csv, HEADER);
-SELECT sluice.create_pipeline('m_null', sluice.csv_source('/tmp/sluice_regress/sinks/nullkey', '"Region" text, id int, v text'),
+  TO :'f' WITH (FORMAT csv, HEADER);
+SELECT sluice.create_pipeline('m_null', sluice.csv_source(:'nullkey', '"Region" text, id int, v text'),
                               sluice.merge_sink('sinks_comp', '{Region,id}'));
 SELECT sluice.run_once('m_null');
 SELECT count(*) FROM sinks_comp;
@@ -193,7 +213,7 @@ SELECT sluice.function_sink('sinks_record(int, regclass)');
 -- every batch): refused at creation, whatever the message
 DO $$
 BEGIN
-    PERFORM sluice.create_pipeline('e', sluice.csv_source('/tmp/sluice_regress/sinks/empty', 'id int, amount numeric'),
+    PERFORM sluice.create_pipeline('e', sluice.csv_source(current_setting('sluice_test.empty'), 'id int, amount numeric'),
                                    sluice.function_sink('sinks_proc(bigint, regclass)'));
     PERFORM sluice.drop_pipeline('e');
     RAISE NOTICE 'a procedure as a function sink: accepted';
@@ -212,11 +232,11 @@ REVOKE EXECUTE ON FUNCTION sinks_private(bigint, regclass) FROM PUBLIC;
 CREATE TABLE sinks_insert_only (id int, v text);
 GRANT INSERT ON sinks_insert_only TO regress_sinks_user;
 SET ROLE regress_sinks_user;
-SELECT sluice.create_pipeline('priv', sluice.csv_source('/tmp/sluice_regress/sinks/empty', 'id int'),
+SELECT sluice.create_pipeline('priv', sluice.csv_source(:'empty', 'id int'),
                               sluice.function_sink('sinks_private(bigint, regclass)'));
-SELECT sluice.create_pipeline('priv', sluice.csv_source('/tmp/sluice_regress/sinks/empty', 'id int, v text'),
+SELECT sluice.create_pipeline('priv', sluice.csv_source(:'empty', 'id int, v text'),
                               sluice.merge_sink('sinks_insert_only', '{id}'));
-SELECT sluice.create_pipeline('priv', sluice.csv_source('/tmp/sluice_regress/sinks/empty', 'id int, v text'),
+SELECT sluice.create_pipeline('priv', sluice.csv_source(:'empty', 'id int, v text'),
                               sluice.append_sink('sinks_insert_only'));
 SELECT sluice.drop_pipeline('priv');
 RESET ROLE;
@@ -228,16 +248,19 @@ DROP ROLE regress_sinks_user;
 -- function sink: called once per batch, in the batch transaction, with the
 -- batch id and a temporary table of the batch's rows
 --
+\set f :fn/f1.csv
 COPY (SELECT g AS id, g * 1.5 AS amount FROM generate_series(1, 3) g)
-  TO '/tmp/sluice_regress/sinks/fn/f1.csv' WITH (FORMAT csv, HEADER);
+  TO :'f' WITH (FORMAT csv, HEADER);
+\set f :fn/f2.csv
 COPY (SELECT g AS id, g * 1.5 AS amount FROM generate_series(4, 5) g)
-  TO '/tmp/sluice_regress/sinks/fn/f2.csv' WITH (FORMAT csv, HEADER);
+  TO :'f' WITH (FORMAT csv, HEADER);
+\set f :fn/f3.csv
 COPY (SELECT g AS id, g * 1.5 AS amount FROM generate_series(6, 10) g)
-  TO '/tmp/sluice_regress/sinks/fn/f3.csv' WITH (FORMAT csv, HEADER);
-\! touch -d @1704067201 /tmp/sluice_regress/sinks/fn/f1.csv
-\! touch -d @1704067202 /tmp/sluice_regress/sinks/fn/f2.csv
-\! touch -d @1704067203 /tmp/sluice_regress/sinks/fn/f3.csv
-SELECT sluice.create_pipeline('fn_ok', sluice.csv_source('/tmp/sluice_regress/sinks/fn', 'id int, amount numeric',
+  TO :'f' WITH (FORMAT csv, HEADER);
+\! touch -d @1704067201 "$SLUICE_TEST_DIR"/sinks/fn/f1.csv
+\! touch -d @1704067202 "$SLUICE_TEST_DIR"/sinks/fn/f2.csv
+\! touch -d @1704067203 "$SLUICE_TEST_DIR"/sinks/fn/f3.csv
+SELECT sluice.create_pipeline('fn_ok', sluice.csv_source(:'fn', 'id int, amount numeric',
                                                          max_files_per_trigger => 1),
                               sluice.function_sink('sinks_record(bigint, regclass)'));
 SELECT sluice.run_once('fn_ok');
@@ -264,7 +287,7 @@ BEGIN
     END IF;
 END
 $$;
-SELECT sluice.create_pipeline('fn_fail', sluice.csv_source('/tmp/sluice_regress/sinks/fn', 'id int, amount numeric',
+SELECT sluice.create_pipeline('fn_fail', sluice.csv_source(:'fn', 'id int, amount numeric',
                                                            max_files_per_trigger => 1),
                               sluice.function_sink('sinks_picky(bigint, regclass)'));
 SELECT sluice.run_once('fn_fail');
@@ -300,30 +323,32 @@ SELECT name, state, batches, input_rows FROM sluice.pipelines WHERE name = 'fn_f
 --
 CREATE TABLE sinks_customers (code text PRIMARY KEY, name text);
 INSERT INTO sinks_customers VALUES ('c1', 'Alice'), ('c2', 'Bob');
+\set f :tx/t1.csv
 COPY (SELECT * FROM (VALUES (1, 'c1', '10.5', 'ok'), (2, 'c2', '3', 'void'), (3, 'c3', '7.25', 'ok'), (5, 'c2', '1', 'ok'))
                      AS t(id, cust, amount, status))
-  TO '/tmp/sluice_regress/sinks/tx/t1.csv' WITH (FORMAT csv, HEADER);
+  TO :'f' WITH (FORMAT csv, HEADER);
+\set f :tx/t2.csv
 COPY (SELECT * FROM (VALUES (1, 'c2', '11', 'ok'), (4, 'c1', '2.5', 'ok'), (5, 'c1', '0.125', 'void')) AS t(id, cust, amount, status))
-  TO '/tmp/sluice_regress/sinks/tx/t2.csv' WITH (FORMAT csv, HEADER);
-\! touch -d @1704067201 /tmp/sluice_regress/sinks/tx/t1.csv
-\! touch -d @1704067202 /tmp/sluice_regress/sinks/tx/t2.csv
+  TO :'f' WITH (FORMAT csv, HEADER);
+\! touch -d @1704067201 "$SLUICE_TEST_DIR"/sinks/tx/t1.csv
+\! touch -d @1704067202 "$SLUICE_TEST_DIR"/sinks/tx/t2.csv
 CREATE TABLE sinks_tx_append (id int, customer text, amount numeric(10,2), loaded boolean DEFAULT true);
 CREATE TABLE sinks_tx_merge (id int PRIMARY KEY, customer text, amount numeric);
 SELECT sluice.create_pipeline('tx_append',
-    sluice.csv_source('/tmp/sluice_regress/sinks/tx', 'id int, cust text, amount text, status text'),
+    sluice.csv_source(:'tx', 'id int, cust text, amount text, status text'),
     sluice.append_sink('sinks_tx_append'),
     transform => $$SELECT b.id, c.name AS customer, b.amount::numeric(10,2) AS amount
                      FROM batch AS b JOIN public.sinks_customers AS c ON c.code = b.cust
                     WHERE b.status <> 'void'$$);
 SELECT sluice.create_pipeline('tx_merge',
-    sluice.csv_source('/tmp/sluice_regress/sinks/tx', 'id int, cust text, amount text, status text'),
+    sluice.csv_source(:'tx', 'id int, cust text, amount text, status text'),
     sluice.merge_sink('sinks_tx_merge', '{id}'),
     transform => $$SELECT b.id, c.name AS customer, b.amount::numeric AS amount
                      FROM batch AS b JOIN public.sinks_customers AS c ON c.code = b.cust
                     WHERE b.status <> 'void'$$);
 -- a function sink gets the transform's result as "batch"
 SELECT sluice.create_pipeline('tx_fn',
-    sluice.csv_source('/tmp/sluice_regress/sinks/tx', 'id int, cust text, amount text, status text'),
+    sluice.csv_source(:'tx', 'id int, cust text, amount text, status text'),
     sluice.function_sink('sinks_record(bigint, regclass)'),
     transform => $$SELECT id * 100 AS id100, amount::numeric * 2 AS amount FROM batch WHERE status = 'ok'$$);
 SELECT sluice.run_once('tx_append'), sluice.run_once('tx_merge'), sluice.run_once('tx_fn');
@@ -336,7 +361,7 @@ SELECT batch_id, input_rows, sink_rows FROM sluice.progress('tx_fn');
 -- the lookup table may be named as the owner names it anywhere: unqualified
 CREATE TABLE sinks_tx_unqualified (id int, customer text);
 SELECT sluice.create_pipeline('tx_unqualified',
-    sluice.csv_source('/tmp/sluice_regress/sinks/tx', 'id int, cust text, amount text, status text'),
+    sluice.csv_source(:'tx', 'id int, cust text, amount text, status text'),
     sluice.append_sink('sinks_tx_unqualified'),
     transform => 'SELECT b.id, c.name AS customer FROM batch AS b JOIN sinks_customers AS c ON c.code = b.cust');
 SELECT sluice.run_once('tx_unqualified');
@@ -344,24 +369,24 @@ SELECT id, customer FROM sinks_tx_unqualified ORDER BY id, customer;
 SELECT sluice.drop_pipeline('tx_unqualified') FROM sluice.pipelines WHERE name = 'tx_unqualified';
 
 -- transforms the sink cannot take are refused at creation
-SELECT sluice.create_pipeline('e', sluice.csv_source('/tmp/sluice_regress/sinks/empty', 'id int, cust text'),
+SELECT sluice.create_pipeline('e', sluice.csv_source(:'empty', 'id int, cust text'),
                               sluice.append_sink('sinks_tx_append'), transform => 'SELECT id, FROM batch');
-SELECT sluice.create_pipeline('e', sluice.csv_source('/tmp/sluice_regress/sinks/empty', 'id int, cust text'),
+SELECT sluice.create_pipeline('e', sluice.csv_source(:'empty', 'id int, cust text'),
                               sluice.append_sink('sinks_tx_append'), transform => 'SELECT id FROM batch WHERE');
-SELECT sluice.create_pipeline('e', sluice.csv_source('/tmp/sluice_regress/sinks/empty', 'id int, cust text'),
+SELECT sluice.create_pipeline('e', sluice.csv_source(:'empty', 'id int, cust text'),
                               sluice.append_sink('sinks_tx_append'), transform => 'SELECT id, nope FROM batch');
-SELECT sluice.create_pipeline('e', sluice.csv_source('/tmp/sluice_regress/sinks/empty', 'id int, cust text'),
+SELECT sluice.create_pipeline('e', sluice.csv_source(:'empty', 'id int, cust text'),
                               sluice.append_sink('sinks_tx_append'), transform => 'SELECT id FROM public.sinks_no_such_table');
-SELECT sluice.create_pipeline('e', sluice.csv_source('/tmp/sluice_regress/sinks/empty', 'id int, cust text'),
+SELECT sluice.create_pipeline('e', sluice.csv_source(:'empty', 'id int, cust text'),
                               sluice.append_sink('sinks_tx_append'), transform => 'DELETE FROM batch');
-SELECT sluice.create_pipeline('e', sluice.csv_source('/tmp/sluice_regress/sinks/empty', 'id int, cust text'),
+SELECT sluice.create_pipeline('e', sluice.csv_source(:'empty', 'id int, cust text'),
                               sluice.append_sink('sinks_tx_append'), transform => 'SELECT id, id FROM batch');
 -- a transform is one query: a second statement smuggled after it (here one
 -- that would empty the lookup table in every batch) is refused at creation,
 -- whatever the message
 DO $$
 BEGIN
-    PERFORM sluice.create_pipeline('e', sluice.csv_source('/tmp/sluice_regress/sinks/empty', 'id int, cust text'),
+    PERFORM sluice.create_pipeline('e', sluice.csv_source(current_setting('sluice_test.empty'), 'id int, cust text'),
         sluice.append_sink('sinks_tx_append'),
         transform => 'SELECT id FROM batch) AS q; DELETE FROM public.sinks_customers; '
                      'CREATE TEMP TABLE sinks_x ON COMMIT DROP AS SELECT * FROM (SELECT 1');
@@ -373,14 +398,14 @@ END
 $$;
 -- result columns missing from the target, of a type it cannot take, or
 -- without the merge key
-SELECT sluice.create_pipeline('e', sluice.csv_source('/tmp/sluice_regress/sinks/empty', 'id int, cust text'),
+SELECT sluice.create_pipeline('e', sluice.csv_source(:'empty', 'id int, cust text'),
                               sluice.append_sink('sinks_tx_append'), transform => 'SELECT id, cust AS customer_code FROM batch');
-SELECT sluice.create_pipeline('e', sluice.csv_source('/tmp/sluice_regress/sinks/empty', 'id int, cust text'),
+SELECT sluice.create_pipeline('e', sluice.csv_source(:'empty', 'id int, cust text'),
                               sluice.append_sink('sinks_tx_append'), transform => 'SELECT id, point(1, 2) AS amount FROM batch');
-SELECT sluice.create_pipeline('e', sluice.csv_source('/tmp/sluice_regress/sinks/empty', 'id int, cust text'),
+SELECT sluice.create_pipeline('e', sluice.csv_source(:'empty', 'id int, cust text'),
                               sluice.merge_sink('sinks_tx_merge', '{id}'), transform => 'SELECT cust AS customer FROM batch');
 -- ... which a cast in the transform fixes; the source's own columns need not fit
-SELECT sluice.create_pipeline('e', sluice.csv_source('/tmp/sluice_regress/sinks/empty', 'id text, cust point'),
+SELECT sluice.create_pipeline('e', sluice.csv_source(:'empty', 'id text, cust point'),
                               sluice.merge_sink('sinks_tx_merge', '{id}'), transform => 'SELECT id::int AS id FROM batch');
 SELECT sluice.drop_pipeline('e');
 SELECT count(*) FROM sinks_customers;
@@ -393,12 +418,13 @@ SELECT name FROM sluice.pipelines WHERE name LIKE 'tx%' OR name = 'e' ORDER BY n
 CREATE TABLE sinks_big_lookup (code int, name text);
 INSERT INTO sinks_big_lookup SELECT g, 'name' || g FROM generate_series(1, 5000) g;
 ANALYZE sinks_big_lookup;
+\set f :order/o.csv
 COPY (SELECT g % 100 AS id, g * 7 % 5000 + 1 AS code, g AS seq FROM generate_series(1, 1000) g)
-  TO '/tmp/sluice_regress/sinks/order/o.csv' WITH (FORMAT csv, HEADER);
+  TO :'f' WITH (FORMAT csv, HEADER);
 CREATE TABLE sinks_order (id int PRIMARY KEY, name text, seq int);
 ALTER ROLE CURRENT_USER SET work_mem = '64kB';
 SELECT sluice.create_pipeline('tx_order',
-    sluice.csv_source('/tmp/sluice_regress/sinks/order', 'id int, code int, seq int'),
+    sluice.csv_source(:'order', 'id int, code int, seq int'),
     sluice.merge_sink('sinks_order', '{id}'),
     transform => 'SELECT b.id, l.name, b.seq FROM batch AS b JOIN public.sinks_big_lookup AS l ON l.code = b.code ORDER BY b.ctid');
 SELECT sluice.run_once('tx_order');
@@ -418,4 +444,4 @@ DROP FUNCTION sinks_int_args(int, regclass), sinks_text_args(bigint, text), sink
               sinks_three_args(bigint, regclass, int);
 DROP PROCEDURE sinks_proc(bigint, regclass);
 DROP FUNCTION sinks_md5(regclass);
-\! rm -rf /tmp/sluice_regress/sinks
+\! rm -rf "$SLUICE_TEST_DIR"/sinks

@@ -12,8 +12,16 @@ SET timezone = 'UTC';
 -- readable timestamps and intervals (pg_regress defaults to the Postgres and postgres_verbose styles)
 SET datestyle = 'ISO, YMD';
 SET intervalstyle = 'postgres';
+-- the test's files go under $SLUICE_TEST_DIR, a new directory for each run
+\getenv test_dir SLUICE_TEST_DIR
+\set dir :test_dir/windows
+\set empty :dir/empty
+\set events :dir/events
+\set tx :dir/tx
+\set bad :dir/bad
+\set day :dir/day
 
-\! rm -rf /tmp/sluice_regress/windows && mkdir -p /tmp/sluice_regress/windows/empty /tmp/sluice_regress/windows/events /tmp/sluice_regress/windows/tx /tmp/sluice_regress/windows/bad
+\! rm -rf "$SLUICE_TEST_DIR"/windows && mkdir -p "$SLUICE_TEST_DIR"/windows/empty "$SLUICE_TEST_DIR"/windows/events "$SLUICE_TEST_DIR"/windows/tx "$SLUICE_TEST_DIR"/windows/bad
 
 -- targets: window_start, window_end, the group_by columns, one column per aggregate alias
 CREATE TABLE win_app (window_start timestamptz, window_end timestamptz, k text,
@@ -57,78 +65,78 @@ SELECT sluice.window_sink('win_no_such_table', '10 minutes');
 -- create_pipeline() with a window sink: what it refuses
 --
 -- no event time
-SELECT sluice.create_pipeline('e', sluice.csv_source('/tmp/sluice_regress/windows/empty', 'id int, ts timestamptz, k text, v int'),
+SELECT sluice.create_pipeline('e', sluice.csv_source(:'empty', 'id int, ts timestamptz, k text, v int'),
                               sluice.window_sink('win_app', '10 minutes', group_by => '{k}'),
                               watermark_delay => '5 minutes');
 -- append without a watermark_delay
-SELECT sluice.create_pipeline('e', sluice.csv_source('/tmp/sluice_regress/windows/empty', 'id int, ts timestamptz, k text, v int'),
+SELECT sluice.create_pipeline('e', sluice.csv_source(:'empty', 'id int, ts timestamptz, k text, v int'),
                               sluice.window_sink('win_app', '10 minutes', group_by => '{k}'),
                               event_time => 'ts');
 -- a negative delay
-SELECT sluice.create_pipeline('e', sluice.csv_source('/tmp/sluice_regress/windows/empty', 'id int, ts timestamptz, k text, v int'),
+SELECT sluice.create_pipeline('e', sluice.csv_source(:'empty', 'id int, ts timestamptz, k text, v int'),
                               sluice.window_sink('win_app', '10 minutes', group_by => '{k}'),
                               event_time => 'ts', watermark_delay => '-1 second');
 -- sum of text
-SELECT sluice.create_pipeline('e', sluice.csv_source('/tmp/sluice_regress/windows/empty', 'id int, ts timestamptz, k text, v int'),
+SELECT sluice.create_pipeline('e', sluice.csv_source(:'empty', 'id int, ts timestamptz, k text, v int'),
                               sluice.window_sink('win_app', '10 minutes', aggregates => '{sum(k) AS total}'),
                               event_time => 'ts', watermark_delay => '5 minutes');
-SELECT sluice.create_pipeline('e', sluice.csv_source('/tmp/sluice_regress/windows/empty', 'id int, ts timestamptz, k text, v int'),
+SELECT sluice.create_pipeline('e', sluice.csv_source(:'empty', 'id int, ts timestamptz, k text, v int'),
                               sluice.window_sink('win_app', '10 minutes', aggregates => '{avg(ts) AS mean}'),
                               event_time => 'ts', watermark_delay => '5 minutes');
 -- the event time column is not received, or is not a timestamp
-SELECT sluice.create_pipeline('e', sluice.csv_source('/tmp/sluice_regress/windows/empty', 'id int, ts timestamptz, k text, v int'),
+SELECT sluice.create_pipeline('e', sluice.csv_source(:'empty', 'id int, ts timestamptz, k text, v int'),
                               sluice.window_sink('win_app', '10 minutes'),
                               event_time => 'at', watermark_delay => '5 minutes');
-SELECT sluice.create_pipeline('e', sluice.csv_source('/tmp/sluice_regress/windows/empty', 'id int, ts timestamptz, k text, v int'),
+SELECT sluice.create_pipeline('e', sluice.csv_source(:'empty', 'id int, ts timestamptz, k text, v int'),
                               sluice.window_sink('win_app', '10 minutes'),
                               event_time => 'k', watermark_delay => '5 minutes');
-SELECT sluice.create_pipeline('e', sluice.csv_source('/tmp/sluice_regress/windows/empty', 'id int, ts date, k text, v int'),
+SELECT sluice.create_pipeline('e', sluice.csv_source(:'empty', 'id int, ts date, k text, v int'),
                               sluice.window_sink('win_app', '10 minutes'),
                               event_time => 'ts', watermark_delay => '5 minutes');
 -- a group_by or aggregate column that is not received
-SELECT sluice.create_pipeline('e', sluice.csv_source('/tmp/sluice_regress/windows/empty', 'id int, ts timestamptz, k text, v int'),
+SELECT sluice.create_pipeline('e', sluice.csv_source(:'empty', 'id int, ts timestamptz, k text, v int'),
                               sluice.window_sink('win_app', '10 minutes', group_by => '{kk}'),
                               event_time => 'ts', watermark_delay => '5 minutes');
-SELECT sluice.create_pipeline('e', sluice.csv_source('/tmp/sluice_regress/windows/empty', 'id int, ts timestamptz, k text, v int'),
+SELECT sluice.create_pipeline('e', sluice.csv_source(:'empty', 'id int, ts timestamptz, k text, v int'),
                               sluice.window_sink('win_app', '10 minutes', aggregates => '{max(w) AS hi}'),
                               event_time => 'ts', watermark_delay => '5 minutes');
 -- the target lacks window_start, window_end, a group_by column or an aggregate's alias
 CREATE TABLE win_bad_t1 (window_end timestamptz, n bigint);
 CREATE TABLE win_bad_t2 (window_start timestamptz, n bigint);
 CREATE TABLE win_bad_t3 (window_start timestamptz, window_end timestamptz, count bigint);
-SELECT sluice.create_pipeline('e', sluice.csv_source('/tmp/sluice_regress/windows/empty', 'id int, ts timestamptz, k text, v int'),
+SELECT sluice.create_pipeline('e', sluice.csv_source(:'empty', 'id int, ts timestamptz, k text, v int'),
                               sluice.window_sink('win_bad_t1', '10 minutes', aggregates => '{count(*) AS n}'),
                               event_time => 'ts', watermark_delay => '5 minutes');
-SELECT sluice.create_pipeline('e', sluice.csv_source('/tmp/sluice_regress/windows/empty', 'id int, ts timestamptz, k text, v int'),
+SELECT sluice.create_pipeline('e', sluice.csv_source(:'empty', 'id int, ts timestamptz, k text, v int'),
                               sluice.window_sink('win_bad_t2', '10 minutes', aggregates => '{count(*) AS n}'),
                               event_time => 'ts', watermark_delay => '5 minutes');
-SELECT sluice.create_pipeline('e', sluice.csv_source('/tmp/sluice_regress/windows/empty', 'id int, ts timestamptz, k text, v int'),
+SELECT sluice.create_pipeline('e', sluice.csv_source(:'empty', 'id int, ts timestamptz, k text, v int'),
                               sluice.window_sink('win_bad_t3', '10 minutes', aggregates => '{count(*) AS n}'),
                               event_time => 'ts', watermark_delay => '5 minutes');
-SELECT sluice.create_pipeline('e', sluice.csv_source('/tmp/sluice_regress/windows/empty', 'id int, ts timestamptz, k text, v int'),
+SELECT sluice.create_pipeline('e', sluice.csv_source(:'empty', 'id int, ts timestamptz, k text, v int'),
                               sluice.window_sink('win_bad_t3', '10 minutes', group_by => '{k}'),
                               event_time => 'ts', watermark_delay => '5 minutes');
 -- the late_rows table lacks batch_id or watermark
 CREATE TABLE win_bad_late1 (watermark timestamptz, id int);
 CREATE TABLE win_bad_late2 (batch_id bigint, id int);
-SELECT sluice.create_pipeline('e', sluice.csv_source('/tmp/sluice_regress/windows/empty', 'id int, ts timestamptz, k text, v int'),
+SELECT sluice.create_pipeline('e', sluice.csv_source(:'empty', 'id int, ts timestamptz, k text, v int'),
                               sluice.window_sink('win_bad_t3', '10 minutes', late_rows => 'win_bad_late1'),
                               event_time => 'ts', watermark_delay => '5 minutes');
-SELECT sluice.create_pipeline('e', sluice.csv_source('/tmp/sluice_regress/windows/empty', 'id int, ts timestamptz, k text, v int'),
+SELECT sluice.create_pipeline('e', sluice.csv_source(:'empty', 'id int, ts timestamptz, k text, v int'),
                               sluice.window_sink('win_bad_t3', '10 minutes', late_rows => 'win_bad_late2'),
                               event_time => 'ts', watermark_delay => '5 minutes');
 -- event_time or watermark_delay for a sink that is not a window sink
 CREATE TABLE win_plain (id int, ts timestamptz, k text, v int);
-SELECT sluice.create_pipeline('e', sluice.csv_source('/tmp/sluice_regress/windows/empty', 'id int, ts timestamptz, k text, v int'),
+SELECT sluice.create_pipeline('e', sluice.csv_source(:'empty', 'id int, ts timestamptz, k text, v int'),
                               sluice.append_sink('win_plain'), event_time => 'ts');
-SELECT sluice.create_pipeline('e', sluice.csv_source('/tmp/sluice_regress/windows/empty', 'id int, ts timestamptz, k text, v int'),
+SELECT sluice.create_pipeline('e', sluice.csv_source(:'empty', 'id int, ts timestamptz, k text, v int'),
                               sluice.append_sink('win_plain'), watermark_delay => '5 minutes');
 -- two pipelines whose names share their first 50 characters each get a
 -- state table of their own (a state table name must not be truncated into another's)
 SET client_min_messages = warning;
-SELECT sluice.create_pipeline(repeat('w', 50) || '_one', sluice.csv_source('/tmp/sluice_regress/windows/empty', 'id int, ts timestamptz, k text, v int'),
+SELECT sluice.create_pipeline(repeat('w', 50) || '_one', sluice.csv_source(:'empty', 'id int, ts timestamptz, k text, v int'),
                               sluice.window_sink('win_bad_t3', '10 minutes', output_mode => 'update'), event_time => 'ts');
-SELECT sluice.create_pipeline(repeat('w', 50) || '_two', sluice.csv_source('/tmp/sluice_regress/windows/empty', 'id int, ts timestamptz, k text, v int'),
+SELECT sluice.create_pipeline(repeat('w', 50) || '_two', sluice.csv_source(:'empty', 'id int, ts timestamptz, k text, v int'),
                               sluice.window_sink('win_bad_t3', '10 minutes', output_mode => 'update'), event_time => 'ts');
 RESET client_min_messages;
 SELECT count(*) AS pipelines, count(DISTINCT state_table) AS state_tables
@@ -151,18 +159,19 @@ SELECT count(*) FROM pg_class WHERE relname LIKE 'sluice\_state\_%';
 --   batch 2: W 10:07 -> max 10:26 - 5 min    = 10:21
 --   batch 3: W 10:21 -> max 10:20:45 - 5 min = 10:15:45 is older: W stays 10:21
 --
+\set f :events/a.csv
 COPY (SELECT * FROM (VALUES (1, '2024-01-01 10:01:00+00'::timestamptz, 'x', 1),
                             (2, '2024-01-01 10:04:00+00', 'y', 2),
                             (3, '2024-01-01 10:12:00+00', 'x', 3)) AS t(id, ts, k, v))
-  TO '/tmp/sluice_regress/windows/events/a.csv' WITH (FORMAT csv, HEADER);
-\! touch -d @1704067201 /tmp/sluice_regress/windows/events/a.csv
+  TO :'f' WITH (FORMAT csv, HEADER);
+\! touch -d @1704067201 "$SLUICE_TEST_DIR"/windows/events/a.csv
 
 --
 -- append, tumbling 10-minute windows by k, late rows kept.  One file at a
 -- time, to see the target after each batch.
 --
 SELECT sluice.create_pipeline('win_app',
-    sluice.csv_source('/tmp/sluice_regress/windows/events', 'id int, ts timestamptz, k text, v int',
+    sluice.csv_source(:'events', 'id int, ts timestamptz, k text, v int',
                       max_files_per_trigger => 1),
     sluice.window_sink('win_app', '10 minutes', group_by => '{k}',
                        aggregates => '{count(*) AS n, sum(v) AS total, min(v) AS lo, max(v) AS hi, avg(v) AS mean}',
@@ -181,11 +190,12 @@ SELECT name, watermark FROM sluice.pipelines WHERE name = 'win_app';
 -- batch 2 (W 10:07): id 4 (10:08) joins [10:00,10:10) y (ends 10:10 > 10:07, not late);
 -- id 5 opens [10:20,10:30) x; id 6 has no event time: late (1 pair).
 -- W becomes 10:21: [10:00,10:10) x, y and [10:10,10:20) x are emitted and evicted.
+\set f :events/b.csv
 COPY (SELECT * FROM (VALUES (4, '2024-01-01 10:08:00+00'::timestamptz, 'y', 4),
                             (5, '2024-01-01 10:26:00+00', 'x', 5),
                             (6, NULL, 'x', 6)) AS t(id, ts, k, v))
-  TO '/tmp/sluice_regress/windows/events/b.csv' WITH (FORMAT csv, HEADER);
-\! touch -d @1704067202 /tmp/sluice_regress/windows/events/b.csv
+  TO :'f' WITH (FORMAT csv, HEADER);
+\! touch -d @1704067202 "$SLUICE_TEST_DIR"/windows/events/b.csv
 SELECT sluice.run_once('win_app');
 SELECT * FROM win_app ORDER BY window_start, k;
 SELECT window_start, window_end, k, a1_n, a2_s, a3_v, a4_v, a5_s, a5_n, sluice_batch
@@ -193,11 +203,12 @@ SELECT window_start, window_end, k, a1_n, a2_s, a3_v, a4_v, a5_s, a5_n, sluice_b
 -- batch 3 (W 10:21): id 7 (10:15) belongs to [10:10,10:20), ended by 10:21: late;
 -- id 8 opens [10:20,10:30) y, id 9 joins [10:20,10:30) x (n2 s14 lo5 hi9 avg7).
 -- max 10:20:45 - 5 min is older than W: W stays 10:21, nothing emitted.
+\set f :events/c.csv
 COPY (SELECT * FROM (VALUES (7, '2024-01-01 10:15:00+00'::timestamptz, 'x', 7),
                             (8, '2024-01-01 10:20:30+00', 'y', 8),
                             (9, '2024-01-01 10:20:45+00', 'x', 9)) AS t(id, ts, k, v))
-  TO '/tmp/sluice_regress/windows/events/c.csv' WITH (FORMAT csv, HEADER);
-\! touch -d @1704067203 /tmp/sluice_regress/windows/events/c.csv
+  TO :'f' WITH (FORMAT csv, HEADER);
+\! touch -d @1704067203 "$SLUICE_TEST_DIR"/windows/events/c.csv
 SELECT sluice.run_once('win_app');
 SELECT * FROM win_app ORDER BY window_start, k;
 SELECT window_start, window_end, k, a1_n, a2_s, a3_v, a4_v, a5_s, a5_n, sluice_batch
@@ -221,7 +232,7 @@ SELECT sluice.run_once('win_app');
 --   batch 3: id 7 late; upserts [10:20) x 2/14 (lo5 hi9 avg7), [10:20) y 1/8; W stays 10:21
 --
 SELECT sluice.create_pipeline('win_upd',
-    sluice.csv_source('/tmp/sluice_regress/windows/events', 'id int, ts timestamptz, k text, v int',
+    sluice.csv_source(:'events', 'id int, ts timestamptz, k text, v int',
                       max_files_per_trigger => 1),
     sluice.window_sink('win_upd', '10 minutes', group_by => '{k}',
                        aggregates => '{count(*) AS n, sum(v) AS total, min(v) AS lo, max(v) AS hi, avg(v) AS mean}',
@@ -252,7 +263,7 @@ SELECT name, watermark FROM sluice.pipelines WHERE name = 'win_upd';
 --   W is still tracked: NULL -> 10:07 -> 10:21 -> 10:21
 --
 SELECT sluice.create_pipeline('win_slide_cmp',
-    sluice.csv_source('/tmp/sluice_regress/windows/events', 'id int, ts timestamptz, k text, v int',
+    sluice.csv_source(:'events', 'id int, ts timestamptz, k text, v int',
                       max_files_per_trigger => 1),
     sluice.window_sink('win_slide_cmp', '10 minutes', '5 minutes',
                        aggregates => '{count(*) AS n, sum(v) AS total}', output_mode => 'complete'),
@@ -274,7 +285,7 @@ SELECT name, watermark FROM sluice.pipelines WHERE name = 'win_slide_cmp';
 --            state [10:15) 3/24, [10:20) 3/22, [10:25) 1/5; nothing emitted
 --
 SELECT sluice.create_pipeline('win_slide_app',
-    sluice.csv_source('/tmp/sluice_regress/windows/events', 'id int, ts timestamptz, k text, v int',
+    sluice.csv_source(:'events', 'id int, ts timestamptz, k text, v int',
                       max_files_per_trigger => 1),
     sluice.window_sink('win_slide_app', '10 minutes', '5 minutes',
                        aggregates => '{count(*) AS n, sum(v) AS total}', late_rows => 'win_late2'),
@@ -297,15 +308,16 @@ SELECT * FROM win_late2 ORDER BY batch_id, id;
 --   '2024-01-01 12:59:59.5+01'  =  11:59:59.5 UTC -> [11:00,12:00)
 --   ''                          -> NULL: late
 --
+\set f :tx/a.csv
 COPY (SELECT * FROM (VALUES (1, '2024-01-01 10:30:00+00'), (2, '2024-01-01T11:00:00Z'),
                             (3, '2024-01-01 12:59:59.5+01'), (4, NULL)) AS t(id, t))
-  TO '/tmp/sluice_regress/windows/tx/a.csv' WITH (FORMAT csv, HEADER);
+  TO :'f' WITH (FORMAT csv, HEADER);
 CREATE TABLE win_tx (window_start timestamptz, window_end timestamptz, count bigint);
 -- the event time must be a timestamp after the transform, too
-SELECT sluice.create_pipeline('win_tx', sluice.csv_source('/tmp/sluice_regress/windows/tx', 'id int, t text'),
+SELECT sluice.create_pipeline('win_tx', sluice.csv_source(:'tx', 'id int, t text'),
                               sluice.window_sink('win_tx', '1 hour', output_mode => 'update'),
                               transform => 'SELECT id, t AS ts FROM batch', event_time => 'ts');
-SELECT sluice.create_pipeline('win_tx', sluice.csv_source('/tmp/sluice_regress/windows/tx', 'id int, t text'),
+SELECT sluice.create_pipeline('win_tx', sluice.csv_source(:'tx', 'id int, t text'),
                               sluice.window_sink('win_tx', '1 hour', output_mode => 'update'),
                               transform => 'SELECT id, t::timestamptz AS ts FROM batch', event_time => 'ts');
 SELECT sluice.run_once('win_tx');
@@ -323,13 +335,14 @@ SELECT name, watermark FROM sluice.pipelines WHERE name = 'win_tx';
 --   '2024-03-10 12:00+00', '2024-03-10 23:30+00' -> [03-10 00:00, 03-11 00:00) UTC: 2
 --   '2024-03-11 12:00+00'                        -> [03-11 00:00, 03-12 00:00) UTC: 1
 --
-\! mkdir -p /tmp/sluice_regress/windows/day
+\! mkdir -p "$SLUICE_TEST_DIR"/windows/day
+\set f :day/a.csv
 COPY (SELECT * FROM (VALUES (1, '2024-03-10 12:00:00+00'::timestamptz), (2, '2024-03-10 23:30:00+00'),
                             (3, '2024-03-11 12:00:00+00')) AS t(id, ts))
-  TO '/tmp/sluice_regress/windows/day/a.csv' WITH (FORMAT csv, HEADER);
+  TO :'f' WITH (FORMAT csv, HEADER);
 CREATE TABLE win_day (window_start timestamptz, window_end timestamptz, count bigint);
 ALTER DATABASE contrib_regression SET timezone = 'America/New_York';
-SELECT sluice.create_pipeline('win_day', sluice.csv_source('/tmp/sluice_regress/windows/day', 'id int, ts timestamptz'),
+SELECT sluice.create_pipeline('win_day', sluice.csv_source(:'day', 'id int, ts timestamptz'),
                               sluice.window_sink('win_day', '1 day', output_mode => 'update'), event_time => 'ts');
 SELECT sluice.run_once('win_day');
 ALTER DATABASE contrib_regression RESET timezone;
@@ -345,11 +358,12 @@ SELECT batch_id, input_rows, sink_rows, num_rows_dropped_by_watermark AS dropped
 --
 CREATE SCHEMA win_s;
 CREATE TABLE win_s.win_rej (window_start timestamptz, window_end timestamptz, n bigint, total bigint);
+\set f :bad/a.csv
 COPY (SELECT * FROM (VALUES ('1', '2024-01-01 10:01:00+00', 'x', '1'), ('2', 'not a time', 'x', '2'),
                             ('3', '2024-01-01 10:15:00+00', 'x', '3')) AS t(id, ts, k, v))
-  TO '/tmp/sluice_regress/windows/bad/a.csv' WITH (FORMAT csv, HEADER);
+  TO :'f' WITH (FORMAT csv, HEADER);
 SELECT sluice.create_pipeline('win_rej',
-    sluice.csv_source('/tmp/sluice_regress/windows/bad', 'id int, ts timestamptz, k text, v int', on_error => 'reject'),
+    sluice.csv_source(:'bad', 'id int, ts timestamptz, k text, v int', on_error => 'reject'),
     sluice.window_sink('win_s.win_rej', '10 minutes', aggregates => '{count(*) AS n, sum(v) AS total}'),
     event_time => 'ts', watermark_delay => '0 seconds');
 SELECT state_table FROM sluice.pipeline WHERE name = 'win_rej';
@@ -377,4 +391,4 @@ SELECT count(*) FROM pg_class WHERE relname LIKE 'sluice\_state\_%';
 DROP SCHEMA win_s CASCADE;
 DROP TABLE win_app, win_upd, win_slide_app, win_slide_cmp, win_late, win_late2, win_tx, win_day, win_plain,
            win_bad_t1, win_bad_t2, win_bad_t3, win_bad_late1, win_bad_late2;
-\! rm -rf /tmp/sluice_regress/windows
+\! rm -rf "$SLUICE_TEST_DIR"/windows

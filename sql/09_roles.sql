@@ -8,11 +8,15 @@ SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS sluice;
 RESET client_min_messages;
 \set SHOW_CONTEXT never
+-- the test's files go under $SLUICE_TEST_DIR, a new directory for each run
+\getenv test_dir SLUICE_TEST_DIR
+\set dir :test_dir/roles
 
 \i test/regress/wait_until.sql
 
-\! rm -rf /tmp/sluice_regress/roles && mkdir -p /tmp/sluice_regress/roles
-COPY (SELECT g AS id FROM generate_series(1, 3) g) TO '/tmp/sluice_regress/roles/1.csv' WITH (FORMAT csv, HEADER);
+\! rm -rf "$SLUICE_TEST_DIR"/roles && mkdir -p "$SLUICE_TEST_DIR"/roles
+\set f :dir/1.csv
+COPY (SELECT g AS id FROM generate_series(1, 3) g) TO :'f' WITH (FORMAT csv, HEADER);
 
 CREATE ROLE regress_sluice_owner LOGIN;
 CREATE ROLE regress_sluice_heir LOGIN;
@@ -21,7 +25,7 @@ CREATE TABLE roles_t (id int);
 GRANT SELECT, INSERT ON roles_t TO regress_sluice_owner, regress_sluice_heir;
 
 SET ROLE regress_sluice_owner;
-SELECT sluice.create_pipeline('roles_p', sluice.csv_source('/tmp/sluice_regress/roles', 'id int'),
+SELECT sluice.create_pipeline('roles_p', sluice.csv_source(:'dir', 'id int'),
                               sluice.append_sink('roles_t'));
 SELECT sluice.run_once('roles_p');
 RESET ROLE;
@@ -45,7 +49,8 @@ SET ROLE regress_sluice_owner;
 SELECT count(*) AS visible FROM sluice.pipelines;
 SELECT sluice.start('roles_p');
 RESET ROLE;
-COPY (SELECT g AS id FROM generate_series(4, 5) g) TO '/tmp/sluice_regress/roles/2.csv' WITH (FORMAT csv, HEADER);
+\set f :dir/2.csv
+COPY (SELECT g AS id FROM generate_series(4, 5) g) TO :'f' WITH (FORMAT csv, HEADER);
 SET ROLE regress_sluice_heir;
 SELECT sluice.run_once('roles_p');
 SELECT count(*) AS rows, count(DISTINCT id) AS ids FROM roles_t;
@@ -87,4 +92,4 @@ DROP ROLE regress_sluice_heir;
 
 DROP TABLE roles_t;
 DROP FUNCTION wait_until(text);
-\! rm -rf /tmp/sluice_regress/roles
+\! rm -rf "$SLUICE_TEST_DIR"/roles

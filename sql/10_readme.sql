@@ -6,13 +6,18 @@
 SET client_min_messages = warning;
 DROP EXTENSION IF EXISTS sluice CASCADE;
 RESET client_min_messages;
-\! rm -rf /tmp/sluice_regress/readme && mkdir -p /tmp/sluice_regress/readme
-\! perl test/gen_bank.pl /tmp/sluice_regress/readme/bank 3 100 1 7 >/dev/null
-\! sed -n '/^## Getting started/,/^## /p' README.md | sed -n '/^```sql$/,/^```$/p' | sed '1d;$d' | sed 's|/srv/feeds/bank|/tmp/sluice_regress/readme/bank|' > /tmp/sluice_regress/readme/block.sql
+-- the test's files go under $SLUICE_TEST_DIR, a new directory for each run;
+-- the block names its feed as :'bank', which psql fills in
+\getenv test_dir SLUICE_TEST_DIR
+\set dir :test_dir/readme
+\set bank :dir/bank
+\! rm -rf "$SLUICE_TEST_DIR"/readme && mkdir -p "$SLUICE_TEST_DIR"/readme
+\! perl test/gen_bank.pl "$SLUICE_TEST_DIR"/readme/bank 3 100 1 7 >/dev/null
+\! sed -n '/^## Getting started/,/^## /p' README.md | sed -n '/^```sql$/,/^```$/p' | sed '1d;$d' | sed "s|'/srv/feeds/bank'|:'bank'|" > "$SLUICE_TEST_DIR"/readme/block.sql
 -- the block prints pids and times: keep its output, not its errors, out of the way
 \o /dev/null
 \set ON_ERROR_STOP on
-\i /tmp/sluice_regress/readme/block.sql
+\i :dir/block.sql
 \unset ON_ERROR_STOP
 \o
 SELECT name, state, batches, input_rows, last_error FROM sluice.pipelines;
@@ -22,7 +27,7 @@ SELECT count(*) AS rows, count(DISTINCT transaction_id) AS ids FROM bank_transac
 \i test/regress/wait_until.sql
 SELECT sluice.start('bank_ingest');
 SELECT wait_until($$(SELECT worker_pid IS NOT NULL FROM sluice.pipelines WHERE name = 'bank_ingest')$$);
-\! perl test/gen_bank.pl /tmp/sluice_regress/readme/bank2 2 50 301 8 >/dev/null && mv /tmp/sluice_regress/readme/bank2/bank_00001.csv /tmp/sluice_regress/readme/bank/more_1.csv && mv /tmp/sluice_regress/readme/bank2/bank_00002.csv /tmp/sluice_regress/readme/bank/more_2.csv
+\! perl test/gen_bank.pl "$SLUICE_TEST_DIR"/readme/bank2 2 50 301 8 >/dev/null && mv "$SLUICE_TEST_DIR"/readme/bank2/bank_00001.csv "$SLUICE_TEST_DIR"/readme/bank/more_1.csv && mv "$SLUICE_TEST_DIR"/readme/bank2/bank_00002.csv "$SLUICE_TEST_DIR"/readme/bank/more_2.csv
 SELECT sluice.stop('bank_ingest');
 SELECT sluice.run_once('bank_ingest');
 SELECT name, state, batches, input_rows, last_error FROM sluice.pipelines;
@@ -30,4 +35,4 @@ SELECT count(*) AS rows, count(DISTINCT transaction_id) AS ids FROM bank_transac
 DROP FUNCTION wait_until(text);
 SELECT sluice.drop_pipeline('bank_ingest');
 DROP TABLE bank_transactions;
-\! rm -rf /tmp/sluice_regress/readme
+\! rm -rf "$SLUICE_TEST_DIR"/readme

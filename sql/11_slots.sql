@@ -7,15 +7,20 @@ CREATE EXTENSION IF NOT EXISTS sluice;
 RESET client_min_messages;
 \set SHOW_CONTEXT never
 
+-- the test's files go under $SLUICE_TEST_DIR, a new directory for each run
+\getenv test_dir SLUICE_TEST_DIR
+\set dir :test_dir/slots
+
 \i test/regress/wait_until.sql
 
-\! rm -rf /tmp/sluice_regress/slots && mkdir -p /tmp/sluice_regress/slots
-COPY (SELECT 1 AS id) TO '/tmp/sluice_regress/slots/1.csv' WITH (FORMAT csv, HEADER);
+\! rm -rf "$SLUICE_TEST_DIR"/slots && mkdir -p "$SLUICE_TEST_DIR"/slots
+\set f :dir/1.csv
+COPY (SELECT 1 AS id) TO :'f' WITH (FORMAT csv, HEADER);
 CREATE TABLE slots_t (id int);
 SHOW sluice.max_workers;
 
 -- five running pipelines, four slots: the fifth waits, and says so once
-SELECT sluice.create_pipeline('slots_' || i, sluice.csv_source('/tmp/sluice_regress/slots', 'id int'),
+SELECT sluice.create_pipeline('slots_' || i, sluice.csv_source(:'dir', 'id int'),
                               sluice.append_sink('slots_t'), trigger => '1 second')
   FROM generate_series(1, 6) AS i;
 SELECT sluice.start('slots_' || i) FROM generate_series(1, 4) AS i;
@@ -45,7 +50,7 @@ SELECT sluice._set_state(NULL, 'running');
 
 -- the function of a function sink is gone
 CREATE FUNCTION slots_fn(batch_id bigint, batch regclass) RETURNS void LANGUAGE sql AS 'SELECT';
-SELECT sluice.create_pipeline('slots_fn', sluice.csv_source('/tmp/sluice_regress/slots', 'id int'),
+SELECT sluice.create_pipeline('slots_fn', sluice.csv_source(:'dir', 'id int'),
                               sluice.function_sink('slots_fn(bigint, regclass)'));
 DROP FUNCTION slots_fn(bigint, regclass);
 SELECT sluice.run_once('slots_fn');
@@ -55,7 +60,7 @@ SELECT sluice.drop_pipeline('slots_fn');
 -- a table a pipeline writes into cannot be dropped while the pipeline exists
 CREATE SCHEMA slots_s;
 CREATE TABLE slots_s.t (id int);
-SELECT sluice.create_pipeline('slots_drop', sluice.csv_source('/tmp/sluice_regress/slots', 'id int'),
+SELECT sluice.create_pipeline('slots_drop', sluice.csv_source(:'dir', 'id int'),
                               sluice.append_sink('slots_s.t'));
 DROP TABLE slots_s.t;
 DROP SCHEMA slots_s CASCADE;
@@ -68,4 +73,4 @@ DROP SCHEMA slots_s CASCADE;
 
 DROP TABLE slots_t;
 DROP FUNCTION wait_until(text);
-\! rm -rf /tmp/sluice_regress/slots
+\! rm -rf "$SLUICE_TEST_DIR"/slots
