@@ -1,29 +1,34 @@
 -- A running pipeline that hits a bad file, is fixed and retried; a file that
 -- changes after it was processed.
 -- Run with pg_prove against a server with shared_preload_libraries = 'sluice',
--- sluice.database = <this database>, sluice.restart_delay = 1; as a superuser, after test/pgtap_helpers.sql.
+-- sluice.database = <this database>, sluice.restart_delay = 1; as a superuser, after test/pgtap_helpers.sql,
+-- with SLUICE_TEST_DIR set to a directory for the test's files (scripts/test makes a new one each run).
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS sluice;
 RESET client_min_messages;
 
-COPY (SELECT 1 WHERE false) TO PROGRAM 'rm -rf /tmp/sluice_pgtap/failure && mkdir -p /tmp/sluice_pgtap/failure';
+\getenv test_dir SLUICE_TEST_DIR
+\set dir :test_dir/failure
+\! rm -rf "$SLUICE_TEST_DIR"/failure && mkdir -p "$SLUICE_TEST_DIR"/failure
 CREATE TABLE pgtap_failure_target (id int PRIMARY KEY, v text);
 
 SELECT plan(24);
 
-SELECT lives_ok($$SELECT sluice.create_pipeline('pgtap_failure',
-                      sluice.csv_source('/tmp/sluice_pgtap/failure', 'id int, v text'),
-                      sluice.append_sink('pgtap_failure_target'), '200 milliseconds')$$,
+SELECT lives_ok(format($$SELECT sluice.create_pipeline('pgtap_failure',
+                             sluice.csv_source(%L, 'id int, v text'),
+                             sluice.append_sink('pgtap_failure_target'), '200 milliseconds')$$, :'dir'),
                 'create_pipeline');
 SELECT lives_ok($$SELECT sluice.start('pgtap_failure')$$, 'start()');
 
 -- batch 1: a good file
-COPY (SELECT g, 'good' FROM generate_series(1, 3) g) TO '/tmp/sluice_pgtap/failure/good.csv' WITH (FORMAT csv, HEADER);
+\set f :dir/good.csv
+COPY (SELECT g, 'good' FROM generate_series(1, 3) g) TO :'f' WITH (FORMAT csv, HEADER);
 SELECT ok(test_util.wait_until($$(SELECT count(*) = 3 FROM pgtap_failure_target)$$), 'a good file is ingested');
 
 -- batch 2: a malformed line on line 3 of the file
+\set f :dir/bad.csv
 COPY (SELECT * FROM (VALUES ('4', 'bad'), ('five', 'bad'), ('6', 'bad')) AS t(id, v))
-  TO '/tmp/sluice_pgtap/failure/bad.csv' WITH (FORMAT csv, HEADER);
+  TO :'f' WITH (FORMAT csv, HEADER);
 SELECT ok(test_util.wait_until($$(SELECT state = 'failed' FROM sluice.pipelines WHERE name = 'pgtap_failure')$$),
           'a bad file makes the pipeline fail');
 SELECT ok(test_util.wait_until($$(SELECT worker_pid IS NULL FROM sluice.pipelines WHERE name = 'pgtap_failure')
@@ -33,8 +38,8 @@ SELECT ok(test_util.wait_until($$(SELECT worker_pid IS NULL FROM sluice.pipeline
 SELECT results_eq($$SELECT batch_id, sqlstate, message FROM sluice.errors WHERE pipeline = 'pgtap_failure'$$,
                   $$VALUES (2::bigint, '22P02', 'invalid input syntax for type integer: "five"')$$,
                   'the error is in sluice.errors');
-SELECT matches((SELECT context FROM sluice.errors WHERE pipeline = 'pgtap_failure'),
-               'line 3.*batch 2, file "/tmp/sluice_pgtap/failure/bad\.csv"',
+SELECT matches((SELECT replace(context, :'dir', '<dir>') FROM sluice.errors WHERE pipeline = 'pgtap_failure'),
+               'line 3.*batch 2, file "<dir>/bad\.csv"',
                'its context names the line, the batch and the file');
 SELECT is((SELECT last_error FROM sluice.pipelines WHERE name = 'pgtap_failure'),
           'invalid input syntax for type integer: "five"', 'sluice.pipelines shows the last error');
@@ -47,8 +52,9 @@ SELECT ok(NOT EXISTS (SELECT 1 FROM pg_stat_activity
           'the launcher does not restart a failed pipeline');
 
 -- fixed, then start() retries the same batch
+\set f :dir/bad.csv
 COPY (SELECT * FROM (VALUES ('4', 'fixed'), ('5', 'fixed'), ('6', 'fixed')) AS t(id, v))
-  TO '/tmp/sluice_pgtap/failure/bad.csv' WITH (FORMAT csv, HEADER);
+  TO :'f' WITH (FORMAT csv, HEADER);
 SELECT lives_ok($$SELECT sluice.start('pgtap_failure')$$, 'start() a failed pipeline');
 SELECT ok(test_util.wait_until($$(SELECT count(*) = 6 FROM pgtap_failure_target)$$), 'the fixed file is ingested');
 SELECT results_eq($$SELECT batch_id, status, attempts, input_rows FROM sluice.progress('pgtap_failure')$$,
@@ -60,11 +66,12 @@ SELECT results_eq($$SELECT id, v FROM pgtap_failure_target ORDER BY id$$,
 SELECT is((SELECT state FROM sluice.pipelines WHERE name = 'pgtap_failure'), 'running', 'the pipeline runs again');
 
 -- a processed file that changes is reported, and not read again
-COPY (SELECT g, 'changed' FROM generate_series(100, 110) g) TO '/tmp/sluice_pgtap/failure/good.csv' WITH (FORMAT csv, HEADER);
+\set f :dir/good.csv
+COPY (SELECT g, 'changed' FROM generate_series(100, 110) g) TO :'f' WITH (FORMAT csv, HEADER);
 SELECT ok(test_util.wait_until($$EXISTS (SELECT 1 FROM sluice.errors WHERE pipeline = 'pgtap_failure' AND sqlstate = '01000')$$),
           'a file changed after it was processed is reported');
 SELECT results_eq($$SELECT batch_id, message FROM sluice.errors WHERE pipeline = 'pgtap_failure' AND sqlstate = '01000'$$,
-                  $$VALUES (1::bigint, 'file "/tmp/sluice_pgtap/failure/good.csv" changed after it was processed')$$,
+                  format($$VALUES (1::bigint, %L)$$, format('file "%s/good.csv" changed after it was processed', :'dir')),
                   'with the batch that read it');
 SELECT is((SELECT count(*) FROM sluice.batch b JOIN sluice.pipeline p ON p.id = b.pipeline_id
             WHERE p.name = 'pgtap_failure'), 2::bigint, 'no batch reads it again');
@@ -81,4 +88,4 @@ SELECT lives_ok($$SELECT sluice.drop_pipeline('pgtap_failure')$$, 'drop_pipeline
 SELECT * FROM finish();
 
 DROP TABLE pgtap_failure_target;
-COPY (SELECT 1 WHERE false) TO PROGRAM 'rm -rf /tmp/sluice_pgtap/failure';
+\! rm -rf "$SLUICE_TEST_DIR"/failure

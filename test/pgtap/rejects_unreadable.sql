@@ -4,20 +4,23 @@
 -- on with the next file.  Reading on after such a line used to fail there
 -- again for ever, and the batch never ended.
 -- Run with pg_prove against a server with shared_preload_libraries = 'sluice',
--- sluice.database = <this database>, sluice.restart_delay = 1; as a superuser, after test/pgtap_helpers.sql.
+-- sluice.database = <this database>, sluice.restart_delay = 1; as a superuser, after test/pgtap_helpers.sql,
+-- with SLUICE_TEST_DIR set to a directory for the test's files (scripts/test makes a new one each run).
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS sluice;
 RESET client_min_messages;
 
-COPY (SELECT 1 WHERE false) TO PROGRAM 'rm -rf /tmp/sluice_pgtap/rejects_unreadable && mkdir -p /tmp/sluice_pgtap/rejects_unreadable';
-COPY (SELECT 1 WHERE false) TO PROGRAM 'printf ''id,v\n1,a\n2,b\rc\n3,d\n'' > /tmp/sluice_pgtap/rejects_unreadable/a.csv && printf ''id,v\n10,x\n11,y\n'' > /tmp/sluice_pgtap/rejects_unreadable/b.csv && touch -d @1704067201 /tmp/sluice_pgtap/rejects_unreadable/a.csv && touch -d @1704067202 /tmp/sluice_pgtap/rejects_unreadable/b.csv';
+\getenv test_dir SLUICE_TEST_DIR
+\set dir :test_dir/rejects_unreadable
+\! rm -rf "$SLUICE_TEST_DIR"/rejects_unreadable && mkdir -p "$SLUICE_TEST_DIR"/rejects_unreadable
+\! cd "$SLUICE_TEST_DIR"/rejects_unreadable && printf 'id,v\n1,a\n2,b\rc\n3,d\n' > a.csv && printf 'id,v\n10,x\n11,y\n' > b.csv && touch -d @1704067201 a.csv && touch -d @1704067202 b.csv
 CREATE TABLE pgtap_rejects_unreadable (id int, v text);
 
 SELECT plan(5);
 
-SELECT lives_ok($$SELECT sluice.create_pipeline('pgtap_rejects_unreadable',
-                      sluice.csv_source('/tmp/sluice_pgtap/rejects_unreadable', 'id int, v text', on_error => 'reject'),
-                      sluice.append_sink('pgtap_rejects_unreadable'))$$,
+SELECT lives_ok(format($$SELECT sluice.create_pipeline('pgtap_rejects_unreadable',
+                             sluice.csv_source(%L, 'id int, v text', on_error => 'reject'),
+                             sluice.append_sink('pgtap_rejects_unreadable'))$$, :'dir'),
                 'create_pipeline with on_error => ''reject''');
 -- fail rather than wait for ever
 SET statement_timeout = '30s';
@@ -34,4 +37,4 @@ SELECT lives_ok($$SELECT sluice.drop_pipeline('pgtap_rejects_unreadable')$$, 'dr
 SELECT * FROM finish();
 
 DROP TABLE pgtap_rejects_unreadable;
-COPY (SELECT 1 WHERE false) TO PROGRAM 'rm -rf /tmp/sluice_pgtap/rejects_unreadable';
+\! rm -rf "$SLUICE_TEST_DIR"/rejects_unreadable

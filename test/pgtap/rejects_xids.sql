@@ -4,12 +4,16 @@
 -- are in sluice.rejects with their line numbers, and isolating them takes
 -- fewer than 2,000 transaction ids (one per row would take 200,000).
 -- Run with pg_prove against a server with shared_preload_libraries = 'sluice',
--- sluice.database = <this database>, sluice.restart_delay = 1; as a superuser, after test/pgtap_helpers.sql.
+-- sluice.database = <this database>, sluice.restart_delay = 1; as a superuser, after test/pgtap_helpers.sql,
+-- with SLUICE_TEST_DIR set to a directory for the test's files (scripts/test makes a new one each run).
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS sluice;
 RESET client_min_messages;
 
-COPY (SELECT 1 WHERE false) TO PROGRAM 'rm -rf /tmp/sluice_pgtap/rejects_xids && mkdir -p /tmp/sluice_pgtap/rejects_xids';
+\getenv test_dir SLUICE_TEST_DIR
+\set dir :test_dir/rejects_xids
+\set feed :dir/feed.csv
+\! rm -rf "$SLUICE_TEST_DIR"/rejects_xids && mkdir -p "$SLUICE_TEST_DIR"/rejects_xids
 
 -- line n of the file is row n - 1 (line 1 is the header)
 CREATE TEMP TABLE good AS
@@ -26,17 +30,17 @@ DELETE FROM good WHERE id + 1 IN (SELECT line FROM bad);
 COPY (SELECT csv FROM (SELECT 1 AS line, 'id,qty,ts,v' AS csv
                        UNION ALL SELECT id + 1, format('%s,%s,%s,%s', id, qty, to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS+00'), v) FROM good
                        UNION ALL SELECT line, csv FROM bad) AS f ORDER BY line)
-  TO '/tmp/sluice_pgtap/rejects_xids/feed.csv';
+  TO :'feed';
 
 CREATE TABLE pgtap_rejects_xids (id int PRIMARY KEY, qty int NOT NULL CHECK (qty >= 0), ts timestamptz NOT NULL, v text);
 
 SELECT plan(10);
 
 SELECT is((SELECT count(*) FROM good), 199995::bigint, 'the feed has 199,995 good rows and 5 bad lines');
-SELECT lives_ok($$SELECT sluice.create_pipeline('pgtap_rejects_xids',
-                      sluice.csv_source('/tmp/sluice_pgtap/rejects_xids', 'id int, qty int, ts timestamptz, v text',
-                                        on_error => 'reject'),
-                      sluice.append_sink('pgtap_rejects_xids'))$$,
+SELECT lives_ok(format($$SELECT sluice.create_pipeline('pgtap_rejects_xids',
+                             sluice.csv_source(%L, 'id int, qty int, ts timestamptz, v text',
+                                               on_error => 'reject'),
+                             sluice.append_sink('pgtap_rejects_xids'))$$, :'dir'),
                 'create_pipeline with on_error => ''reject''');
 
 -- each of these statements takes a transaction id of its own
@@ -53,7 +57,7 @@ SELECT is((SELECT count(*) FROM (SELECT id, qty, ts, v FROM pgtap_rejects_xids
                                  EXCEPT SELECT id, qty, ts, v FROM good) AS d), 0::bigint,
           'which are the good rows, as they are in the file');
 SELECT results_eq($$SELECT file, line, sqlstate FROM sluice.rejects WHERE pipeline = 'pgtap_rejects_xids' ORDER BY line$$,
-                  $$SELECT '/tmp/sluice_pgtap/rejects_xids/feed.csv', line, sqlstate FROM bad ORDER BY line$$,
+                  format($$SELECT %L, line, sqlstate FROM bad ORDER BY line$$, :'feed'),
                   'the 5 bad lines are rejected with their file, line number and SQLSTATE');
 -- (a refused row's record prints its timestamp in the worker's time zone)
 SELECT results_eq($$SELECT line, CASE WHEN sqlstate LIKE '23%' THEN regexp_replace(raw_line, ',"[^"]*",', ',<ts>,') ELSE raw_line END
@@ -70,4 +74,4 @@ SELECT lives_ok($$SELECT sluice.drop_pipeline('pgtap_rejects_xids')$$, 'drop_pip
 SELECT * FROM finish();
 
 DROP TABLE pgtap_rejects_xids;
-COPY (SELECT 1 WHERE false) TO PROGRAM 'rm -rf /tmp/sluice_pgtap/rejects_xids';
+\! rm -rf "$SLUICE_TEST_DIR"/rejects_xids

@@ -1,11 +1,15 @@
 -- A started pipeline: its worker, the order and size of its batches, stop and start.
 -- Run with pg_prove against a server with shared_preload_libraries = 'sluice',
--- sluice.database = <this database>, sluice.restart_delay = 1; as a superuser, after test/pgtap_helpers.sql.
+-- sluice.database = <this database>, sluice.restart_delay = 1; as a superuser, after test/pgtap_helpers.sql,
+-- with SLUICE_TEST_DIR set to a directory for the test's files (scripts/test makes a new one each run).
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS sluice;
 RESET client_min_messages;
 
-COPY (SELECT 1 WHERE false) TO PROGRAM 'rm -rf /tmp/sluice_pgtap/running && mkdir -p /tmp/sluice_pgtap/running/in /tmp/sluice_pgtap/running/stage';
+\getenv test_dir SLUICE_TEST_DIR
+\set in :test_dir/running/in
+\set stage :test_dir/running/stage
+\! rm -rf "$SLUICE_TEST_DIR"/running && mkdir -p "$SLUICE_TEST_DIR"/running/in "$SLUICE_TEST_DIR"/running/stage
 CREATE TABLE pgtap_running_target (id int, f text);
 
 SELECT plan(23);
@@ -13,9 +17,9 @@ SELECT plan(23);
 SELECT is((SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'sluice launcher'), 1::bigint,
           'one sluice launcher runs');
 
-SELECT lives_ok($$SELECT sluice.create_pipeline('pgtap_running',
-                      sluice.csv_source('/tmp/sluice_pgtap/running/in', 'id int, f text', max_files_per_trigger => 2),
-                      sluice.append_sink('pgtap_running_target'), '200 milliseconds')$$,
+SELECT lives_ok(format($$SELECT sluice.create_pipeline('pgtap_running',
+                             sluice.csv_source(%L, 'id int, f text', max_files_per_trigger => 2),
+                             sluice.append_sink('pgtap_running_target'), '200 milliseconds')$$, :'in'),
                 'create_pipeline with max_files_per_trigger 2');
 SELECT lives_ok($$SELECT sluice.start('pgtap_running')$$, 'start()');
 SELECT ok(test_util.wait_until($$(SELECT worker_pid IS NOT NULL FROM sluice.pipelines WHERE name = 'pgtap_running')$$),
@@ -32,13 +36,18 @@ SELECT ok(test_util.wait_until($$(SELECT wait_event_type = 'Extension' FROM pg_s
 
 -- five files appear at once (one rename of a directory onto the empty one),
 -- with mtimes that do not follow their names: e, c, a, d, b
-COPY (SELECT g, 'a' FROM generate_series(1, 1) g) TO '/tmp/sluice_pgtap/running/stage/a.csv' WITH (FORMAT csv, HEADER);
-COPY (SELECT g, 'b' FROM generate_series(2, 3) g) TO '/tmp/sluice_pgtap/running/stage/b.csv' WITH (FORMAT csv, HEADER);
-COPY (SELECT g, 'c' FROM generate_series(4, 6) g) TO '/tmp/sluice_pgtap/running/stage/c.csv' WITH (FORMAT csv, HEADER);
-COPY (SELECT g, 'd' FROM generate_series(7, 10) g) TO '/tmp/sluice_pgtap/running/stage/d.csv' WITH (FORMAT csv, HEADER);
-COPY (SELECT g, 'e' FROM generate_series(11, 15) g) TO '/tmp/sluice_pgtap/running/stage/e.csv' WITH (FORMAT csv, HEADER);
-COPY (SELECT 1 WHERE false) TO PROGRAM 'cd /tmp/sluice_pgtap/running/stage && touch -d @1704067201 e.csv && touch -d @1704067202 c.csv && touch -d @1704067203 a.csv && touch -d @1704067204 d.csv && touch -d @1704067205 b.csv';
-COPY (SELECT 1 WHERE false) TO PROGRAM 'mv -T /tmp/sluice_pgtap/running/stage /tmp/sluice_pgtap/running/in';
+\set f :stage/a.csv
+COPY (SELECT g, 'a' FROM generate_series(1, 1) g) TO :'f' WITH (FORMAT csv, HEADER);
+\set f :stage/b.csv
+COPY (SELECT g, 'b' FROM generate_series(2, 3) g) TO :'f' WITH (FORMAT csv, HEADER);
+\set f :stage/c.csv
+COPY (SELECT g, 'c' FROM generate_series(4, 6) g) TO :'f' WITH (FORMAT csv, HEADER);
+\set f :stage/d.csv
+COPY (SELECT g, 'd' FROM generate_series(7, 10) g) TO :'f' WITH (FORMAT csv, HEADER);
+\set f :stage/e.csv
+COPY (SELECT g, 'e' FROM generate_series(11, 15) g) TO :'f' WITH (FORMAT csv, HEADER);
+\! cd "$SLUICE_TEST_DIR"/running/stage && touch -d @1704067201 e.csv && touch -d @1704067202 c.csv && touch -d @1704067203 a.csv && touch -d @1704067204 d.csv && touch -d @1704067205 b.csv
+\! mv -T "$SLUICE_TEST_DIR"/running/stage "$SLUICE_TEST_DIR"/running/in
 
 SELECT ok(test_util.wait_until($$(SELECT count(*) = 15 FROM pgtap_running_target)$$),
           'the worker ingests files that appear after start');
@@ -62,7 +71,8 @@ SELECT ok(test_util.wait_until($$(SELECT worker_pid IS NULL FROM sluice.pipeline
                                AND NOT EXISTS (SELECT 1 FROM pg_stat_activity
                                                 WHERE backend_type = 'sluice worker' AND application_name = 'pgtap_running')$$),
           'stop() makes the worker exit');
-COPY (SELECT g, 'f' FROM generate_series(16, 18) g) TO '/tmp/sluice_pgtap/running/in/f.csv' WITH (FORMAT csv, HEADER);
+\set f :in/f.csv
+COPY (SELECT g, 'f' FROM generate_series(16, 18) g) TO :'f' WITH (FORMAT csv, HEADER);
 SELECT pg_sleep(0.6);  -- three trigger intervals
 SELECT is((SELECT count(*) FROM pgtap_running_target), 15::bigint, 'a stopped pipeline reads nothing');
 SELECT is((SELECT files_pending FROM sluice.pipelines WHERE name = 'pgtap_running'), 0::bigint,
@@ -80,4 +90,4 @@ SELECT ok(test_util.wait_until($$NOT EXISTS (SELECT 1 FROM pg_stat_activity
 SELECT * FROM finish();
 
 DROP TABLE pgtap_running_target;
-COPY (SELECT 1 WHERE false) TO PROGRAM 'rm -rf /tmp/sluice_pgtap/running';
+\! rm -rf "$SLUICE_TEST_DIR"/running

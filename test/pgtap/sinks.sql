@@ -2,12 +2,16 @@
 -- loans of earlier ones: the table ends with the last state of each loan, and
 -- replaying every file changes nothing.
 -- Run with pg_prove against a server with shared_preload_libraries = 'sluice',
--- sluice.database = <this database>, sluice.restart_delay = 1; as a superuser, after test/pgtap_helpers.sql.
+-- sluice.database = <this database>, sluice.restart_delay = 1; as a superuser, after test/pgtap_helpers.sql,
+-- with SLUICE_TEST_DIR set to a directory for the test's files (scripts/test makes a new one each run).
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS sluice;
 RESET client_min_messages;
 
-COPY (SELECT 1 WHERE false) TO PROGRAM 'rm -rf /tmp/sluice_pgtap/sinks && mkdir -p /tmp/sluice_pgtap/sinks/in /tmp/sluice_pgtap/sinks/stage1 /tmp/sluice_pgtap/sinks/stage2';
+\getenv test_dir SLUICE_TEST_DIR
+\set dir :test_dir/sinks
+SET sluice_test.dir = :'dir';   -- for the DO block below
+\! rm -rf "$SLUICE_TEST_DIR"/sinks && mkdir -p "$SLUICE_TEST_DIR"/sinks/in "$SLUICE_TEST_DIR"/sinks/stage1 "$SLUICE_TEST_DIR"/sinks/stage2
 
 -- The feed: 6 files of 45 lines over 50 loans: each file updates 40 of them,
 -- and 5 of those twice (lines 41..45 repeat the loans of lines 3, 6, .., 15).
@@ -33,7 +37,8 @@ DECLARE
     path text;
 BEGIN
     FOR i IN 1 .. 6 LOOP
-        path := format('/tmp/sluice_pgtap/sinks/stage%s/loans_%s.csv', CASE WHEN i <= 3 THEN 1 ELSE 2 END, names[i]);
+        path := format('%s/stage%s/loans_%s.csv', current_setting('sluice_test.dir'),
+                       CASE WHEN i <= 3 THEN 1 ELSE 2 END, names[i]);
         EXECUTE format('COPY (SELECT loan_id, status, balance, updated_at FROM feed WHERE k = %s ORDER BY line)'
                        ' TO %L WITH (FORMAT csv, HEADER)', i, path);
         EXECUTE format('COPY (SELECT 1 WHERE false) TO PROGRAM %L', format('touch -d @%s %s', 1704067200 + i, path));
@@ -51,17 +56,17 @@ SELECT ok((SELECT count(*) FROM expected) BETWEEN 30 AND 60
           AND (SELECT count(*) FROM (SELECT loan_id FROM feed GROUP BY 1 HAVING count(DISTINCT k) > 2) d) > 0,
           'the feed repeats loans within files and across files');
 
-SELECT lives_ok($$SELECT sluice.create_pipeline('pgtap_loans',
-                      sluice.csv_source('/tmp/sluice_pgtap/sinks/in', 'loan_id int, status text, balance numeric, updated_at timestamptz',
-                                        max_files_per_trigger => 2),
-                      sluice.merge_sink('pgtap_loans', '{loan_id}'), '200 milliseconds')$$,
+SELECT lives_ok(format($$SELECT sluice.create_pipeline('pgtap_loans',
+                             sluice.csv_source(%L, 'loan_id int, status text, balance numeric, updated_at timestamptz',
+                                               max_files_per_trigger => 2),
+                             sluice.merge_sink('pgtap_loans', '{loan_id}'), '200 milliseconds')$$, :'dir' || '/in'),
                 'create_pipeline with a merge sink on loan_id');
 SELECT lives_ok($$SELECT sluice.start('pgtap_loans')$$, 'start()');
 SELECT ok(test_util.wait_until($$(SELECT worker_pid IS NOT NULL FROM sluice.pipelines WHERE name = 'pgtap_loans')$$),
           'the launcher starts a worker');
 
 -- the first three files appear at once (a rename of a directory onto the empty one)
-COPY (SELECT 1 WHERE false) TO PROGRAM 'mv -T /tmp/sluice_pgtap/sinks/stage1 /tmp/sluice_pgtap/sinks/in';
+\! mv -T "$SLUICE_TEST_DIR"/sinks/stage1 "$SLUICE_TEST_DIR"/sinks/in
 SELECT ok(test_util.wait_until($$(SELECT batches = 2 AND files_pending = 0 FROM sluice.pipelines WHERE name = 'pgtap_loans')$$),
           'the first three files are merged in two batches');
 SELECT results_eq($$SELECT loan_id, status, balance, updated_at FROM pgtap_loans ORDER BY loan_id$$,
@@ -70,7 +75,7 @@ SELECT results_eq($$SELECT loan_id, status, balance, updated_at FROM pgtap_loans
                   'after them, each loan is in its last state so far');
 
 -- then the other three, one by one: later files update the loans of earlier ones
-COPY (SELECT 1 WHERE false) TO PROGRAM 'mv /tmp/sluice_pgtap/sinks/stage2/* /tmp/sluice_pgtap/sinks/in/';
+\! mv "$SLUICE_TEST_DIR"/sinks/stage2/* "$SLUICE_TEST_DIR"/sinks/in/
 SELECT ok(test_util.wait_until($$(SELECT count(*) = 6 AND bool_and(committed) FROM sluice.file
                                  WHERE pipeline_id = (SELECT id FROM sluice.pipeline WHERE name = 'pgtap_loans'))
                                AND (SELECT files_pending = 0 FROM sluice.pipelines WHERE name = 'pgtap_loans')$$),
@@ -114,4 +119,4 @@ SELECT lives_ok($$SELECT sluice.drop_pipeline('pgtap_loans')$$, 'drop_pipeline()
 SELECT * FROM finish();
 
 DROP TABLE pgtap_loans;
-COPY (SELECT 1 WHERE false) TO PROGRAM 'rm -rf /tmp/sluice_pgtap/sinks';
+\! rm -rf "$SLUICE_TEST_DIR"/sinks

@@ -3,21 +3,25 @@
 -- watermark, the windows emitted and a state bounded by the watermark; the
 -- watermark survives stop and start, and the next batch is processed with it.
 -- Run with pg_prove against a server with shared_preload_libraries = 'sluice',
--- sluice.database = <this database>, sluice.restart_delay = 1; as a superuser, after test/pgtap_helpers.sql.
+-- sluice.database = <this database>, sluice.restart_delay = 1; as a superuser, after test/pgtap_helpers.sql,
+-- with SLUICE_TEST_DIR set to a directory for the test's files (scripts/test makes a new one each run).
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS sluice;
 RESET client_min_messages;
 SET timezone = 'UTC';
 SET datestyle = 'ISO, YMD';
+\getenv test_dir SLUICE_TEST_DIR
+\set dir :test_dir/windows
+SET sluice_test.dir = :'dir';   -- for pg_temp.feed()
 
 -- write a file in the stage directory, then rename it into the input
 -- directory, so that the worker never sees it half written
 CREATE FUNCTION pg_temp.feed(name text, rows text) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     EXECUTE format('COPY (SELECT * FROM (VALUES %s) AS t(id, ts, v)) TO %L WITH (FORMAT csv, HEADER)',
-                   rows, '/tmp/sluice_pgtap/windows/stage/' || name);
+                   rows, current_setting('sluice_test.dir') || '/stage/' || name);
     EXECUTE format('COPY (SELECT 1 WHERE false) TO PROGRAM %L',
-                   format('mv /tmp/sluice_pgtap/windows/stage/%s /tmp/sluice_pgtap/windows/in/%1$s', name));
+                   format('mv %1$s/stage/%2$s %1$s/in/%2$s', current_setting('sluice_test.dir'), name));
 END
 $$;
 
@@ -46,17 +50,18 @@ BEGIN
 END
 $$;
 
-COPY (SELECT 1 WHERE false) TO PROGRAM 'rm -rf /tmp/sluice_pgtap/windows && mkdir -p /tmp/sluice_pgtap/windows/in /tmp/sluice_pgtap/windows/stage';
+\! rm -rf "$SLUICE_TEST_DIR"/windows && mkdir -p "$SLUICE_TEST_DIR"/windows/in "$SLUICE_TEST_DIR"/windows/stage
 CREATE TABLE pgtap_windows_target (window_start timestamptz, window_end timestamptz, n bigint, total bigint);
 
 SELECT plan(34);
 
-SELECT lives_ok($$SELECT sluice.create_pipeline('pgtap_windows',
-                      sluice.csv_source('/tmp/sluice_pgtap/windows/in', 'id int, ts timestamptz, v int',
-                                        max_files_per_trigger => 1),
-                      sluice.window_sink('pgtap_windows_target', '10 minutes',
-                                         aggregates => '{count(*) AS n, sum(v) AS total}'),
-                      '200 milliseconds', event_time => 'ts', watermark_delay => '5 minutes')$$,
+SELECT lives_ok(format($$SELECT sluice.create_pipeline('pgtap_windows',
+                             sluice.csv_source(%L, 'id int, ts timestamptz, v int',
+                                               max_files_per_trigger => 1),
+                             sluice.window_sink('pgtap_windows_target', '10 minutes',
+                                                aggregates => '{count(*) AS n, sum(v) AS total}'),
+                             '200 milliseconds', event_time => 'ts', watermark_delay => '5 minutes')$$,
+                       :'dir' || '/in'),
                 'create a window pipeline in append mode');
 SELECT lives_ok($$SELECT sluice.start('pgtap_windows')$$, 'start()');
 SELECT ok(test_util.wait_until($$(SELECT worker_pid IS NOT NULL FROM sluice.pipelines WHERE name = 'pgtap_windows')$$),
@@ -137,4 +142,4 @@ SELECT ok(test_util.wait_until($$NOT EXISTS (SELECT 1 FROM pg_stat_activity
 SELECT * FROM finish();
 
 DROP TABLE pgtap_windows_target;
-COPY (SELECT 1 WHERE false) TO PROGRAM 'rm -rf /tmp/sluice_pgtap/windows';
+\! rm -rf "$SLUICE_TEST_DIR"/windows
