@@ -2,7 +2,6 @@ EXTENSION = sluice
 EXTVERSION = $(shell grep default_version $(EXTENSION).control | sed -e "s/default_version[[:space:]]*=[[:space:]]*'\([^']*\)'/\1/")
 MODULE_big = sluice
 OBJS = $(patsubst %.c,%.o,$(wildcard src/*.c src/sources/*.c src/sinks/*.c))
-$(OBJS): $(wildcard src/*.h)
 DATA = $(wildcard sql/$(EXTENSION)--*.sql) $(EXTENSION)--0.1.control
 
 REGRESS = $(patsubst sql/%.sql,%,$(filter-out sql/$(EXTENSION)--%,$(wildcard sql/*.sql)))
@@ -14,6 +13,9 @@ PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initi
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# after PGXS, so that the default goal stays PGXS's: objects follow the headers
+$(OBJS): $(wildcard src/*.h)
 
 # The tests write their files under $SLUICE_TEST_DIR, a new directory for each
 # run (scripts/test makes it), so that two runs can go on side by side.
