@@ -7,6 +7,21 @@
 -- 0.1's CREATE EXTENSION made the schema outside the extension.  0.2 keeps
 -- the extension in pg_catalog and its schema as a member, as a fresh install
 -- does, so that pg_dump and DROP EXTENSION treat both alike.
+-- 0.1 would have adopted a schema that another role made first: take in
+-- only one that belongs to the extension's owner
+DO $$
+DECLARE
+    squatter text := (SELECT n.nspowner::regrole::text FROM pg_catalog.pg_namespace n, pg_catalog.pg_extension e
+                       WHERE n.nspname = 'sluice' AND e.extname = 'sluice' AND n.nspowner <> e.extowner);
+BEGIN
+    IF squatter IS NOT NULL THEN
+        RAISE EXCEPTION 'schema "sluice" belongs to role %, not to the owner of extension "sluice"', squatter
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'Sluice 0.1 used a schema "sluice" that existed before it; 0.2 takes only its own.',
+                  HINT = 'Check what the schema holds, then ALTER SCHEMA sluice OWNER TO the extension''s owner and update again.';
+    END IF;
+END
+$$;
 UPDATE pg_catalog.pg_extension SET extnamespace = 'pg_catalog'::regnamespace WHERE extname = 'sluice';
 DELETE FROM pg_catalog.pg_depend
  WHERE classid = 'pg_catalog.pg_extension'::regclass
@@ -137,10 +152,15 @@ DECLARE
 BEGIN
     BEGIN
         PERFORM sluice._check_query(transform);
-        -- the worker runs the transform with the owner's default search_path
-        PERFORM set_config('search_path', (SELECT reset_val FROM pg_settings WHERE name = 'search_path'), true);
         PERFORM sluice._create_stage(source);
-        EXECUTE format('CREATE TEMP TABLE batch_out ON COMMIT DROP AS SELECT * FROM (%s) AS q LIMIT 0', transform);
+        msg := format('CREATE TEMP TABLE batch_out ON COMMIT DROP AS SELECT * FROM (%s) AS q LIMIT 0', transform);
+        -- the worker runs the transform with the owner's default search_path,
+        -- pg_temp first so that "batch" is the staging table; only the
+        -- transform itself: nothing of ours is resolved in between
+        PERFORM pg_catalog.set_config('search_path',
+                                      'pg_temp, ' || (SELECT reset_val FROM pg_settings WHERE name = 'search_path'), true);
+        EXECUTE msg;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
         SELECT jsonb_agg(jsonb_build_object('name', attname, 'type', format_type(atttypid, atttypmod))
                          ORDER BY attnum) INTO cols
           FROM pg_attribute

@@ -726,10 +726,15 @@ DECLARE
 BEGIN
     BEGIN
         PERFORM sluice._check_query(transform);
-        -- the worker runs the transform with the owner's default search_path
-        PERFORM set_config('search_path', (SELECT reset_val FROM pg_settings WHERE name = 'search_path'), true);
         PERFORM sluice._create_stage(source);
-        EXECUTE format('CREATE TEMP TABLE batch_out ON COMMIT DROP AS SELECT * FROM (%s) AS q LIMIT 0', transform);
+        msg := format('CREATE TEMP TABLE batch_out ON COMMIT DROP AS SELECT * FROM (%s) AS q LIMIT 0', transform);
+        -- the worker runs the transform with the owner's default search_path,
+        -- pg_temp first so that "batch" is the staging table; only the
+        -- transform itself: nothing of ours is resolved in between
+        PERFORM pg_catalog.set_config('search_path',
+                                      'pg_temp, ' || (SELECT reset_val FROM pg_settings WHERE name = 'search_path'), true);
+        EXECUTE msg;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
         SELECT jsonb_agg(jsonb_build_object('name', attname, 'type', format_type(atttypid, atttypmod))
                          ORDER BY attnum) INTO cols
           FROM pg_attribute

@@ -41,6 +41,7 @@
 #include "pgstat.h"
 #include "storage/lmgr.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 
@@ -342,11 +343,20 @@ batch_process(PipelineRun *run, Batch *b, double plan_ms, bool careful)
 
 		if (p->transform)
 		{
+			int			nestlevel = NewGUCNestLevel();
+
 			check_single_select(p->transform);
-			/* the owner's own query, with the owner's search_path */
+
+			/*
+			 * The owner's own query, with the owner's search_path but pg_temp
+			 * first: "batch" is the staging table, whatever else is on it.
+			 */
+			(void) set_config_option("search_path", psprintf("pg_temp, %s", namespace_search_path),
+									 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 			if (SPI_execute(psprintf("CREATE TEMP TABLE batch_out ON COMMIT DROP AS SELECT * FROM (%s) AS q",
 									 p->transform), false, 0) != SPI_OK_UTILITY)
 				elog(ERROR, "could not run the transform");
+			AtEOXact_GUC(true, nestlevel);
 			input = temp_relid("batch_out");
 		}
 		sink_rows = p->sink_routine->write(p, b, input, into, careful ? &rj : NULL);

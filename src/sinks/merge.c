@@ -13,11 +13,47 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "utils/builtins.h"
+#include "access/htup_details.h"
+#include "catalog/pg_operator.h"
 #include "utils/lsyscache.h"
+#include "utils/syscache.h"
+#include "utils/typcache.h"
 
 #include "sink.h"
 
-/* The MERGE of the rows of input (all, or those whose ctid is in $2). */
+/*
+ * The equality operator of a staged column's type, schema-qualified, so that
+ * no operator of a schema on the owner's search_path can stand in for it.
+ */
+static char *
+merge_eq_operator(Oid input, const char *column)
+{
+	Oid			typid = get_atttype(input, get_attnum(input, column));
+	TypeCacheEntry *tc = lookup_type_cache(typid, TYPECACHE_EQ_OPR);
+	HeapTuple	tup;
+	char	   *result;
+
+	if (!OidIsValid(tc->eq_opr))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("key column \"%s\" of a merge sink has no equality operator", column)));
+	tup = SearchSysCache1(OPEROID, ObjectIdGetDatum(tc->eq_opr));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for operator %u", tc->eq_opr);
+	result = psprintf("OPERATOR(%s.%s)",
+					  quote_identifier(get_namespace_name(((Form_pg_operator) GETSTRUCT(tup))->oprnamespace)),
+					  NameStr(((Form_pg_operator) GETSTRUCT(tup))->oprname));
+	ReleaseSysCache(tup);
+	return result;
+}
+
+/*
+ * The MERGE of the rows of input (all, or those whose ctid is in $2).  No
+ * name in it is looked up through the owner's search_path: tables are
+ * qualified, key equality is the key type's own operator, and a matched
+ * row is compared with the new one as text, cast to the target's column
+ * types first (so that an unchanged row is not written again).
+ */
 static char *
 merge_statement(Pipeline *p, Oid input, List *keys, bool ignore, bool some_rows)
 {
@@ -42,7 +78,8 @@ merge_statement(Pipeline *p, Oid input, List *keys, bool ignore, bool some_rows)
 		const char *k = quote_identifier(lfirst(lc));
 
 		appendStringInfo(&keylist, "%s%s", keylist.len ? ", " : "", k);
-		appendStringInfo(&on, "%st.%s = s.%s", on.len ? " AND " : "", k, k);
+		appendStringInfo(&on, "%st.%s %s s.%s", on.len ? " AND " : "", k,
+						 merge_eq_operator(input, lfirst(lc)), k);
 		appendStringInfo(&nullcheck, " WHEN %s IS NULL THEN sluice._null_key(%s)", k,
 						 quote_literal_cstr(lfirst(lc)));
 	}
@@ -65,7 +102,21 @@ merge_statement(Pipeline *p, Oid input, List *keys, bool ignore, bool some_rows)
 			continue;
 		only_keys = false;
 		appendStringInfo(&tcols, "%st.%s", tcols.len ? ", " : "", c);
-		appendStringInfo(&scols, "%ss.%s", scols.len ? ", " : "", c);
+		{
+			AttrNumber	att = get_attnum(p->target, lfirst(lc));
+			Oid			typid;
+			int32		typmod;
+			Oid			coll;
+
+			if (att == InvalidAttrNumber)
+				ereport(ERROR,
+						(errcode(ERRCODE_UNDEFINED_COLUMN),
+						 errmsg("column \"%s\" of the merge sink does not exist in table %s",
+								(char *) lfirst(lc), sink_relation_name(p->target))));
+			get_atttypetypmodcoll(p->target, att, &typid, &typmod, &coll);
+			appendStringInfo(&scols, "%ss.%s::%s", scols.len ? ", " : "", c,
+							 format_type_extended(typid, typmod, FORMAT_TYPE_TYPEMOD_GIVEN | FORMAT_TYPE_FORCE_QUALIFY));
+		}
 		appendStringInfo(&set, "%s%s = s.%s", set.len ? ", " : "", c, c);
 	}
 
@@ -78,7 +129,8 @@ merge_statement(Pipeline *p, Oid input, List *keys, bool ignore, bool some_rows)
 	if (ignore || only_keys)
 		appendStringInfoString(&sql, " WHEN MATCHED THEN DO NOTHING");
 	else
-		appendStringInfo(&sql, " WHEN MATCHED AND (%s) IS DISTINCT FROM (%s) THEN UPDATE SET %s",
+		appendStringInfo(&sql, " WHEN MATCHED AND ROW(%s, NULL)::text OPERATOR(pg_catalog.<>) ROW(%s, NULL)::text"
+						 " THEN UPDATE SET %s",
 						 tcols.data, scols.data, set.data);
 	appendStringInfo(&sql, " WHEN NOT MATCHED THEN INSERT (%s) VALUES (%s)",
 					 cols, sink_column_list(input, "s."));
