@@ -83,6 +83,33 @@ RESET ROLE;
 -- is mark_sink's own (its EXECUTE format(...) resolves through her path)
 SELECT who, what, count(*) FROM public.sprung GROUP BY who, what ORDER BY 1, 2;
 
+-- commands that would lock the catalog before checking who owns it are
+-- refused before they lock: queued behind any reader's lock, they would
+-- stall every pipeline
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS dblink;
+RESET client_min_messages;
+CREATE FUNCTION planted_conninfo(role text) RETURNS text LANGUAGE sql
+SET search_path = pg_catalog AS $$
+    SELECT 'dbname=' || current_database() || ' user=' || role || ' port=' || current_setting('port')
+           || CASE WHEN current_setting('unix_socket_directories') = '' THEN ' host=localhost'
+                   ELSE ' host=' || split_part(current_setting('unix_socket_directories'), ',', 1) END
+$$;
+SELECT dblink_connect('reader', planted_conninfo('regress_sluice_planter'));
+SELECT dblink_exec('reader', 'BEGIN');
+SELECT dblink_exec('reader', 'LOCK TABLE sluice.pipeline, sluice.batch IN ACCESS SHARE MODE');
+SET ROLE regress_sluice_planter;
+SET lock_timeout = '3s';
+CREATE RULE stall AS ON UPDATE TO sluice.pipeline DO INSTEAD NOTHING;
+CREATE TRIGGER stall BEFORE INSERT ON sluice.batch FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger();
+COMMENT ON TABLE sluice.pipeline IS 'stall';
+CREATE TABLE public.stall () INHERITS (sluice.pipeline);
+RESET lock_timeout;
+RESET ROLE;
+SELECT dblink_exec('reader', 'COMMIT');
+SELECT dblink_disconnect('reader');
+DROP FUNCTION planted_conninfo(text);
+
 SET client_min_messages = warning;
 SELECT sluice.drop_pipeline(name) FROM unnest('{mark_merge,mark_tx,mark_fn}'::text[]) AS name;
 DROP SCHEMA regress_mark CASCADE;

@@ -14,6 +14,7 @@
 #include "postgres.h"
 
 #include "catalog/namespace.h"
+#include "catalog/objectaddress.h"
 #include "catalog/pg_type.h"
 #include "commands/event_trigger.h"
 #include "commands/dbcommands.h"
@@ -25,6 +26,7 @@
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "nodes/makefuncs.h"
 #include "utils/lsyscache.h"
 
 #include "sluice.h"
@@ -101,6 +103,75 @@ role_array(List *roles)
 	return PointerGetDatum(construct_array(elems, n, OIDOID, sizeof(Oid), true, TYPALIGN_INT));
 }
 
+/*
+ * Some commands lock a table before they check that the caller owns it
+ * (CREATE RULE, CREATE TRIGGER, COMMENT, SECURITY LABEL, ALTER TABLE's
+ * ATTACH PARTITION, CREATE TABLE ... INHERITS / PARTITION OF).  Aimed at the
+ * catalog by a role that does not own it, such a command would queue a
+ * strong lock behind any reader's and stall every pipeline.  Refuse it
+ * before it locks anything.
+ */
+static void
+guard_catalog_relation(RangeVar *rv)
+{
+	Oid			nsp = get_namespace_oid("sluice", true);
+	Oid			relid;
+
+	if (rv == NULL || !OidIsValid(nsp))
+		return;
+	relid = RangeVarGetRelid(rv, NoLock, true);
+	if (OidIsValid(relid) && get_rel_namespace(relid) == nsp && !pg_class_ownercheck(relid, GetUserId()))
+		aclcheck_error(ACLCHECK_NOT_OWNER, get_relkind_objtype(get_rel_relkind(relid)), get_rel_name(relid));
+}
+
+static void
+guard_catalog(Node *stmt)
+{
+	ListCell   *lc;
+
+	switch (nodeTag(stmt))
+	{
+		case T_RuleStmt:
+			guard_catalog_relation(((RuleStmt *) stmt)->relation);
+			break;
+		case T_CreateTrigStmt:
+			guard_catalog_relation(((CreateTrigStmt *) stmt)->relation);
+			break;
+		case T_AlterTableStmt:
+			guard_catalog_relation(((AlterTableStmt *) stmt)->relation);
+			foreach(lc, ((AlterTableStmt *) stmt)->cmds)
+			{
+				AlterTableCmd *cmd = lfirst(lc);
+
+				if ((cmd->subtype == AT_AttachPartition || cmd->subtype == AT_DetachPartition) &&
+					cmd->def && IsA(cmd->def, PartitionCmd))
+					guard_catalog_relation(((PartitionCmd *) cmd->def)->name);
+			}
+			break;
+		case T_CreateStmt:
+			foreach(lc, ((CreateStmt *) stmt)->inhRelations)
+				guard_catalog_relation(lfirst(lc));
+			break;
+		case T_CommentStmt:
+		case T_SecLabelStmt:
+			{
+				ObjectType	type = IsA(stmt, CommentStmt) ? ((CommentStmt *) stmt)->objtype
+				: ((SecLabelStmt *) stmt)->objtype;
+				Node	   *object = IsA(stmt, CommentStmt) ? ((CommentStmt *) stmt)->object
+				: ((SecLabelStmt *) stmt)->object;
+
+				if (type == OBJECT_TABLE || type == OBJECT_VIEW || type == OBJECT_SEQUENCE)
+					guard_catalog_relation(makeRangeVarFromNameList(castNode(List, object)));
+				else if (type == OBJECT_COLUMN && list_length(castNode(List, object)) > 1)
+					guard_catalog_relation(makeRangeVarFromNameList(list_truncate(list_copy(castNode(List, object)),
+																				 list_length(castNode(List, object)) - 1)));
+			}
+			break;
+		default:
+			break;
+	}
+}
+
 static void
 sluice_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 					   ProcessUtilityContext context, ParamListInfo params,
@@ -110,6 +181,7 @@ sluice_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnl
 
 	if (IsA(stmt, DropRoleStmt))
 		check_drop_role((DropRoleStmt *) stmt);
+	guard_catalog(stmt);
 
 	/*
 	 * DROP OWNED drops the pipelines before the tables they write, which
@@ -174,16 +246,28 @@ sluice_on_drop(PG_FUNCTION_ARGS)
 		PG_RETURN_VOID();
 
 	SPI_connect();
-	if (catalog_exec("SELECT p.name, d.object_identity FROM pg_catalog.pg_event_trigger_dropped_objects() AS d,"
+	if (catalog_exec("SELECT p.name, d.object_identity, p.owner::oid FROM pg_catalog.pg_event_trigger_dropped_objects() AS d,"
 					 "  sluice.pipeline AS p"
 					 " WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objsubid = 0"
 					 "   AND d.objid IN (p.target, p.late_rows, p.state_table) LIMIT 1",
 					 0, NULL, NULL, NULL, SPI_OK_SELECT) > 0)
+	{
+		bool		isnull;
+		Oid			owner = DatumGetObjectId(spi_datum(0, 3, &isnull));
+
+		/* another role's pipeline is not named to someone who cannot see it */
+		if (has_privs_of_role(GetUserId(), owner))
+			ereport(ERROR,
+					(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+					 errmsg("cannot drop table %s because sluice pipeline \"%s\" writes into it",
+							spi_text(0, 2), spi_text(0, 1)),
+					 errhint("Drop the pipeline first with sluice.drop_pipeline().")));
 		ereport(ERROR,
 				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
-				 errmsg("cannot drop table %s because sluice pipeline \"%s\" writes into it",
-						spi_text(0, 2), spi_text(0, 1)),
-				 errhint("Drop the pipeline first with sluice.drop_pipeline().")));
+				 errmsg("cannot drop table %s because a sluice pipeline of role %s writes into it",
+						spi_text(0, 2), quote_identifier(GetUserNameFromId(owner, false))),
+				 errhint("Revoke that role's privileges on the table, and have it or a superuser drop the pipeline.")));
+	}
 	SPI_finish();
 	PG_RETURN_VOID();
 }
