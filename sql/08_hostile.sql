@@ -69,12 +69,7 @@ $$;
 GRANT EXECUTE ON FUNCTION attempt(text) TO PUBLIC;
 
 -- libpq connection string for a second session of this database as a role
-CREATE FUNCTION conninfo(role text) RETURNS text LANGUAGE sql
-SET search_path = pg_catalog AS $$
-    SELECT 'dbname=' || current_database() || ' user=' || role || ' port=' || current_setting('port')
-           || CASE WHEN current_setting('unix_socket_directories') = '' THEN ' host=localhost'
-                   ELSE ' host=' || split_part(current_setting('unix_socket_directories'), ',', 1) END
-$$;
+\i test/regress/conninfo.sql
 
 CREATE ROLE regress_sluice_victim LOGIN;
 CREATE ROLE regress_sluice_hostile LOGIN;

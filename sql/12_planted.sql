@@ -89,13 +89,8 @@ SELECT who, what, count(*) FROM public.sprung GROUP BY who, what ORDER BY 1, 2;
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS dblink;
 RESET client_min_messages;
-CREATE FUNCTION planted_conninfo(role text) RETURNS text LANGUAGE sql
-SET search_path = pg_catalog AS $$
-    SELECT 'dbname=' || current_database() || ' user=' || role || ' port=' || current_setting('port')
-           || CASE WHEN current_setting('unix_socket_directories') = '' THEN ' host=localhost'
-                   ELSE ' host=' || split_part(current_setting('unix_socket_directories'), ',', 1) END
-$$;
-SELECT dblink_connect('reader', planted_conninfo('regress_sluice_planter'));
+\i test/regress/conninfo.sql
+SELECT dblink_connect('reader', conninfo('regress_sluice_planter'));
 SELECT dblink_exec('reader', 'BEGIN');
 SELECT dblink_exec('reader', 'LOCK TABLE sluice.pipeline, sluice.batch IN ACCESS SHARE MODE');
 SET ROLE regress_sluice_planter;
@@ -108,7 +103,7 @@ RESET lock_timeout;
 RESET ROLE;
 SELECT dblink_exec('reader', 'COMMIT');
 SELECT dblink_disconnect('reader');
-DROP FUNCTION planted_conninfo(text);
+DROP FUNCTION conninfo(text);
 
 SET client_min_messages = warning;
 SELECT sluice.drop_pipeline(name) FROM unnest('{mark_merge,mark_tx,mark_fn}'::text[]) AS name;

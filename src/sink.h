@@ -14,7 +14,6 @@
  *				transform's result) with statements built here, in C, from
  *				the catalog; with rj, set aside the rows the target refuses.
  *				Returns the rows written, or -1 when the sink cannot tell.
- *	describe	the sink in a few words, for messages and monitoring
  */
 #ifndef SLUICE_SINK_H
 #define SLUICE_SINK_H
@@ -26,7 +25,6 @@ typedef struct SinkRoutine
 	const char *type;
 	bool		direct;
 	int64		(*write) (Pipeline *p, Batch *b, Oid input, Oid stage, Rejects *rj);
-	char	   *(*describe) (Pipeline *p);
 } SinkRoutine;
 
 extern const SinkRoutine *sink_routine(const char *type);

@@ -83,15 +83,8 @@ append_write(Pipeline *p, Batch *b, Oid input, Oid stage, Rejects *rj)
 	return (int64) SPI_processed;
 }
 
-static char *
-append_describe(Pipeline *p)
-{
-	return psprintf("append into %s", sink_relation_name(p->target));
-}
-
 const SinkRoutine append_sink_routine = {
 	.type = "append",
 	.direct = true,
 	.write = append_write,
-	.describe = append_describe,
 };

@@ -52,15 +52,8 @@ function_write(Pipeline *p, Batch *b, Oid input, Oid stage, Rejects *rj)
 	return -1;					/* what it wrote is its own business */
 }
 
-static char *
-function_describe(Pipeline *p)
-{
-	return psprintf("function %s", jsonb_get_text(p->sink, "function"));
-}
-
 const SinkRoutine function_sink_routine = {
 	.type = "function",
 	.direct = false,
 	.write = function_write,
-	.describe = function_describe,
 };

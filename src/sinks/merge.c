@@ -47,6 +47,24 @@ merge_eq_operator(Oid input, const char *column)
 	return result;
 }
 
+/* The type of a column of the target, always schema-qualified. */
+static char *
+merge_target_type(Oid target, const char *column)
+{
+	AttrNumber	att = get_attnum(target, column);
+	Oid			typid;
+	int32		typmod;
+	Oid			coll;
+
+	if (att == InvalidAttrNumber)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_COLUMN),
+				 errmsg("column \"%s\" of the merge sink does not exist in table %s",
+						column, sink_relation_name(target))));
+	get_atttypetypmodcoll(target, att, &typid, &typmod, &coll);
+	return format_type_extended(typid, typmod, FORMAT_TYPE_TYPEMOD_GIVEN | FORMAT_TYPE_FORCE_QUALIFY);
+}
+
 /*
  * The MERGE of the rows of input (all, or those whose ctid is in $2).  No
  * name in it is looked up through the owner's search_path: tables are
@@ -102,21 +120,8 @@ merge_statement(Pipeline *p, Oid input, List *keys, bool ignore, bool some_rows)
 			continue;
 		only_keys = false;
 		appendStringInfo(&tcols, "%st.%s", tcols.len ? ", " : "", c);
-		{
-			AttrNumber	att = get_attnum(p->target, lfirst(lc));
-			Oid			typid;
-			int32		typmod;
-			Oid			coll;
-
-			if (att == InvalidAttrNumber)
-				ereport(ERROR,
-						(errcode(ERRCODE_UNDEFINED_COLUMN),
-						 errmsg("column \"%s\" of the merge sink does not exist in table %s",
-								(char *) lfirst(lc), sink_relation_name(p->target))));
-			get_atttypetypmodcoll(p->target, att, &typid, &typmod, &coll);
-			appendStringInfo(&scols, "%ss.%s::%s", scols.len ? ", " : "", c,
-							 format_type_extended(typid, typmod, FORMAT_TYPE_TYPEMOD_GIVEN | FORMAT_TYPE_FORCE_QUALIFY));
-		}
+		appendStringInfo(&scols, "%ss.%s::%s", scols.len ? ", " : "", c,
+						 merge_target_type(p->target, lfirst(lc)));
 		appendStringInfo(&set, "%s%s = s.%s", set.len ? ", " : "", c, c);
 	}
 
@@ -155,15 +160,8 @@ merge_write(Pipeline *p, Batch *b, Oid input, Oid stage, Rejects *rj)
 	return (int64) SPI_processed;
 }
 
-static char *
-merge_describe(Pipeline *p)
-{
-	return psprintf("merge into %s", sink_relation_name(p->target));
-}
-
 const SinkRoutine merge_sink_routine = {
 	.type = "merge",
 	.direct = false,
 	.write = merge_write,
-	.describe = merge_describe,
 };

@@ -68,15 +68,8 @@ window_write(Pipeline *p, Batch *b, Oid input, Oid stage, Rejects *rj)
 	return written;
 }
 
-static char *
-window_describe(Pipeline *p)
-{
-	return psprintf("windows into %s", sink_relation_name(p->target));
-}
-
 const SinkRoutine window_sink_routine = {
 	.type = "window",
 	.direct = false,
 	.write = window_write,
-	.describe = window_describe,
 };
