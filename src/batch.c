@@ -223,7 +223,7 @@ batch_check_catalog(PipelineRun *run)
 static void
 source_open(PipelineRun *run, Pipeline *p)
 {
-	run->source_state = p->source_routine->open(p, run->run_cxt);
+	run->source_state = p->source_routine->open(p, run->run_cxt, !run->available_now);
 	run->after_commit = p->source_routine->after_commit;
 }
 

@@ -9,7 +9,9 @@
  *
  *	open		once per worker: the source's state from its catalog options,
  *				allocated in the worker's long-lived memory (cxt), which
- *				lives until the worker exits
+ *				lives until the worker exits; "waits" tells that the worker
+ *				waits for new data until stopped, so the source may set up a
+ *				way to hear of it (not for run_once, which drains and exits)
  *	plan		in the plan transaction, under the pipeline's plan lock: claim
  *				the next slice for batch_id within the source's limits and
  *				record it (write-ahead), as the extension's owner; returns
@@ -34,7 +36,7 @@
 typedef struct SourceRoutine
 {
 	const char *type;
-	void	   *(*open) (Pipeline *p, MemoryContext cxt);
+	void	   *(*open) (Pipeline *p, MemoryContext cxt, bool waits);
 	int64		(*plan) (void *state, Pipeline *p, int64 batch_id, int64 *backlog);
 	void		(*read) (void *state, Pipeline *p, Batch *b, Oid into, Rejects *rj);
 	void		(*commit) (void *state, Pipeline *p, Batch *b);
