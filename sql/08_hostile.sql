@@ -262,8 +262,9 @@ SELECT t AS "table", k AS statement, attempt(s) AS result
                        (4, 'truncate', 'TRUNCATE sluice.' || t),
                        (5, 'truncate cascade', 'TRUNCATE sluice.' || t || ' CASCADE'),
                        (6, 'merge', 'MERGE INTO sluice.' || t || ' x USING (SELECT 1) s ON false WHEN NOT MATCHED THEN INSERT DEFAULT VALUES'),
-                       (7, 'copy from', 'COPY sluice.' || t || ' FROM ' || quote_literal(:'append' || '/1.csv')),
-                       (8, 'copy from program', 'COPY sluice.' || t || ' FROM PROGRAM ''true''')) AS st(kn, k, s)
+                       (7, 'merge do nothing', 'MERGE INTO sluice.' || t || ' x USING (SELECT 1) s ON false WHEN NOT MATCHED THEN DO NOTHING'),
+                       (8, 'copy from', 'COPY sluice.' || t || ' FROM ' || quote_literal(:'append' || '/1.csv')),
+                       (9, 'copy from program', 'COPY sluice.' || t || ' FROM PROGRAM ''true''')) AS st(kn, k, s)
  ORDER BY tn, kn;
 -- the sequences (which she may read, for pg_dump)
 SELECT s AS sequence, f AS call, attempt(s2) AS result
@@ -397,6 +398,14 @@ SELECT pid AS victim_run_pid FROM sluice._workers() WHERE pipeline_id = :victim_
 SET ROLE regress_sluice_hostile;
 SELECT pg_terminate_backend(:victim_run_pid);
 SELECT pg_cancel_backend(:victim_run_pid);
+-- nor its live values: the worker and backlog of a pipeline she cannot see
+SELECT count(*) AS workers_seen, sluice._backlog(:victim_run_id) AS victim_backlog FROM sluice._workers();
+RESET ROLE;
+SELECT count(*) FILTER (WHERE pipeline_id = :victim_run_id) AS superuser_sees_worker,
+       sluice._backlog(:victim_run_id) IS NOT NULL AS superuser_sees_backlog FROM sluice._workers();
+SET ROLE pg_read_all_stats;
+SELECT count(*) FILTER (WHERE pipeline_id = :victim_run_id) AS stats_reader_sees_worker,
+       sluice._backlog(:victim_run_id) IS NOT NULL AS stats_reader_sees_backlog FROM sluice._workers();
 RESET ROLE;
 SELECT victim_files(1, :'dir');
 \! mv "$SLUICE_TEST_DIR"/hostile/stage/*.csv "$SLUICE_TEST_DIR"/hostile/run/

@@ -226,24 +226,39 @@ sluice_wake(PG_FUNCTION_ARGS)
 }
 
 /*
+ * Whether the caller may see a pipeline's live values: as pg_stat_activity
+ * shows a session's, to its role's members and to pg_read_all_stats.
+ */
+static bool
+may_see_pipeline(Oid owner)
+{
+	return has_privs_of_role(GetUserId(), owner) ||
+		has_privs_of_role(GetUserId(), ROLE_PG_READ_ALL_STATS);
+}
+
+/*
  * sluice._workers() returns setof (pipeline_id int, pid int, batches bigint,
- *		current_batch bigint)
+ *		current_batch bigint), of the pipelines the caller may see
  */
 PG_FUNCTION_INFO_V1(sluice_workers);
 Datum
 sluice_workers(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	SluiceSlot *slots = palloc(sizeof(SluiceSlot) * sluice_max_workers);
 
 	InitMaterializedSRF(fcinfo, 0);
+	/* a copy, so that no catalog lookup happens under the lock */
 	LWLockAcquire(sluice_shared->lock, LW_SHARED);
+	memcpy(slots, sluice_shared->slots, sizeof(SluiceSlot) * sluice_max_workers);
+	LWLockRelease(sluice_shared->lock);
 	for (int i = 0; i < sluice_max_workers; i++)
 	{
-		SluiceSlot *slot = &sluice_shared->slots[i];
+		SluiceSlot *slot = &slots[i];
 		Datum		values[5];
 		bool		nulls[5] = {false, false, false, false, true};	/* 0.1 had a fifth column */
 
-		if (slot->pipeline_id == 0 || slot->worker_pid == 0)
+		if (slot->pipeline_id == 0 || slot->worker_pid == 0 || !may_see_pipeline(slot->owner))
 			continue;
 		values[0] = Int32GetDatum(slot->pipeline_id);
 		values[1] = Int32GetDatum(slot->worker_pid);
@@ -252,7 +267,6 @@ sluice_workers(PG_FUNCTION_ARGS)
 		nulls[3] = slot->current_batch == 0;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
-	LWLockRelease(sluice_shared->lock);
 	return (Datum) 0;
 }
 
@@ -260,15 +274,17 @@ sluice_workers(PG_FUNCTION_ARGS)
  * sluice._backlog(pipeline_id int) returns bigint
  *
  * What the pipeline's source had left to read at its last plan, from
- * shared memory; NULL when no worker looked since the server started.
+ * shared memory; NULL when no worker looked since the server started, or
+ * when the caller may not see the pipeline.
  */
 PG_FUNCTION_INFO_V1(sluice_backlog);
 Datum
 sluice_backlog(PG_FUNCTION_ARGS)
 {
 	int64		backlog;
+	Oid			owner;
 
-	if (!stats_get_backlog(PG_GETARG_INT32(0), &backlog))
+	if (!stats_get_backlog(PG_GETARG_INT32(0), &backlog, &owner) || !may_see_pipeline(owner))
 		PG_RETURN_NULL();
 	PG_RETURN_INT64(backlog);
 }
@@ -345,7 +361,7 @@ sluice_run_once(PG_FUNCTION_ARGS)
 	 */
 	for (int waited = 0;; waited += 100)
 	{
-		slotno = slot_reserve(id, MyProcPid, &generation);
+		slotno = slot_reserve(id, owner, MyProcPid, &generation);
 		if (slotno >= 0)
 			break;
 		if (!slot_pipeline_busy(id))

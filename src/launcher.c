@@ -314,7 +314,7 @@ launcher_reconcile(void)
 			continue;
 		}
 
-		slotno = slot_reserve(p->id, 0, &generation);
+		slotno = slot_reserve(p->id, p->owner, 0, &generation);
 		if (slotno < 0)
 		{
 			/* held by a run_once() call, or all slots are taken: say so once */

@@ -10,6 +10,11 @@
  * launcher keeps in shared memory, to which create_pipeline() adds its
  * owner at once.  DROP OWNED BY and REASSIGN OWNED BY in that database drop
  * or hand over the role's pipelines, as they do its tables.
+ *
+ * The same hooks (and a post_parse_analyze_hook) refuse the commands that
+ * would let a role that does not own the catalog lock it beyond ACCESS
+ * SHARE, and an event trigger keeps the tables pipelines write from being
+ * dropped under them.
  */
 #include "postgres.h"
 
@@ -22,6 +27,8 @@
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
+#include "parser/analyze.h"
+#include "parser/parsetree.h"
 #include "tcop/utility.h"
 #include "utils/acl.h"
 #include "utils/array.h"
@@ -32,6 +39,7 @@
 #include "sluice.h"
 
 static ProcessUtility_hook_type prev_process_utility_hook = NULL;
+static post_parse_analyze_hook_type prev_post_parse_analyze_hook = NULL;
 
 static bool
 in_pipelines_database(void)
@@ -122,6 +130,29 @@ guard_catalog_relation(RangeVar *rv)
 	relid = RangeVarGetRelid(rv, NoLock, true);
 	if (OidIsValid(relid) && get_rel_namespace(relid) == nsp && !pg_class_ownercheck(relid, GetUserId()))
 		aclcheck_error(ACLCHECK_NOT_OWNER, get_relkind_objtype(get_rel_relkind(relid)), get_rel_name(relid));
+}
+
+/*
+ * A MERGE whose only action is DO NOTHING needs no privilege on its target,
+ * yet takes ROW EXCLUSIVE on it until the transaction ends.  Aimed at the
+ * catalog by a role that does not own it, refuse it: the error releases the
+ * lock its parse analysis took.
+ */
+static void
+sluice_post_parse_analyze(ParseState *pstate, Query *query, JumbleState *jstate)
+{
+	if (prev_post_parse_analyze_hook)
+		prev_post_parse_analyze_hook(pstate, query, jstate);
+	if (query->commandType == CMD_MERGE && query->resultRelation > 0)
+	{
+		Oid			relid = rt_fetch(query->resultRelation, query->rtable)->relid;
+		Oid			nsp = get_namespace_oid("sluice", true);
+
+		if (OidIsValid(nsp) && get_rel_namespace(relid) == nsp &&
+			!pg_class_ownercheck(relid, GetUserId()))
+			aclcheck_error(ACLCHECK_NO_PRIV, get_relkind_objtype(get_rel_relkind(relid)),
+						   get_rel_name(relid));
+	}
 }
 
 static void
@@ -225,6 +256,8 @@ roles_install_hook(void)
 {
 	prev_process_utility_hook = ProcessUtility_hook;
 	ProcessUtility_hook = sluice_process_utility;
+	prev_post_parse_analyze_hook = post_parse_analyze_hook;
+	post_parse_analyze_hook = sluice_post_parse_analyze;
 }
 
 /*

@@ -28,7 +28,7 @@ static bool xact_callback_registered = false;
  * caller tells which by slot_pipeline_busy().
  */
 int
-slot_reserve(int32 pipeline_id, pid_t waiter, uint64 *generation)
+slot_reserve(int32 pipeline_id, Oid owner, pid_t waiter, uint64 *generation)
 {
 	int			found = -1;
 
@@ -51,6 +51,7 @@ slot_reserve(int32 pipeline_id, pid_t waiter, uint64 *generation)
 
 		memset(slot, 0, sizeof(SluiceSlot));
 		slot->pipeline_id = pipeline_id;
+		slot->owner = owner;
 		slot->waiter_pid = waiter;
 		/* unique enough: pid in the high bits, a local counter below */
 		slot->generation = ((uint64) MyProcPid << 32) | ++next_generation;
@@ -102,8 +103,9 @@ slot_pipeline_busy(int32 pipeline_id)
 }
 
 /*
- * Remember a pipeline's backlog.  When the table is full, the pipeline
- * looked at longest ago makes room.
+ * Remember a pipeline's backlog, as its worker (connected as the owner)
+ * saw it.  When the table is full, the pipeline looked at longest ago makes
+ * room.
  */
 void
 stats_set_backlog(int32 pipeline_id, int64 backlog)
@@ -125,13 +127,14 @@ stats_set_backlog(int32 pipeline_id, int64 backlog)
 			entry = s;
 	}
 	entry->pipeline_id = pipeline_id;
+	entry->owner = GetSessionUserId();
 	entry->backlog = backlog;
 	entry->updated_at = GetCurrentTimestamp();
 	LWLockRelease(sluice_shared->lock);
 }
 
 bool
-stats_get_backlog(int32 pipeline_id, int64 *backlog)
+stats_get_backlog(int32 pipeline_id, int64 *backlog, Oid *owner)
 {
 	bool		found = false;
 
@@ -140,6 +143,7 @@ stats_get_backlog(int32 pipeline_id, int64 *backlog)
 		if (sluice_shared->stats[i].pipeline_id == pipeline_id)
 		{
 			*backlog = sluice_shared->stats[i].backlog;
+			*owner = sluice_shared->stats[i].owner;
 			found = true;
 		}
 	LWLockRelease(sluice_shared->lock);

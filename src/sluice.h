@@ -36,6 +36,7 @@ extern char *sluice_crash_at;
 typedef struct SluiceSlot
 {
 	int32		pipeline_id;	/* 0 when the slot is free */
+	Oid			owner;			/* the pipeline's owner, as the worker connects */
 	uint64		generation;		/* changes on every reservation */
 	pid_t		worker_pid;		/* 0 until the worker attached, and after */
 	pid_t		waiter_pid;		/* run_once caller, 0 if none */
@@ -61,6 +62,7 @@ typedef struct SluiceSlot
 typedef struct SluicePipelineStats
 {
 	int32		pipeline_id;	/* 0 when unused */
+	Oid			owner;			/* who may see it (and pg_read_all_stats) */
 	int64		backlog;
 	TimestampTz updated_at;
 } SluicePipelineStats;
@@ -95,12 +97,12 @@ typedef struct SluiceWorkerArgs
 
 /* shmem.c */
 extern void sluice_shmem_init(void);
-extern int	slot_reserve(int32 pipeline_id, pid_t waiter, uint64 *generation);
+extern int	slot_reserve(int32 pipeline_id, Oid owner, pid_t waiter, uint64 *generation);
 extern void slot_release(int slotno, uint64 generation);
 extern bool slot_pipeline_busy(int32 pipeline_id);
 extern bool slot_never_connected(int slotno, uint64 generation);
 extern void stats_set_backlog(int32 pipeline_id, int64 backlog);
-extern bool stats_get_backlog(int32 pipeline_id, int64 *backlog);
+extern bool stats_get_backlog(int32 pipeline_id, int64 *backlog, Oid *owner);
 extern void owners_set(List *owners);
 extern void owners_add(Oid owner);
 extern bool owners_contains(Oid owner);
