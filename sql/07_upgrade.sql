@@ -91,7 +91,17 @@ CREATE ROLE regress_sluice_squatter;
 CREATE SCHEMA sluice AUTHORIZATION regress_sluice_squatter;
 CREATE EXTENSION sluice;
 SELECT count(*) AS extensions FROM pg_extension WHERE extname = 'sluice';
-DROP SCHEMA sluice;
+-- 0.1 did adopt it; the update to 0.2 refuses it, and leaves 0.1 as it was
+CREATE EXTENSION sluice VERSION '0.1';
+ALTER EXTENSION sluice UPDATE TO '0.2';
+SELECT e.extversion, n.nspowner::regrole AS schema_owner
+  FROM pg_extension e, pg_namespace n WHERE e.extname = 'sluice' AND n.nspname = 'sluice';
+-- as the hint says: once the schema is the extension owner's, the update goes through
+ALTER SCHEMA sluice OWNER TO CURRENT_USER;
+ALTER EXTENSION sluice UPDATE TO '0.2';
+SELECT extversion, extnamespace::regnamespace FROM pg_extension WHERE extname = 'sluice';
+DROP EXTENSION sluice;
+SELECT count(*) AS sluice_schemas FROM pg_namespace WHERE nspname = 'sluice';
 DROP ROLE regress_sluice_squatter;
 
 \c contrib_regression
