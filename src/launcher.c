@@ -297,7 +297,7 @@ launcher_reconcile(void)
 							psprintf("the worker of pipeline \"%s\" could not connect", p->name),
 							psprintf("%d workers in a row exited before they connected to the database.",
 									 lw->failed_starts),
-							"The server log says why (the owner's connection limit, max_connections, the database). "
+							"The server log says why (the owner's CONNECT privilege or connection limit, max_connections, the database). "
 							"Fix it, then call sluice.start().");
 			lw->failed_starts = 0;
 			continue;

@@ -6,7 +6,8 @@
 # database and from another one; DROP OWNED BY drops its pipelines, after
 # which DROP ROLE works; REASSIGN OWNED BY hands a running pipeline over and
 # its worker then runs as the new owner.  Crash restarts in the middle
-# change none of it.
+# change none of it.  A pipeline whose workers cannot connect (its owner lost
+# CONNECT) is failed after 5 tries, with the reason in sluice.errors.
 use strict;
 use warnings;
 
@@ -240,6 +241,35 @@ my ($rc) = try_sql('other', 'DROP ROLE heir');
 is($rc, 0, 'heir, who no longer owns a pipeline, can be dropped from the other database');
 drop_refused('other', 'owner1', 'owner of sluice pipelines in database "postgres"', 'after all that, owner1');
 drop_refused('postgres', 'owner1', 'owner of 1 sluice pipeline in database "postgres"', 'after all that, owner1');
+
+# ---------------------------------------------------------------------------
+# 4. A worker that cannot connect (here: its owner lost CONNECT on the
+# database, which the launcher does not check beforehand): after 5 workers
+# in a row exited before they connected, the pipeline is failed, with the
+# reason in sluice.errors, and no more workers start.
+
+$node->safe_psql('postgres', "SET ROLE owner1; SELECT sluice.stop('p1')");
+wait_until($node, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'sluice worker' AND application_name = 'p1'",
+	'0', 'no CONNECT: p1 is stopped first');
+$node->safe_psql('postgres', 'REVOKE CONNECT ON DATABASE postgres FROM PUBLIC');
+$offset = log_size($node);
+$t0 = time();
+$node->safe_psql('postgres', "SET ROLE owner1; SELECT sluice.start('p1')");
+wait_until($node, "SELECT state FROM sluice.pipeline WHERE name = 'p1'", 'failed', 'no CONNECT: p1 is failed');
+$elapsed = time() - $t0;
+cmp_ok($elapsed, '<', 30, sprintf('no CONNECT: within %.1f s (5 tries, 1 s apart)', $elapsed));
+is(log_count($node, qr/permission denied for database "postgres"/, $offset), 5,
+	'no CONNECT: 5 workers tried to connect, and failed');
+is($node->safe_psql('postgres',
+		"SELECT concat_ws(' | ', sqlstate, message, detail) FROM sluice.errors WHERE pipeline = 'p1' ORDER BY time DESC LIMIT 1"),
+	'08006 | the worker of pipeline "p1" could not connect | 5 workers in a row exited before they connected to the database.',
+	'no CONNECT: sluice.errors says why');
+$quiet_from = log_size($node);
+sleep 3;
+is(log_count($node, qr/permission denied for database/, $quiet_from), 0, 'no CONNECT: 3 s later, no worker tried again');
+$node->safe_psql('postgres', 'GRANT CONNECT ON DATABASE postgres TO PUBLIC');
+$node->safe_psql('postgres', "SET ROLE owner1; SELECT sluice.start('p1')");
+wait_until($node, worker_user('p1'), 'owner1', 'CONNECT back: start() runs p1 again');
 
 $node->stop;
 done_testing();
