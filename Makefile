@@ -8,6 +8,7 @@ REGRESS = $(patsubst sql/%.sql,%,$(filter-out sql/$(EXTENSION)--%,$(wildcard sql
 REGRESS_OPTS = --temp-config=./test/sluice.conf --temp-instance=./tmp_check --inputdir=.
 
 PG_CPPFLAGS = -Isrc -DSLUICE_VERSION='"$(EXTVERSION)"'
+SHLIB_LINK = -lrdkafka
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
 
 PG_CONFIG ?= pg_config
@@ -16,6 +17,12 @@ include $(PGXS)
 
 # after PGXS, so that the default goal stays PGXS's: objects follow the headers
 $(OBJS): $(wildcard src/*.h)
+
+# the tests' Kafka cluster (librdkafka's mock cluster, driven on stdin)
+all: test/kafka_mock
+test/kafka_mock: test/kafka_mock.c
+	$(CC) $(CFLAGS) -Wall -Werror -o $@ $< -lrdkafka
+EXTRA_CLEAN = test/kafka_mock
 
 # The tests write their files under $SLUICE_TEST_DIR, a new directory for each
 # run (scripts/test makes it), so that two runs can go on side by side.

@@ -91,3 +91,26 @@ cluster_stop() {
 cluster_psql() {
   as_postgres "$PGBIN/psql" -X -v ON_ERROR_STOP=1 "$@"
 }
+
+# kafka_mock_start DIR [command...]: start the tests' Kafka cluster (test/kafka_mock,
+# librdkafka's mock cluster on loopback) with its files in DIR, run the commands
+# (e.g. "topic bank 4"), each waiting for its answer, and export
+# SLUICE_KAFKA_BROKERS. Stopped at exit.
+kafka_mock_start() {
+  local dir=$1 cmd n=1 i
+  shift
+  mkfifo "$dir/kafka.in"
+  : >"$dir/kafka.out"
+  sleep infinity >"$dir/kafka.in" &   # holds the pipe open between commands
+  at_exit "kill $! 2>/dev/null"
+  "$(dirname "${BASH_SOURCE[0]}")/../test/kafka_mock" -f "$dir/kafka.brokers" <"$dir/kafka.in" >"$dir/kafka.out" 2>&1 &
+  at_exit "kill $! 2>/dev/null"
+  for cmd in "" "$@"; do   # first the "bootstrap ..." line, then each command's answer
+    [[ -z $cmd ]] || { echo "$cmd" >"$dir/kafka.in"; n=$((n + 1)); }
+    for ((i = 0; i < 100 && $(wc -l <"$dir/kafka.out") < n; i++)); do sleep 0.1; done
+    [[ -n $cmd ]] || continue
+    [[ $(tail -n 1 "$dir/kafka.out") == ok* ]] || { echo "kafka_mock: $cmd: $(tail -n 1 "$dir/kafka.out")" >&2; return 1; }
+  done
+  SLUICE_KAFKA_BROKERS=$(cat "$dir/kafka.brokers")
+  export SLUICE_KAFKA_BROKERS
+}

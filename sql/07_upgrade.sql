@@ -60,10 +60,10 @@ $$;
 
 CREATE EXTENSION sluice VERSION '0.1';
 SELECT extversion, extnamespace::regnamespace FROM pg_extension WHERE extname = 'sluice';
--- this library is 0.2's: pipelines wait for the update
+-- this library is the current version's: pipelines wait for the update
 \set SHOW_CONTEXT never
 SELECT sluice.run_once('any');
-ALTER EXTENSION sluice UPDATE TO '0.2';
+ALTER EXTENSION sluice UPDATE;  -- 0.1 -> 0.2 -> 0.3
 SELECT extversion FROM pg_extension WHERE extname = 'sluice';
 CREATE TABLE upgraded AS SELECT * FROM shape();
 

@@ -254,7 +254,7 @@ WITH d AS (DELETE FROM sluice.file RETURNING *) SELECT count(*) FROM d;
 -- lock, which PostgreSQL takes before the privilege check)
 BEGIN;
 SELECT t AS "table", k AS statement, attempt(s) AS result
-  FROM unnest(ARRAY['pipeline', 'batch', 'file', 'error', 'reject']) WITH ORDINALITY AS tt(t, tn),
+  FROM unnest(ARRAY['pipeline', 'batch', 'file', 'error', 'reject', 'kafka_offset']) WITH ORDINALITY AS tt(t, tn),
        LATERAL (VALUES (1, 'insert', 'INSERT INTO sluice.' || t || ' DEFAULT VALUES'),
                        (2, 'update', 'UPDATE sluice.' || t || ' x SET '
                                      || CASE t WHEN 'pipeline' THEN 'state = x.state' ELSE 'pipeline_id = x.pipeline_id' END),
@@ -278,7 +278,7 @@ SELECT s AS sequence, f AS call, attempt(s2) AS result
  ORDER BY sn, fn;
 -- LOCK TABLE in every mode: ACCESS SHARE only (SELECT), all others refused, on tables and views
 SELECT t AS "table", m AS mode, attempt('LOCK TABLE sluice.' || t || ' IN ' || m || ' MODE NOWAIT') AS result
-  FROM unnest(ARRAY['pipeline', 'batch', 'file', 'error', 'reject', 'pipelines', 'errors', 'rejects'])
+  FROM unnest(ARRAY['pipeline', 'batch', 'file', 'error', 'reject', 'kafka_offset', 'pipelines', 'errors', 'rejects'])
            WITH ORDINALITY AS tt(t, tn),
        unnest(ARRAY['ACCESS SHARE', 'ROW SHARE', 'ROW EXCLUSIVE', 'SHARE UPDATE EXCLUSIVE', 'SHARE',
                     'SHARE ROW EXCLUSIVE', 'EXCLUSIVE', 'ACCESS EXCLUSIVE']) WITH ORDINALITY AS mm(m, mn)
@@ -286,7 +286,7 @@ SELECT t AS "table", m AS mode, attempt('LOCK TABLE sluice.' || t || ' IN ' || m
 SELECT attempt('LOCK TABLE sluice.pipeline, sluice.batch, sluice.file') AS default_mode;
 -- row locks take UPDATE privilege
 SELECT t AS "table", l AS "lock", attempt('SELECT 1 FROM sluice.' || t || ' FOR ' || l) AS result
-  FROM unnest(ARRAY['pipeline', 'batch', 'file', 'error', 'reject', 'pipelines', 'errors', 'rejects'])
+  FROM unnest(ARRAY['pipeline', 'batch', 'file', 'error', 'reject', 'kafka_offset', 'pipelines', 'errors', 'rejects'])
            WITH ORDINALITY AS tt(t, tn),
        unnest(ARRAY['UPDATE', 'NO KEY UPDATE', 'SHARE', 'KEY SHARE']) WITH ORDINALITY AS ll(l, ln)
  ORDER BY tn, ln;
@@ -340,7 +340,7 @@ SELECT count(*) AS forged FROM sluice.pipeline WHERE name LIKE 'forged%' OR name
 SET ROLE regress_sluice_reader;
 SELECT t AS "table", attempt('COPY sluice.' || t || ' FROM ' || quote_literal(:'append' || '/1.csv')) AS copy_from,
        attempt('INSERT INTO sluice.' || t || ' SELECT * FROM sluice.' || t) AS insert_select
-  FROM unnest(ARRAY['pipeline', 'batch', 'file', 'error', 'reject']) WITH ORDINALITY AS tt(t, tn)
+  FROM unnest(ARRAY['pipeline', 'batch', 'file', 'error', 'reject', 'kafka_offset']) WITH ORDINALITY AS tt(t, tn)
  ORDER BY tn;
 RESET ROLE;
 SELECT * FROM victim_changes();

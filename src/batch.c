@@ -195,7 +195,7 @@ pipeline_load(int32 id)
  * tried again later.
  */
 static void
-batch_check_catalog(PipelineRun *run)
+batch_check_catalog(PipelineRun *run, Pipeline *p)
 {
 	Datum		value = Int32GetDatum(run->id);
 
@@ -210,11 +210,12 @@ batch_check_catalog(PipelineRun *run)
 				 "  LATERAL (SELECT count(*) AS files FROM sluice.file WHERE pipeline_id = p.id AND committed) AS f"
 				 " WHERE p.id = $1",
 				 1, (Oid[]) {INT4OID}, &value, NULL, SPI_OK_SELECT);
-	if (SPI_processed == 1 && strcmp(spi_text(0, 1), "t") == 0)
+	if ((SPI_processed == 1 && strcmp(spi_text(0, 1), "t") == 0) ||
+		(p->source_routine->offsets_missing && p->source_routine->offsets_missing(run->id)))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_IN_USE),
 				 errmsg("the catalog of pipeline \"%s\" is not whole yet", run->name),
-				 errdetail("Its committed batches, their files or its state table's unique index are missing, as while pg_restore loads a dump."),
+				 errdetail("Its committed batches, their files or offsets, or its state table's unique index are missing, as while pg_restore loads a dump."),
 				 errhint("The batch is tried again later.")));
 	run->catalog_whole = true;
 }
@@ -234,12 +235,13 @@ source_open(PipelineRun *run, Pipeline *p)
 static int64
 batch_plan(PipelineRun *run, int *attempts)
 {
-	Oid			types[2] = {INT4OID, INT8OID};
-	Datum		values[2];
+	Oid			types[3] = {INT4OID, INT8OID, JSONBOID};
+	Datum		values[3];
 	Pipeline   *p;
 	int64		batch_id;
 	int64		backlog = 0;
 	int64		claimed;
+	Jsonb	   *slice = NULL;
 
 	values[0] = Int32GetDatum(run->id);
 
@@ -251,7 +253,7 @@ batch_plan(PipelineRun *run, int *attempts)
 		return -1;
 	run->trigger_ms = p->trigger_ms;
 	run->isolate_rows = p->isolate_rows;
-	batch_check_catalog(run);
+	batch_check_catalog(run, p);
 
 	/* a planned batch comes first: replay it, same id, same slice */
 	if (catalog_exec("UPDATE sluice.batch b SET attempts = attempts + 1 FROM ("
@@ -280,7 +282,7 @@ batch_plan(PipelineRun *run, int *attempts)
 				 1, types, values, NULL, SPI_OK_SELECT);
 	batch_id = spi_int64(0, 1);
 
-	claimed = p->source_routine->plan(run->source_state, p, batch_id, &backlog);
+	claimed = p->source_routine->plan(run->source_state, p, batch_id, &backlog, &slice);
 
 	stats_set_backlog(run->id, backlog);
 	run->backlog = backlog - claimed;	/* once this batch commits */
@@ -289,9 +291,10 @@ batch_plan(PipelineRun *run, int *attempts)
 		return 0;
 
 	values[1] = Int64GetDatum(batch_id);
-	catalog_exec("INSERT INTO sluice.batch (pipeline_id, batch_id, status, attempts, planned_at)"
-				 " VALUES ($1, $2, 'planned', 1, now())",
-				 2, types, values, NULL, SPI_OK_INSERT);
+	values[2] = slice ? JsonbPGetDatum(slice) : (Datum) 0;
+	catalog_exec("INSERT INTO sluice.batch (pipeline_id, batch_id, status, attempts, planned_at, slice)"
+				 " VALUES ($1, $2, 'planned', 1, now(), $3)",
+				 3, types, values, slice ? NULL : "  n", SPI_OK_INSERT);
 	*attempts = 1;
 	return batch_id;
 }
@@ -531,7 +534,8 @@ is_transient(int sqlerrcode)
 	return sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE ||
 		sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED ||
 		sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
-		sqlerrcode == ERRCODE_OBJECT_IN_USE;
+		sqlerrcode == ERRCODE_OBJECT_IN_USE ||
+		sqlerrcode == ERRCODE_CONNECTION_FAILURE;	/* a stream's brokers out of reach */
 }
 
 /*

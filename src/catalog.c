@@ -214,6 +214,14 @@ jsonb_get_int64(Jsonb *j, const char *key, int64 missing)
 	return s ? pg_strtoint64(s) : missing;
 }
 
+bool
+jsonb_get_bool(Jsonb *j, const char *key, bool missing)
+{
+	char	   *s = jsonb_get_text(j, key);
+
+	return s ? strcmp(s, "true") == 0 : missing;
+}
+
 /* Text elements of an array-valued key, as a List of C strings. */
 List *
 jsonb_get_text_list(Jsonb *j, const char *key)

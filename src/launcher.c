@@ -39,6 +39,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "source.h"
 #include "sluice.h"
 
 typedef struct LaunchedWorker
@@ -157,9 +158,7 @@ launcher_running_pipelines(void)
 		if (SPI_execute("SELECT p.id, p.owner, p.trigger = 'available_now',"
 						"  CASE WHEN r.oid IS NULL THEN 'its owner no longer exists'"
 						"       WHEN NOT r.rolcanlogin THEN format('Role %I cannot log in.', r.rolname)"
-						"       WHEN NOT pg_has_role(r.oid, 'pg_read_server_files', 'USAGE')"
-						"       THEN format('Role %I no longer has the privileges of pg_read_server_files.', r.rolname)"
-						"  END, p.name, r.rolname"
+						"  END, p.name, r.rolname, p.source->>'type'"
 						" FROM sluice.pipeline p LEFT JOIN pg_roles r ON r.oid = p.owner"
 						" WHERE p.state = 'running'",
 						true, 0) != SPI_OK_SELECT)
@@ -171,18 +170,25 @@ launcher_running_pipelines(void)
 			RunningPipeline *p;
 			bool		isnull;
 			char	   *why = SPI_getvalue(tup, desc, 4);
+			const char *hint = "Pipeline workers connect as the pipeline's owner and read server files. "
+				"Give the owner back LOGIN and pg_read_server_files, then call sluice.start().";
 			MemoryContext old;
 
+			/* what else the owner needs to run it, as its source says */
+			if (why == NULL)
+				why = source_routine(SPI_getvalue(tup, desc, 7))->owner_refused(
+					DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull)), &hint);
 			old = MemoryContextSwitchTo(TopMemoryContext);
 			if (why)
 			{
 				/* in our own memory: SPI's goes at SPI_finish() */
 				refused = lappend(refused,
-								  list_make3(makeInteger(DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull))),
+								  list_make4(makeInteger(DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull))),
 											 makeString(psprintf("the owner of pipeline \"%s\" cannot run it",
 																 SPI_getvalue(tup, desc, 5))),
 											 makeString(SPI_getvalue(tup, desc, 6) ? pstrdup(why)
-														: pstrdup("Its owner no longer exists."))));
+														: pstrdup("Its owner no longer exists.")),
+											 makeString(pstrdup(hint))));
 				MemoryContextSwitchTo(old);
 				continue;
 			}
@@ -206,6 +212,8 @@ launcher_running_pipelines(void)
 		owners_set(owners);
 		SPI_finish();
 	}
+	else if (!OidIsValid(get_extension_oid("sluice", true)))
+		owners_set(NIL);		/* no extension, no pipelines: any role may go */
 
 	PopActiveSnapshot();
 	CommitTransactionCommand();
@@ -215,9 +223,7 @@ launcher_running_pipelines(void)
 		List	   *r = lfirst(lc);
 
 		launcher_report(intVal(linitial(r)), true, ERRCODE_INSUFFICIENT_PRIVILEGE,
-							   strVal(lsecond(r)), strVal(lthird(r)),
-							   "Pipeline workers connect as the pipeline's owner and read server files. "
-							   "Give the owner back LOGIN and pg_read_server_files, then call sluice.start().");
+						strVal(lsecond(r)), strVal(lthird(r)), strVal(lfourth(r)));
 	}
 	list_free_deep(refused);
 	pgstat_report_activity(STATE_IDLE, NULL);

@@ -8,7 +8,7 @@
 #include "sink.h"
 #include "source.h"
 
-static const SourceRoutine *const sources[] = {&csv_source_routine};
+static const SourceRoutine *const sources[] = {&csv_source_routine, &kafka_source_routine};
 static const SinkRoutine *const sinks[] = {
 	&append_sink_routine, &merge_sink_routine, &function_sink_routine, &window_sink_routine
 };

@@ -123,6 +123,7 @@ extern int64 spi_int64(int row, int col);
 extern Datum spi_datum(int row, int col, bool *isnull);
 extern char *jsonb_get_text(Jsonb *j, const char *key);
 extern int64 jsonb_get_int64(Jsonb *j, const char *key, int64 missing);
+extern bool jsonb_get_bool(Jsonb *j, const char *key, bool missing);
 extern List *jsonb_get_text_list(Jsonb *j, const char *key);
 
 /* xact.c */

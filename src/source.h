@@ -17,7 +17,11 @@
  *				record it (write-ahead), as the extension's owner; returns
  *				how many units (files, messages) it claimed, 0 when idle, and
  *				sets *backlog to what it has not read yet, the slice just
- *				claimed included.  An idle plan must write nothing.
+ *				claimed included; a source that keeps its slice in the
+ *				batch's row (sluice.batch.slice, {"start": ..., "end": ...}
+ *				as Spark shows offsets) sets *slice.  An idle plan must
+ *				write nothing (but for the first sight of a stream's
+ *				partitions, whose starting offsets it records).
  *	read		in the batch transaction, as the pipeline's owner: read the
  *				slice of the batch into the relation "into", columns in
  *				source order; with rj, set bad rows aside instead of failing
@@ -25,6 +29,12 @@
  *	after_commit	after the batch transaction committed, outside any
  *				transaction (may be NULL)
  *	describe	the offsets of one batch as jsonb, for sluice.progress()
+ *	offsets_missing	whether offsets the source keeps outside the file and
+ *				batch logs are missing although batches committed, as while
+ *				pg_restore loads a dump (may be NULL)
+ *	owner_refused	why the owner may no longer run the source (NULL if
+ *				it may), with a hint; asked by the launcher before it starts
+ *				a worker
  */
 #ifndef SLUICE_SOURCE_H
 #define SLUICE_SOURCE_H
@@ -37,16 +47,21 @@ typedef struct SourceRoutine
 {
 	const char *type;
 	void	   *(*open) (Pipeline *p, MemoryContext cxt, bool waits);
-	int64		(*plan) (void *state, Pipeline *p, int64 batch_id, int64 *backlog);
+	int64		(*plan) (void *state, Pipeline *p, int64 batch_id, int64 *backlog, Jsonb **slice);
 	void		(*read) (void *state, Pipeline *p, Batch *b, Oid into, Rejects *rj);
 	void		(*commit) (void *state, Pipeline *p, Batch *b);
 	void		(*after_commit) (void *state, Batch *b);
 	Jsonb	   *(*describe) (int32 pipeline_id, int64 batch_id);
+	bool		(*offsets_missing) (int32 pipeline_id);
+	char	   *(*owner_refused) (Oid owner, const char **hint);
 } SourceRoutine;
 
 extern const SourceRoutine *source_routine(const char *type);
 
 /* src/sources/csv.c */
 extern const SourceRoutine csv_source_routine;
+
+/* src/sources/kafka.c */
+extern const SourceRoutine kafka_source_routine;
 
 #endif							/* SLUICE_SOURCE_H */

@@ -87,6 +87,18 @@ typedef struct CsvState
 	List	   *to_dispose;		/* names */
 } CsvState;
 
+/* The launcher fails a pipeline whose owner may no longer read server files. */
+static char *
+csv_owner_refused(Oid owner, const char **hint)
+{
+	if (has_privs_of_role(owner, ROLE_PG_READ_SERVER_FILES))
+		return NULL;
+	*hint = "Pipeline workers connect as the pipeline's owner and read server files. "
+		"Give the owner back LOGIN and pg_read_server_files, then call sluice.start().";
+	return psprintf("Role %s no longer has the privileges of pg_read_server_files.",
+					quote_identifier(GetUserNameFromId(owner, false)));
+}
+
 /* Reading server files takes what COPY FROM a file takes. */
 static void
 csv_check_read_privilege(void)
@@ -654,7 +666,7 @@ csv_keep_name(CsvState *st, List *names, const char *path)
  * young ones included.
  */
 static int64
-csv_plan(void *state, Pipeline *p, int64 batch_id, int64 *backlog)
+csv_plan(void *state, Pipeline *p, int64 batch_id, int64 *backlog, Jsonb **slice)
 {
 	CsvState   *st = state;
 	Oid			types[7] = {INT4OID, TEXTARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, INT8OID, INT4OID,
@@ -868,4 +880,5 @@ const SourceRoutine csv_source_routine = {
 	.commit = csv_commit,
 	.after_commit = NULL,
 	.describe = csv_describe,
+	.owner_refused = csv_owner_refused,
 };

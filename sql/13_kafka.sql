@@ -1,0 +1,123 @@
+--
+-- 13_kafka: the Kafka source's constructor and its errors, and one pipeline
+-- end to end, against the tests' Kafka cluster (librdkafka's mock cluster,
+-- test/kafka_mock), which scripts/test starts with topic regress_k of 2
+-- partitions and 3 messages in partition 0; its brokers are in
+-- $SLUICE_KAFKA_BROKERS.
+--
+\getenv brokers SLUICE_KAFKA_BROKERS
+\set VERBOSITY default
+\set SHOW_CONTEXT never
+
+-- what a source holds (its brokers differ from run to run)
+SELECT jsonb_pretty(sluice.kafka_source(:'brokers', 'regress_k', 'id int, v text') - 'brokers') AS source;
+SELECT jsonb_pretty(sluice.kafka_source(:'brokers', 'regress_k', 'doc text', format => 'text',
+                                        starting_offsets => '{"1": -1, "0": 2}', max_offsets_per_trigger => 100,
+                                        partitions => '{1, 0}', include_metadata => true,
+                                        options => '{"fetch.wait.max.ms": 50, "check.crcs": true}')
+                    - 'brokers') AS source;
+
+-- the topic and the brokers
+SELECT sluice.kafka_source(:'brokers', 'no_such_topic', 'id int');
+SELECT sluice.kafka_source(:'brokers', 'bad topic!', 'id int');
+SELECT sluice.kafka_source(:'brokers', '..', 'id int');
+SELECT clock_timestamp() AS t0 \gset
+SELECT sluice.kafka_source('127.0.0.1:1', 'regress_k', 'id int');
+SELECT clock_timestamp() - :'t0'::timestamptz < interval '10 seconds' AS refused_within_10_seconds;
+SELECT sluice.kafka_source(' ', 'regress_k', 'id int');
+
+-- formats and columns
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', format => 'avro');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'a text, b text', format => 'text');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'a int', format => 'text');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', delimiter => ';;');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int, kafka_key text', include_metadata => true);
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int, id text');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id nosuchtype');
+
+-- offsets, limits and partitions
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', starting_offsets => 'middle');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', starting_offsets => '{"0": "x", "1": 0}');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', starting_offsets => '{"a": 1}');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', starting_offsets => '{"0": -3, "1": 0}');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', starting_offsets => '{}');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', starting_offsets => '{"0": 1, "5": 2}');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', starting_offsets => '{"0": 1}');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', starting_offsets => '{"0": 1, "1": 1}', partitions => '{0}');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', max_offsets_per_trigger => 0);
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', partitions => '{0, 0}');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', partitions => '{-1}');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', partitions => '{}');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', partitions => '{0, NULL}');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', partitions => '{7}');
+
+-- librdkafka options: checked by librdkafka, never echoed (they may hold secrets)
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', options => '[]');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', options => '{"sasl.password": {"nested": 1}}');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', options => '{"no.such.option": "1"}');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', options => '{"fetch.wait.max.ms": "TOPSECRET"}');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', options => '{"group.id": "mine"}');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', options => '{"isolation.level": "read_uncommitted"}');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', options => '{"plugin.library.paths": "/tmp/x.so"}');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', options => '{"sasl.kerberos.kinit.cmd": "touch /tmp/x"}');
+
+-- on_error and nulls
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', on_error => 'bogus');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', on_error => 'reject');
+SELECT sluice.kafka_source(NULL, 'regress_k', 'id int');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', options => NULL);
+
+-- who may: EXECUTE on kafka_source(), which PUBLIC does not have
+CREATE ROLE regress_kafka_user LOGIN;
+CREATE SCHEMA regress_kafka AUTHORIZATION regress_kafka_user;
+SET ROLE regress_kafka_user;
+CREATE TABLE regress_kafka.t (id int, v text);
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int, v text');
+-- nor by hand
+SELECT sluice.create_pipeline('regress_kafka_p',
+    jsonb_build_object('type', 'kafka', 'brokers', :'brokers', 'topic', 'regress_k',
+                       'columns', '[{"name": "id", "type": "integer"}, {"name": "v", "type": "text"}]'::jsonb,
+                       'format', 'csv', 'starting_offsets', 'earliest', 'options', '{}'::jsonb,
+                       'on_error', 'fail', 'fail_on_data_loss', true, 'include_metadata', false),
+    sluice.append_sink('regress_kafka.t'));
+RESET ROLE;
+GRANT EXECUTE ON FUNCTION sluice.kafka_source TO regress_kafka_user;
+SET ROLE regress_kafka_user;
+-- options naming server files take pg_read_server_files
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', options => '{"ssl.ca.location": "/etc/ssl/certs"}');
+
+-- end to end: the 3 messages of partition 0, exactly once
+SELECT sluice.create_pipeline('regress_kafka_p', sluice.kafka_source(:'brokers', 'regress_k', 'id int, v text'),
+                              sluice.append_sink('regress_kafka.t'));
+SELECT sluice.run_once('regress_kafka_p') AS batches;
+SELECT * FROM regress_kafka.t ORDER BY id;
+SELECT sluice.run_once('regress_kafka_p') AS batches;
+SELECT count(*) AS rows FROM regress_kafka.t;
+SELECT partition, next_offset FROM sluice.kafka_offset ORDER BY partition;
+SELECT batch_id, status, input_rows, files, start_offset, end_offset FROM sluice.progress('regress_kafka_p');
+-- a second pipeline from the latest offsets reads nothing of what is there
+CREATE TABLE regress_kafka.latest (id int, v text);
+SELECT sluice.create_pipeline('regress_kafka_latest',
+    sluice.kafka_source(:'brokers', 'regress_k', 'id int, v text', starting_offsets => 'latest'),
+    sluice.append_sink('regress_kafka.latest'));
+SELECT sluice.run_once('regress_kafka_latest') AS batches;
+SELECT p.name, o.partition, o.next_offset FROM sluice.kafka_offset o JOIN sluice.pipeline p ON p.id = o.pipeline_id
+ WHERE p.name = 'regress_kafka_latest' ORDER BY 2;
+-- the options are the owner's: another role sees neither the pipeline nor its offsets
+RESET ROLE;
+CREATE ROLE regress_kafka_other LOGIN;
+SET ROLE regress_kafka_other;
+SELECT count(*) AS pipelines, (SELECT count(*) FROM sluice.kafka_offset) AS offsets FROM sluice.pipeline;
+RESET ROLE;
+
+-- the owner loses EXECUTE: the worker refuses to read
+REVOKE EXECUTE ON FUNCTION sluice.kafka_source FROM regress_kafka_user;
+SET ROLE regress_kafka_user;
+SELECT sluice.run_once('regress_kafka_p');
+RESET ROLE;
+
+SELECT sluice.drop_pipeline('regress_kafka_p'), sluice.drop_pipeline('regress_kafka_latest');
+SELECT count(*) AS offsets_left FROM sluice.kafka_offset;
+DROP SCHEMA regress_kafka CASCADE;
+DROP ROLE regress_kafka_user;
+DROP ROLE regress_kafka_other;

@@ -1,0 +1,1049 @@
+/*
+ * kafka.c
+ *		The Kafka source: its SourceRoutine, the librdkafka consumer its
+ *		worker keeps, planning offsets, and reading messages through COPY's
+ *		own parser.
+ *
+ * Its offsets are sluice.kafka_offset: the next offset of each partition,
+ * advanced in the batch's transaction with a compare-and-set on the value
+ * the batch started from.  The plan of batch N writes, in its own
+ * transaction and before anything is read, the start and end offset of
+ * each partition into the batch's row (write-ahead): the end is where the
+ * partition stood at the plan (its last stable offset, as the consumer reads
+ * committed records only), capped by max_offsets_per_trigger.  A batch that
+ * is replayed reads the same messages; Kafka's consumer-group offsets play
+ * no part.
+ *
+ * A batch is read by feeding the messages to COPY FROM through its data
+ * source callback, each message one line, so an append sink loads at COPY's
+ * speed and every type parses as COPY parses it.  A CSV message must be one
+ * record: one whose quotes do not close, or with a line break outside
+ * quotes, would run into the next message, and is refused before COPY sees
+ * it.  JSON and text messages are written as CSV records of the columns.
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include <librdkafka/rdkafka.h>
+
+#include "access/table.h"
+#include "catalog/pg_authid.h"
+#include "catalog/pg_type.h"
+#include "commands/copy.h"
+#include "commands/copyfrom_internal.h"
+#include "executor/executor.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "parser/parse_func.h"
+#include "parser/parse_relation.h"
+#include "pgstat.h"
+#include "storage/ipc.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/rls.h"
+#include "utils/timestamp.h"
+
+#include "source.h"
+#include "sluice.h"
+
+/* how long a broker may keep us waiting, for metadata at creation and while reading */
+#define KAFKA_CHECK_TIMEOUT_MS 5000
+#define KAFKA_REQUEST_TIMEOUT_MS 10000
+#define KAFKA_READ_TIMEOUT_MS 30000
+
+/* settings sluice makes itself */
+static const char *const kafka_own_options[] = {
+	"bootstrap.servers", "metadata.broker.list", "group.id", "group.instance.id",
+	"enable.auto.commit", "enable.auto.offset.store", "auto.offset.reset", "isolation.level",
+	"enable.partition.eof", "allow.auto.create.topics", NULL
+};
+
+/* settings that would load code or run a command as the server */
+static const char *const kafka_refused_options[] = {
+	"plugin.library.paths", "sasl.kerberos.kinit.cmd", "ssl.engine.location", NULL
+};
+
+typedef struct KafkaPartition
+{
+	int32		partition;
+	int64		start;
+	int64		end;
+	bool		done;
+} KafkaPartition;
+
+typedef struct KafkaState
+{
+	char	   *brokers;
+	char	   *topic;
+	Jsonb	   *options;
+	char	   *format;			/* csv, json or text */
+	List	   *attnames;		/* every column */
+	int			nvalue;			/* of which the message fills the first nvalue */
+	char	  **value_names;
+	bool		include_metadata;
+	bool		fail_on_data_loss;
+	int64		max_offsets;	/* 0 for no limit */
+	bool		start_latest;	/* starting_offsets 'latest' */
+	Jsonb	   *start_at;		/* or {partition: offset}, NULL for 'earliest' or 'latest' */
+	List	   *only;			/* the partitions to read (Integer), NIL for all */
+	List	   *copy_options;
+	rd_kafka_t *rk;
+	char		last_error[512];	/* from librdkafka's error callback */
+
+	/* the batch being read */
+	KafkaPartition *parts;
+	int			nparts;
+	int			ndone;
+	StringInfoData pending;		/* bytes for COPY not handed over yet */
+	int			pending_off;
+	int32	   *line_partition; /* the message of each line COPY reads */
+	int64	   *line_offset;
+	uint64		nlines;
+	uint64		maxlines;
+	CopyFromState cstate;
+	int64		bytes;
+} KafkaState;
+
+/* the read in progress: COPY's data source callback takes no argument */
+static KafkaState *reading = NULL;
+
+static void
+kafka_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+	KafkaState *st = opaque;
+
+	if (st)
+		strlcpy(st->last_error, reason, sizeof(st->last_error));
+}
+
+static bool
+name_in(const char *name, const char *const *list)
+{
+	for (int i = 0; list[i]; i++)
+		if (strcmp(name, list[i]) == 0)
+			return true;
+	return false;
+}
+
+/* An option that names a file the server would read. */
+static bool
+option_names_file(const char *name)
+{
+	size_t		len = strlen(name);
+
+	return (len > 9 && strcmp(name + len - 9, ".location") == 0) ||
+		strcmp(name, "sasl.kerberos.keytab") == 0 || strcmp(name, "sasl.oauthbearer.config") == 0;
+}
+
+/*
+ * A librdkafka configuration from the brokers and the user's options.  No
+ * value of an option is ever put into a message: it may be a secret.
+ */
+static rd_kafka_conf_t *
+kafka_conf(const char *brokers, Jsonb *options, KafkaState *st, const char *group)
+{
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	char		err[512];
+	JsonbIterator *it = JsonbIteratorInit(&options->root);
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	char	   *key = NULL;
+	const char *own[][2] = {
+		{"bootstrap.servers", brokers},
+		{"client.id", "sluice"},
+		{"group.id", group},
+		{"enable.auto.commit", "false"},
+		{"enable.auto.offset.store", "false"},
+		{"auto.offset.reset", "error"},
+		{"isolation.level", "read_committed"},
+		{"enable.partition.eof", "true"},
+		{"allow.auto.create.topics", "false"},
+		{"socket.timeout.ms", "10000"},
+		{"queued.max.messages.kbytes", "16384"},
+	};
+
+	rd_kafka_conf_set_log_cb(conf, NULL);
+	rd_kafka_conf_set_error_cb(conf, kafka_error_cb);
+	rd_kafka_conf_set_opaque(conf, st);
+
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		char	   *value;
+		rd_kafka_conf_res_t res;
+
+		if (tok == WJB_KEY)
+		{
+			key = pnstrdup(v.val.string.val, v.val.string.len);
+			continue;
+		}
+		if (tok != WJB_VALUE || key == NULL)
+			continue;
+		if (name_in(key, kafka_own_options))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("librdkafka option \"%s\" is set by sluice", key),
+					 errhint("Give the brokers as the source's brokers; sluice reads committed records from the offsets it keeps itself.")));
+		if (name_in(key, kafka_refused_options))
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("librdkafka option \"%s\" is not allowed", key),
+					 errdetail("It would make the server load code or run a command.")));
+		if (option_names_file(key) && !has_privs_of_role(GetUserId(), ROLE_PG_READ_SERVER_FILES))
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("permission denied for librdkafka option \"%s\"", key),
+					 errdetail("It names a file the server reads: only roles with privileges of the \"pg_read_server_files\" role may set it.")));
+		if (v.type == jbvString)
+			value = pnstrdup(v.val.string.val, v.val.string.len);
+		else if (v.type == jbvBool)
+			value = v.val.boolean ? "true" : "false";
+		else if (v.type == jbvNumeric)
+			value = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v.val.numeric)));
+		else
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid value for librdkafka option \"%s\"", key),
+					 errdetail("A value is a string, a number or a boolean.")));
+		res = rd_kafka_conf_set(conf, key, value, err, sizeof(err));
+		if (res != RD_KAFKA_CONF_OK)
+		{
+			rd_kafka_conf_destroy(conf);
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 res == RD_KAFKA_CONF_UNKNOWN
+					 ? errmsg("unknown librdkafka option \"%s\"", key)
+					 : errmsg("invalid value for librdkafka option \"%s\"", key),
+					 errhint("See the configuration properties of librdkafka %s.", rd_kafka_version_str())));
+		}
+		key = NULL;
+	}
+
+	for (int i = 0; i < lengthof(own); i++)
+		if (own[i][1] && rd_kafka_conf_set(conf, own[i][0], own[i][1], err, sizeof(err)) != RD_KAFKA_CONF_OK)
+		{
+			rd_kafka_conf_destroy(conf);
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid Kafka brokers \"%s\"", brokers),
+					 errdetail("%s", err)));
+		}
+	return conf;
+}
+
+static rd_kafka_t *
+kafka_consumer(const char *brokers, Jsonb *options, KafkaState *st, const char *group)
+{
+	rd_kafka_conf_t *conf = kafka_conf(brokers, options, st, group);
+	char		err[512];
+	rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
+
+	if (rk == NULL)
+	{
+		rd_kafka_conf_destroy(conf);
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("could not create a Kafka consumer"),
+				 errdetail("%s", err)));
+	}
+	rd_kafka_poll_set_consumer(rk);
+	return rk;
+}
+
+/*
+ * The partition count of a topic, asking the brokers for at most timeout_ms
+ * in steps that let a cancel through.  A broker that cannot be reached, or
+ * a topic that does not exist, is an error.  It asks for the metadata of
+ * all topics: a request naming the topic could make a broker that creates
+ * topics on demand create it.
+ */
+static int
+kafka_partition_count(rd_kafka_t *rk, const char *brokers, const char *topic, int timeout_ms,
+					  const char *last_error)
+{
+	const struct rd_kafka_metadata *md = NULL;
+	rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR__TIMED_OUT;
+	bool		answered = false;
+	int			count = -1;
+
+	for (int waited = 0; waited < timeout_ms && count < 0; waited += 250)
+	{
+		CHECK_FOR_INTERRUPTS();
+		err = rd_kafka_metadata(rk, 1, NULL, &md, 250);
+		if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+			continue;
+		answered = true;
+		for (int i = 0; i < md->topic_cnt; i++)
+			if (strcmp(md->topics[i].topic, topic) == 0 && md->topics[i].err == RD_KAFKA_RESP_ERR_NO_ERROR)
+				count = md->topics[i].partition_cnt;
+		rd_kafka_metadata_destroy(md);
+		if (count < 0)
+			break;
+	}
+	if (count >= 0)
+		return count;
+	if (answered)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("Kafka topic \"%s\" does not exist", topic)));
+	ereport(ERROR,
+			(errcode(ERRCODE_CONNECTION_FAILURE),
+			 errmsg("could not reach Kafka brokers \"%s\"", brokers),
+			 errdetail("%s", last_error && last_error[0] ? last_error : rd_kafka_err2str(err))));
+	return -1;					/* keep the compiler quiet */
+}
+
+/*
+ * sluice._kafka_check(brokers text, topic text, options jsonb) returns int
+ *
+ * Checks a Kafka source's options as librdkafka takes them, and that its
+ * brokers answer and know the topic, within a few seconds; returns the
+ * topic's partition count.
+ */
+PG_FUNCTION_INFO_V1(sluice_kafka_check);
+Datum
+sluice_kafka_check(PG_FUNCTION_ARGS)
+{
+	char	   *brokers = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *topic = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	Jsonb	   *options = PG_GETARG_JSONB_P(2);
+	KafkaState *st = palloc0(sizeof(KafkaState));
+	rd_kafka_t *rk;
+	volatile int count = -1;
+
+	rk = kafka_consumer(brokers, options, st, "sluice-check");
+	PG_TRY();
+	{
+		count = kafka_partition_count(rk, brokers, topic, KAFKA_CHECK_TIMEOUT_MS, st->last_error);
+	}
+	PG_FINALLY();
+	{
+		rd_kafka_destroy_flags(rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+	}
+	PG_END_TRY();
+	PG_RETURN_INT32(count);
+}
+
+/* Reading a topic takes EXECUTE on sluice.kafka_source(), which a superuser grants. */
+static char *
+kafka_owner_refused(Oid owner, const char **hint)
+{
+	Oid			fn = LookupFuncName(list_make2(makeString("sluice"), makeString("kafka_source")), -1, NULL, true);
+
+	if (OidIsValid(fn) && pg_proc_aclcheck(fn, owner, ACL_EXECUTE) == ACLCHECK_OK)
+		return NULL;
+	*hint = "Pipeline workers connect as the pipeline's owner. "
+		"Grant the owner EXECUTE on sluice.kafka_source() again, then call sluice.start().";
+	return psprintf("Role %s may no longer execute sluice.kafka_source().",
+					quote_identifier(GetUserNameFromId(owner, false)));
+}
+
+static void
+kafka_check_privilege(void)
+{
+	const char *hint = NULL;
+	char	   *why = kafka_owner_refused(GetUserId(), &hint);
+
+	if (why)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to read Kafka topics"),
+				 errdetail("%s", why),
+				 errhint("%s", hint)));
+}
+
+static void
+kafka_close(int code, Datum arg)
+{
+	KafkaState *st = (KafkaState *) DatumGetPointer(arg);
+
+	if (st->rk)
+	{
+		rd_kafka_consumer_close(st->rk);
+		rd_kafka_destroy(st->rk);
+		st->rk = NULL;
+	}
+}
+
+static void *
+kafka_open(Pipeline *p, MemoryContext cxt, bool waits)
+{
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	KafkaState *st = palloc0(sizeof(KafkaState));
+	JsonbValue	v;
+	char	   *format;
+	ListCell   *lc;
+	int			i = 0;
+
+	st->brokers = jsonb_get_text(p->source, "brokers");
+	st->topic = jsonb_get_text(p->source, "topic");
+	format = jsonb_get_text(p->source, "format");
+	st->format = format ? format : "csv";
+	st->include_metadata = jsonb_get_bool(p->source, "include_metadata", false);
+	st->fail_on_data_loss = jsonb_get_bool(p->source, "fail_on_data_loss", true);
+	st->max_offsets = jsonb_get_int64(p->source, "max_offsets_per_trigger", 0);
+	if (getKeyJsonValueFromContainer(&p->source->root, "options", 7, &v) && v.type == jbvBinary)
+		st->options = JsonbValueToJsonb(&v);
+	else
+		st->options = JsonbValueToJsonb(&(JsonbValue) {.type = jbvBinary});
+	if (getKeyJsonValueFromContainer(&p->source->root, "starting_offsets", 16, &v))
+	{
+		if (v.type == jbvBinary)
+			st->start_at = JsonbValueToJsonb(&v);
+		else
+			st->start_latest = v.type == jbvString && v.val.string.len == 6 &&
+				strncmp(v.val.string.val, "latest", 6) == 0;
+	}
+	if (getKeyJsonValueFromContainer(&p->source->root, "partitions", 10, &v) && v.type == jbvBinary)
+	{
+		JsonbIterator *it = JsonbIteratorInit(v.val.binary.data);
+		JsonbValue	elem;
+
+		while (JsonbIteratorNext(&it, &elem, true) != WJB_DONE)
+			if (elem.type == jbvNumeric)
+				st->only = lappend_int(st->only,
+									   DatumGetInt32(DirectFunctionCall1(numeric_int4,
+																		 NumericGetDatum(elem.val.numeric))));
+	}
+
+	st->nvalue = list_length(p->columns) - (st->include_metadata ? 5 : 0);
+	st->value_names = palloc(sizeof(char *) * Max(st->nvalue, 1));
+	foreach(lc, p->columns)
+	{
+		SourceColumn *c = lfirst(lc);
+
+		st->attnames = lappend(st->attnames, makeString(pstrdup(c->name)));
+		if (i < st->nvalue)
+			st->value_names[i] = pstrdup(c->name);
+		i++;
+	}
+	st->copy_options = list_make2(makeDefElem("format", (Node *) makeString("csv"), -1),
+								  makeDefElem("header", (Node *) makeString("false"), -1));
+	if (strcmp(st->format, "csv") == 0 && jsonb_get_text(p->source, "delimiter"))
+		st->copy_options = lappend(st->copy_options,
+								   makeDefElem("delimiter",
+											   (Node *) makeString(jsonb_get_text(p->source, "delimiter")), -1));
+	initStringInfo(&st->pending);
+	st->rk = kafka_consumer(st->brokers, st->options, st, psprintf("sluice-%d", p->id));
+	on_proc_exit(kafka_close, PointerGetDatum(st));
+	MemoryContextSwitchTo(old);
+	return st;
+}
+
+static int64
+kafka_start_offset(KafkaState *st, int32 partition, bool first, int64 lo, int64 hi)
+{
+	JsonbValue	v;
+	char		key[16];
+	int64		offset = -2;	/* earliest, for a partition seen after the first plan */
+
+	if (first && st->start_latest)
+		offset = -1;
+	else if (first && st->start_at)
+	{
+		snprintf(key, sizeof(key), "%d", partition);
+		if (getKeyJsonValueFromContainer(&st->start_at->root, key, strlen(key), &v) && v.type == jbvNumeric)
+			offset = DatumGetInt64(DirectFunctionCall1(numeric_int8, NumericGetDatum(v.val.numeric)));
+	}
+	if (offset == -2)
+		return lo;
+	if (offset == -1)
+		return hi;
+	return offset;
+}
+
+static void
+append_partition_json(StringInfo buf, const char *topic, KafkaPartition *parts, int n, bool end)
+{
+	appendStringInfoChar(buf, '{');
+	escape_json(buf, topic);
+	appendStringInfoString(buf, ": {");
+	for (int i = 0; i < n; i++)
+		appendStringInfo(buf, "%s\"%d\": " INT64_FORMAT, i > 0 ? ", " : "", parts[i].partition,
+						 end ? parts[i].end : parts[i].start);
+	appendStringInfoString(buf, "}}");
+}
+
+/*
+ * Plan the next slice: for each partition read, from its next offset to
+ * where it stands now, capped by max_offsets_per_trigger spread over the
+ * partitions by their lag, as Spark does.  A partition seen for the first
+ * time starts where starting_offsets says (later partitions: the
+ * earliest); its row is written now, so a later plan starts there too.
+ */
+static int64
+kafka_plan(void *state, Pipeline *p, int64 batch_id, int64 *backlog, Jsonb **slice)
+{
+	KafkaState *st = state;
+	int			count;
+	KafkaPartition *parts;
+	Datum	   *new_parts;
+	Datum	   *new_offsets;
+	int			nnew = 0;
+	int			n = 0;
+	bool		first;
+	int64		lag = 0;
+	int64		claimed = 0;
+	Datum		values[4] = {Int32GetDatum(p->id), CStringGetTextDatum(st->topic)};
+	StringInfoData start_json;
+	StringInfoData end_json;
+
+	kafka_check_privilege();
+	count = kafka_partition_count(st->rk, st->brokers, st->topic, KAFKA_REQUEST_TIMEOUT_MS, st->last_error);
+	parts = palloc0(sizeof(KafkaPartition) * Max(count, 1));
+	new_parts = palloc(sizeof(Datum) * Max(count, 1));
+	new_offsets = palloc(sizeof(Datum) * Max(count, 1));
+
+	/* where each partition's next batch starts */
+	catalog_exec("SELECT partition, next_offset FROM sluice.kafka_offset WHERE pipeline_id = $1 AND topic = $2",
+				 2, (Oid[]) {INT4OID, TEXTOID}, values, NULL, SPI_OK_SELECT);
+	first = SPI_processed == 0;
+	for (int32 part = 0; part < count; part++)
+	{
+		KafkaPartition *kp = &parts[n];
+		int64		lo,
+					hi;
+		int64		next = -1;
+		rd_kafka_resp_err_t err;
+
+		if (st->only != NIL && !list_member_int(st->only, part))
+			continue;
+		for (uint64 i = 0; i < SPI_processed; i++)
+			if (spi_int64(i, 1) == part)
+				next = spi_int64(i, 2);
+		CHECK_FOR_INTERRUPTS();
+		err = rd_kafka_query_watermark_offsets(st->rk, st->topic, part, &lo, &hi, KAFKA_REQUEST_TIMEOUT_MS);
+		if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+			ereport(ERROR,
+					(errcode(ERRCODE_CONNECTION_FAILURE),
+					 errmsg("could not read the offsets of partition %d of Kafka topic \"%s\"", part, st->topic),
+					 errdetail("%s", rd_kafka_err2str(err))));
+		kp->partition = part;
+		if (next < 0)
+		{
+			next = Max(lo, Min(hi, kafka_start_offset(st, part, first, lo, hi)));
+			new_parts[nnew] = Int32GetDatum(part);
+			new_offsets[nnew++] = Int64GetDatum(next);
+		}
+		else if (next < lo || next > hi)
+		{
+			/* retention took messages the pipeline has not read, or the topic was made again */
+			if (st->fail_on_data_loss)
+				ereport(ERROR,
+						(errcode(ERRCODE_DATA_CORRUPTED),
+						 next < lo
+						 ? errmsg("offsets " INT64_FORMAT " to " INT64_FORMAT " of partition %d of Kafka topic \"%s\" are no longer on the brokers",
+								  next, lo - 1, part, st->topic)
+						 : errmsg("partition %d of Kafka topic \"%s\" ends at offset " INT64_FORMAT ", before the pipeline's next offset " INT64_FORMAT,
+								  part, st->topic, hi, next),
+						 errdetail("Messages the pipeline has not read are gone%s.",
+								   next < lo ? " (retention)" : "; the topic may have been deleted and made again"),
+						 errhint("To go on from the earliest offset the partition has, create the source with fail_on_data_loss => false.")));
+			values[2] = Int32GetDatum(part);
+			values[3] = Int64GetDatum(lo);
+			catalog_exec("UPDATE sluice.kafka_offset SET next_offset = $4"
+						 " WHERE pipeline_id = $1 AND topic = $2 AND partition = $3",
+						 4, (Oid[]) {INT4OID, TEXTOID, INT4OID, INT8OID}, values, NULL, SPI_OK_UPDATE);
+			values[2] = CStringGetTextDatum(next < lo
+											? psprintf("offsets " INT64_FORMAT " to " INT64_FORMAT " of partition %d of Kafka topic \"%s\" were lost: skipped " INT64_FORMAT " messages",
+													   next, lo - 1, part, st->topic, lo - next)
+											: psprintf("partition %d of Kafka topic \"%s\" went back from offset " INT64_FORMAT " to " INT64_FORMAT ": reading it again from offset " INT64_FORMAT,
+													   part, st->topic, next, hi, lo));
+			catalog_exec("INSERT INTO sluice.error (pipeline_id, sqlstate, message) VALUES ($1, '01000', $3)",
+						 3, (Oid[]) {INT4OID, TEXTOID, TEXTOID}, values, NULL, SPI_OK_INSERT);
+			values[2] = (Datum) 0;
+			next = lo;
+		}
+		kp->start = next;
+		kp->end = hi;
+		lag += hi - next;
+		n++;
+	}
+	if (nnew > 0)
+	{
+		values[2] = PointerGetDatum(construct_array(new_parts, nnew, INT4OID, 4, true, TYPALIGN_INT));
+		values[3] = PointerGetDatum(construct_array(new_offsets, nnew, INT8OID, 8, FLOAT8PASSBYVAL,
+													TYPALIGN_DOUBLE));
+		catalog_exec("INSERT INTO sluice.kafka_offset (pipeline_id, topic, partition, next_offset)"
+					 " SELECT $1, $2, p, o FROM unnest($3::int4[], $4::int8[]) AS u(p, o)"
+					 " ON CONFLICT DO NOTHING",
+					 4, (Oid[]) {INT4OID, TEXTOID, INT4ARRAYOID, INT8ARRAYOID}, values, NULL, SPI_OK_INSERT);
+	}
+
+	*backlog = lag;
+	for (int i = 0; i < n; i++)
+	{
+		int64		size = parts[i].end - parts[i].start;
+
+		if (st->max_offsets > 0 && lag > st->max_offsets && size > 0)
+		{
+			double		prorate = (double) st->max_offsets * size / lag;
+			int64		take = prorate < 1 ? (int64) ceil(prorate) : (int64) floor(prorate);
+
+			parts[i].end = parts[i].start + Min(take, size);
+		}
+		claimed += parts[i].end - parts[i].start;
+	}
+	if (claimed == 0)
+		return 0;
+
+	initStringInfo(&start_json);
+	initStringInfo(&end_json);
+	append_partition_json(&start_json, st->topic, parts, n, false);
+	append_partition_json(&end_json, st->topic, parts, n, true);
+	*slice = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
+												CStringGetDatum(psprintf("{\"start\": %s, \"end\": %s}",
+																		 start_json.data, end_json.data))));
+	return claimed;
+}
+
+/* The slice of the batch, as its plan wrote it. */
+static void
+kafka_load_slice(KafkaState *st, Pipeline *p, Batch *b)
+{
+	Datum		values[3] = {Int32GetDatum(p->id), Int64GetDatum(b->id), CStringGetTextDatum(st->topic)};
+
+	catalog_exec("SELECT s.key::int, s.value::text::int8, (b.slice->'end'->$3->>s.key)::int8"
+				 " FROM sluice.batch b, jsonb_each(b.slice->'start'->$3) AS s"
+				 " WHERE b.pipeline_id = $1 AND b.batch_id = $2 ORDER BY 1",
+				 3, (Oid[]) {INT4OID, INT8OID, TEXTOID}, values, NULL, SPI_OK_SELECT);
+	st->nparts = (int) SPI_processed;
+	st->parts = palloc0(sizeof(KafkaPartition) * Max(st->nparts, 1));
+	for (int i = 0; i < st->nparts; i++)
+	{
+		st->parts[i].partition = (int32) spi_int64(i, 1);
+		st->parts[i].start = spi_int64(i, 2);
+		st->parts[i].end = spi_int64(i, 3);
+	}
+}
+
+static KafkaPartition *
+kafka_find_partition(KafkaState *st, int32 partition)
+{
+	for (int i = 0; i < st->nparts; i++)
+		if (st->parts[i].partition == partition)
+			return &st->parts[i];
+	return NULL;
+}
+
+static void
+kafka_partition_done(KafkaState *st, KafkaPartition *kp)
+{
+	if (!kp->done)
+	{
+		kp->done = true;
+		st->ndone++;
+	}
+}
+
+/* A field of a CSV record: quoted, quotes doubled; NULL as nothing. */
+static void
+append_csv_field(StringInfo buf, const char *s, size_t len, bool first)
+{
+	if (!first)
+		appendStringInfoChar(buf, ',');
+	if (s == NULL)
+		return;
+	appendStringInfoChar(buf, '"');
+	for (size_t i = 0; i < len; i++)
+	{
+		if (s[i] == '"')
+			appendStringInfoChar(buf, '"');
+		appendStringInfoChar(buf, s[i]);
+	}
+	appendStringInfoChar(buf, '"');
+}
+
+/*
+ * Whether a CSV message is one record: its quotes close, and no line break
+ * lies outside them.  Returns its length without a trailing line break, or
+ * -1.
+ */
+static ssize_t
+kafka_csv_record(const char *s, size_t len)
+{
+	bool		quoted = false;
+
+	while (len > 0 && (s[len - 1] == '\n' || s[len - 1] == '\r'))
+		len--;
+	for (size_t i = 0; i < len; i++)
+	{
+		if (s[i] == '"')
+			quoted = !quoted;	/* a doubled quote inside quotes toggles twice */
+		else if (!quoted && (s[i] == '\n' || s[i] == '\r'))
+			return -1;
+	}
+	return quoted ? -1 : (ssize_t) len;
+}
+
+static void
+kafka_message_error(KafkaState *st, rd_kafka_message_t *m, const char *why)
+{
+	int32		partition = m->partition;
+	int64		offset = m->offset;
+
+	rd_kafka_message_destroy(m);
+	ereport(ERROR,
+			(errcode(ERRCODE_BAD_COPY_FILE_FORMAT),
+			 errmsg("message at offset " INT64_FORMAT " of partition %d of Kafka topic \"%s\" %s",
+					offset, partition, st->topic, why)));
+}
+
+/* The value of a JSON message as a CSV record of the source's columns. */
+static void
+kafka_json_record(KafkaState *st, rd_kafka_message_t *m)
+{
+	Jsonb	   *jb;
+
+	jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(pnstrdup(m->payload, m->len))));
+	if (!JB_ROOT_IS_OBJECT(jb))
+		kafka_message_error(st, m, "is not a JSON object");
+	for (int i = 0; i < st->nvalue; i++)
+	{
+		JsonbValue	v;
+		char	   *s = NULL;
+
+		if (getKeyJsonValueFromContainer(&jb->root, st->value_names[i], strlen(st->value_names[i]), &v))
+		{
+			if (v.type == jbvString)
+				s = pnstrdup(v.val.string.val, v.val.string.len);
+			else if (v.type == jbvNumeric)
+				s = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v.val.numeric)));
+			else if (v.type == jbvBool)
+				s = v.val.boolean ? "true" : "false";
+			else if (v.type == jbvBinary)
+				s = JsonbToCString(NULL, v.val.binary.data, v.val.binary.len);
+		}
+		append_csv_field(&st->pending, s, s ? strlen(s) : 0, i == 0);
+	}
+}
+
+/* Add one message to what COPY reads, as one line. */
+static void
+kafka_add_message(KafkaState *st, rd_kafka_message_t *m)
+{
+	if (m->payload == NULL)
+		kafka_message_error(st, m, "has no value");
+	if (strcmp(st->format, "csv") == 0)
+	{
+		ssize_t		len = kafka_csv_record(m->payload, m->len);
+
+		if (len < 0)
+			kafka_message_error(st, m, "is not one CSV record");
+		appendBinaryStringInfo(&st->pending, m->payload, len);
+	}
+	else if (strcmp(st->format, "json") == 0)
+		kafka_json_record(st, m);
+	else
+		append_csv_field(&st->pending, m->payload, m->len, true);
+
+	if (st->include_metadata)
+	{
+		rd_kafka_timestamp_type_t tstype;
+		int64		ms = rd_kafka_message_timestamp(m, &tstype);
+		char	   *s;
+
+		append_csv_field(&st->pending, st->topic, strlen(st->topic), false);
+		s = psprintf("%d", m->partition);
+		append_csv_field(&st->pending, s, strlen(s), false);
+		s = psprintf(INT64_FORMAT, m->offset);
+		append_csv_field(&st->pending, s, strlen(s), false);
+		s = NULL;
+		if (ms >= 0)
+			s = DatumGetCString(DirectFunctionCall1(timestamptz_out,
+													TimestampTzGetDatum(time_t_to_timestamptz(ms / 1000) +
+																		(ms % 1000) * 1000)));
+		append_csv_field(&st->pending, s, s ? strlen(s) : 0, false);
+		append_csv_field(&st->pending, m->key, m->key_len, false);
+	}
+	appendStringInfoChar(&st->pending, '\n');
+
+	if (st->nlines == st->maxlines)
+	{
+		st->maxlines = Max(1024, st->maxlines * 2);
+		st->line_partition = repalloc_huge(st->line_partition, sizeof(int32) * st->maxlines);
+		st->line_offset = repalloc_huge(st->line_offset, sizeof(int64) * st->maxlines);
+	}
+	st->line_partition[st->nlines] = m->partition;
+	st->line_offset[st->nlines++] = m->offset;
+	st->bytes += m->len;
+}
+
+/*
+ * Wait for the next message of the slice; false once every partition has
+ * reached its end offset.
+ */
+static bool
+kafka_next_message(KafkaState *st)
+{
+	TimestampTz since = GetCurrentTimestamp();
+
+	while (st->ndone < st->nparts)
+	{
+		rd_kafka_message_t *m;
+		KafkaPartition *kp;
+
+		CHECK_FOR_INTERRUPTS();
+		m = rd_kafka_consumer_poll(st->rk, 100);
+		if (m == NULL)
+		{
+			if (TimestampDifferenceExceeds(since, GetCurrentTimestamp(), KAFKA_READ_TIMEOUT_MS))
+				ereport(ERROR,
+						(errcode(ERRCODE_CONNECTION_FAILURE),
+						 errmsg("no messages from Kafka topic \"%s\" for %d seconds", st->topic,
+								KAFKA_READ_TIMEOUT_MS / 1000),
+						 st->last_error[0] ? errdetail("%s", st->last_error) : 0,
+						 errhint("The batch will be tried again.")));
+			continue;
+		}
+		kp = kafka_find_partition(st, m->partition);
+		if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+		{
+			/* the partition's end: past aborted records and transaction markers */
+			if (kp && m->offset >= kp->end)
+				kafka_partition_done(st, kp);
+			rd_kafka_message_destroy(m);
+			continue;
+		}
+		if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR)
+		{
+			char	   *why = pstrdup(rd_kafka_message_errstr(m));
+			rd_kafka_resp_err_t err = m->err;
+
+			rd_kafka_message_destroy(m);
+			if (err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET || err == RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE)
+				ereport(ERROR,
+						(errcode(ERRCODE_DATA_CORRUPTED),
+						 errmsg("messages of Kafka topic \"%s\" that the batch plans to read are no longer on the brokers",
+								st->topic),
+						 errdetail("%s", why)));
+			/* a broker down, a leader moving: librdkafka goes on by itself */
+			strlcpy(st->last_error, why, sizeof(st->last_error));
+			continue;
+		}
+		if (kp == NULL || kp->done || m->offset < kp->start)
+		{
+			rd_kafka_message_destroy(m);
+			continue;
+		}
+		if (m->offset >= kp->end)
+		{
+			kafka_partition_done(st, kp);
+			rd_kafka_message_destroy(m);
+			continue;
+		}
+		kafka_add_message(st, m);
+		if (m->offset == kp->end - 1)
+			kafka_partition_done(st, kp);
+		rd_kafka_message_destroy(m);
+		return true;
+	}
+	return false;
+}
+
+/* COPY's data source: whole messages, one per line. */
+static int
+kafka_copy_data(void *outbuf, int minread, int maxread)
+{
+	KafkaState *st = reading;
+	int			n = 0;
+
+	while (n < minread)
+	{
+		int			avail = st->pending.len - st->pending_off;
+
+		if (avail == 0)
+		{
+			resetStringInfo(&st->pending);
+			st->pending_off = 0;
+			/* take several messages at once, as COPY takes 64 kB */
+			while (st->pending.len < maxread && kafka_next_message(st))
+				;
+			if (st->pending.len == 0)
+				break;
+			continue;
+		}
+		avail = Min(avail, maxread - n);
+		memcpy((char *) outbuf + n, st->pending.data + st->pending_off, avail);
+		st->pending_off += avail;
+		n += avail;
+	}
+	return n;
+}
+
+/* "message at offset 12 of partition 3": where COPY's current line came from */
+static void
+kafka_error_context(void *arg)
+{
+	KafkaState *st = arg;
+	uint64		line = st->cstate ? st->cstate->cur_lineno : 0;
+
+	if (line >= 1 && line <= st->nlines)
+		errcontext("Kafka topic \"%s\", partition %d, offset " INT64_FORMAT,
+				   st->topic, st->line_partition[line - 1], st->line_offset[line - 1]);
+}
+
+/*
+ * COPY the slice into a relation through the callback, with the checks
+ * DoCopy() makes: INSERT on the columns, no row-level security.
+ */
+static uint64
+kafka_copy(KafkaState *st, Oid into)
+{
+	Relation	rel = table_open(into, RowExclusiveLock);
+	ParseState *pstate = make_parsestate(NULL);
+	ParseNamespaceItem *nsitem;
+	RangeTblEntry *rte;
+	ListCell   *lc;
+	ErrorContextCallback callback;
+	uint64		rows;
+
+	pstate->p_sourcetext = psprintf("COPY %s FROM Kafka topic %s",
+									RelationGetRelationName(rel), quote_identifier(st->topic));
+	nsitem = addRangeTableEntryForRelation(pstate, rel, RowExclusiveLock, NULL, false, false);
+	rte = nsitem->p_rte;
+	rte->requiredPerms = ACL_INSERT;
+	foreach(lc, CopyGetAttnums(RelationGetDescr(rel), rel, st->attnames))
+		rte->insertedCols = bms_add_member(rte->insertedCols,
+										   lfirst_int(lc) - FirstLowInvalidHeapAttributeNumber);
+	ExecCheckRTPerms(pstate->p_rtable, true);
+	if (check_enable_rls(into, InvalidOid, false) == RLS_ENABLED)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("COPY FROM not supported with row-level security"),
+				 errhint("Use INSERT statements instead.")));
+
+	callback.callback = kafka_error_context;
+	callback.arg = st;
+	callback.previous = error_context_stack;
+	error_context_stack = &callback;
+	reading = st;
+	st->cstate = BeginCopyFrom(pstate, rel, NULL, NULL, false, kafka_copy_data, st->attnames,
+							   st->copy_options);
+	rows = CopyFrom(st->cstate);
+	EndCopyFrom(st->cstate);
+	st->cstate = NULL;
+	reading = NULL;
+	error_context_stack = callback.previous;
+	table_close(rel, NoLock);
+	free_parsestate(pstate);
+	return rows;
+}
+
+static void
+kafka_read(void *state, Pipeline *p, Batch *b, Oid into, Rejects *rj)
+{
+	KafkaState *st = state;
+	rd_kafka_topic_partition_list_t *assign;
+	rd_kafka_resp_err_t err;
+
+	kafka_check_privilege();
+	kafka_load_slice(st, p, b);
+	assign = rd_kafka_topic_partition_list_new(Max(st->nparts, 1));
+	st->ndone = 0;
+	for (int i = 0; i < st->nparts; i++)
+	{
+		if (st->parts[i].start >= st->parts[i].end)
+			kafka_partition_done(st, &st->parts[i]);
+		else
+			rd_kafka_topic_partition_list_add(assign, st->topic, st->parts[i].partition)->offset =
+				st->parts[i].start;
+	}
+	st->nlines = st->maxlines = 0;
+	st->line_partition = palloc(sizeof(int32));
+	st->line_offset = palloc(sizeof(int64));
+	st->bytes = 0;
+	resetStringInfo(&st->pending);
+	st->pending_off = 0;
+
+	err = rd_kafka_assign(st->rk, assign);
+	rd_kafka_topic_partition_list_destroy(assign);
+	if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("could not assign the partitions of Kafka topic \"%s\"", st->topic),
+				 errdetail("%s", rd_kafka_err2str(err))));
+	b->unit = psprintf("Kafka topic \"%s\"", st->topic);
+	pgstat_report_activity(STATE_RUNNING, psprintf("batch " INT64_FORMAT ": reading Kafka topic %s",
+												   b->id, st->topic));
+	PG_TRY();
+	{
+		b->rows += kafka_copy(st, into);
+	}
+	PG_FINALLY();
+	{
+		reading = NULL;
+		st->cstate = NULL;
+		/* stop fetching until the next batch */
+		rd_kafka_assign(st->rk, NULL);
+	}
+	PG_END_TRY();
+	b->bytes += st->bytes;
+	crash_point("after_read", b->attempts);
+}
+
+/* Advance each partition's offset from where the batch started to where it ended. */
+static void
+kafka_commit(void *state, Pipeline *p, Batch *b)
+{
+	KafkaState *st = state;
+	Datum		values[3] = {Int32GetDatum(p->id), Int64GetDatum(b->id), CStringGetTextDatum(st->topic)};
+	uint64		n;
+
+	n = catalog_exec("UPDATE sluice.kafka_offset o SET next_offset = (b.slice->'end'->$3->>s.key)::int8"
+					 " FROM sluice.batch b, jsonb_each(b.slice->'start'->$3) AS s"
+					 " WHERE b.pipeline_id = $1 AND b.batch_id = $2"
+					 "   AND o.pipeline_id = $1 AND o.topic = $3 AND o.partition = s.key::int"
+					 "   AND o.next_offset = s.value::text::int8",
+					 3, (Oid[]) {INT4OID, INT8OID, TEXTOID}, values, NULL, SPI_OK_UPDATE);
+	if (n != (uint64) st->nparts)
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("the offsets of Kafka topic \"%s\" moved while batch " INT64_FORMAT " of pipeline \"%s\" read it",
+						st->topic, b->id, p->name)));
+}
+
+/* Committed batches, but no offsets: pg_restore has not loaded them yet. */
+static bool
+kafka_offsets_missing(int32 pipeline_id)
+{
+	Datum		value = Int32GetDatum(pipeline_id);
+
+	catalog_exec("SELECT 1 FROM sluice.pipeline p WHERE p.id = $1 AND p.committed_batch > 0"
+				 " AND NOT EXISTS (SELECT 1 FROM sluice.kafka_offset o WHERE o.pipeline_id = p.id)",
+				 1, (Oid[]) {INT4OID}, &value, NULL, SPI_OK_SELECT);
+	return SPI_processed > 0;
+}
+
+/* The end offsets of a batch, as Spark shows them: {"topic": {"0": 1200}}. */
+static Jsonb *
+kafka_describe(int32 pipeline_id, int64 batch_id)
+{
+	Datum		values[2] = {Int32GetDatum(pipeline_id), Int64GetDatum(batch_id)};
+	bool		isnull;
+	Datum		d;
+
+	pinned_exec("SELECT slice->'end' FROM sluice.batch WHERE pipeline_id = $1 AND batch_id = $2",
+				2, (Oid[]) {INT4OID, INT8OID}, values, NULL, SPI_OK_SELECT);
+	d = SPI_processed > 0 ? spi_datum(0, 1, &isnull) : (Datum) 0;
+	if (SPI_processed == 0 || isnull)
+		return NULL;
+	return DatumGetJsonbPCopy(d);
+}
+
+const SourceRoutine kafka_source_routine = {
+	.type = "kafka",
+	.open = kafka_open,
+	.plan = kafka_plan,
+	.read = kafka_read,
+	.commit = kafka_commit,
+	.describe = kafka_describe,
+	.offsets_missing = kafka_offsets_missing,
+	.owner_refused = kafka_owner_refused,
+};
