@@ -155,9 +155,19 @@ kafka_conf(const char *brokers, Jsonb *options, KafkaState *st, const char *grou
 	JsonbValue	v;
 	JsonbIteratorToken tok;
 	char	   *key = NULL;
+	/*
+	 * A batch reads up to offsets it knows are there, and the plan asks each
+	 * partition's leader where it ends: a fetch that waits for more data
+	 * would hold the plan's request behind it, so it waits 10 ms at most.
+	 */
+	const char *defaults[][2] = {
+		{"client.id", "sluice"},
+		{"fetch.wait.max.ms", "10"},
+		{"socket.timeout.ms", "10000"},
+		{"queued.max.messages.kbytes", "16384"},
+	};
 	const char *own[][2] = {
 		{"bootstrap.servers", brokers},
-		{"client.id", "sluice"},
 		{"group.id", group},
 		{"enable.auto.commit", "false"},
 		{"enable.auto.offset.store", "false"},
@@ -165,10 +175,11 @@ kafka_conf(const char *brokers, Jsonb *options, KafkaState *st, const char *grou
 		{"isolation.level", "read_committed"},
 		{"enable.partition.eof", "true"},
 		{"allow.auto.create.topics", "false"},
-		{"socket.timeout.ms", "10000"},
-		{"queued.max.messages.kbytes", "16384"},
 	};
 
+	for (int i = 0; i < lengthof(defaults); i++)
+		if (rd_kafka_conf_set(conf, defaults[i][0], defaults[i][1], err, sizeof(err)) != RD_KAFKA_CONF_OK)
+			elog(ERROR, "librdkafka refused %s: %s", defaults[i][0], err);
 	rd_kafka_conf_set_log_cb(conf, NULL);
 	rd_kafka_conf_set_error_cb(conf, kafka_error_cb);
 	rd_kafka_conf_set_opaque(conf, st);
