@@ -11,8 +11,10 @@
  * each partition into the batch's row (write-ahead): the end is where the
  * partition stood at the plan (its last stable offset, as the consumer reads
  * committed records only), capped by max_offsets_per_trigger.  A batch that
- * is replayed reads the same messages; Kafka's consumer-group offsets play
- * no part.
+ * is replayed reads the same messages; Kafka's consumer groups play no
+ * part: the worker's consumer (librdkafka's simple consumer, kept across
+ * batches) starts each partition of a batch at the batch's start offset and
+ * stops it at the end.
  *
  * A batch is read by feeding the messages to COPY FROM through its data
  * source callback, each message one line, so an append sink loads at COPY's
@@ -57,6 +59,8 @@
 #define KAFKA_CHECK_TIMEOUT_MS 5000
 #define KAFKA_REQUEST_TIMEOUT_MS 10000
 #define KAFKA_READ_TIMEOUT_MS 30000
+#define KAFKA_POLL_MS 100
+#define KAFKA_TAKE 1024			/* messages taken from the queue at once */
 
 /* settings sluice makes itself */
 static const char *const kafka_own_options[] = {
@@ -95,7 +99,15 @@ typedef struct KafkaState
 	List	   *only;			/* the partitions to read (Integer), NIL for all */
 	List	   *copy_options;
 	rd_kafka_t *rk;
+	rd_kafka_topic_t *rkt;
+	rd_kafka_queue_t *queue;	/* where the partitions being read deliver */
 	char		last_error[512];	/* from librdkafka's error callback */
+
+	/* messages taken from the queue, in batches, not handled yet */
+	rd_kafka_message_t *taken[KAFKA_TAKE];
+	int			ntaken;
+	int			next_taken;
+	rd_kafka_message_t *current;	/* being added to what COPY reads */
 
 	/* the batch being read */
 	KafkaPartition *parts;
@@ -110,6 +122,8 @@ typedef struct KafkaState
 	CopyFromState cstate;
 	int64		bytes;
 } KafkaState;
+
+static void kafka_drop_taken(KafkaState *st);
 
 /* the read in progress: COPY's data source callback takes no argument */
 static KafkaState *reading = NULL;
@@ -147,7 +161,7 @@ option_names_file(const char *name)
  * value of an option is ever put into a message: it may be a secret.
  */
 static rd_kafka_conf_t *
-kafka_conf(const char *brokers, Jsonb *options, KafkaState *st, const char *group)
+kafka_conf(const char *brokers, Jsonb *options, KafkaState *st)
 {
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 	char		err[512];
@@ -168,7 +182,6 @@ kafka_conf(const char *brokers, Jsonb *options, KafkaState *st, const char *grou
 	};
 	const char *own[][2] = {
 		{"bootstrap.servers", brokers},
-		{"group.id", group},
 		{"enable.auto.commit", "false"},
 		{"enable.auto.offset.store", "false"},
 		{"auto.offset.reset", "error"},
@@ -249,9 +262,9 @@ kafka_conf(const char *brokers, Jsonb *options, KafkaState *st, const char *grou
 }
 
 static rd_kafka_t *
-kafka_consumer(const char *brokers, Jsonb *options, KafkaState *st, const char *group)
+kafka_consumer(const char *brokers, Jsonb *options, KafkaState *st)
 {
-	rd_kafka_conf_t *conf = kafka_conf(brokers, options, st, group);
+	rd_kafka_conf_t *conf = kafka_conf(brokers, options, st);
 	char		err[512];
 	rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
 
@@ -263,7 +276,6 @@ kafka_consumer(const char *brokers, Jsonb *options, KafkaState *st, const char *
 				 errmsg("could not create a Kafka consumer"),
 				 errdetail("%s", err)));
 	}
-	rd_kafka_poll_set_consumer(rk);
 	return rk;
 }
 
@@ -328,7 +340,7 @@ sluice_kafka_check(PG_FUNCTION_ARGS)
 	rd_kafka_t *rk;
 	volatile int count = -1;
 
-	rk = kafka_consumer(brokers, options, st, "sluice-check");
+	rk = kafka_consumer(brokers, options, st);
 	PG_TRY();
 	{
 		count = kafka_partition_count(rk, brokers, topic, KAFKA_CHECK_TIMEOUT_MS, st->last_error);
@@ -376,7 +388,9 @@ kafka_close(int code, Datum arg)
 
 	if (st->rk)
 	{
-		rd_kafka_consumer_close(st->rk);
+		kafka_drop_taken(st);
+		rd_kafka_queue_destroy(st->queue);
+		rd_kafka_topic_destroy(st->rkt);
 		rd_kafka_destroy(st->rk);
 		st->rk = NULL;
 	}
@@ -441,7 +455,9 @@ kafka_open(Pipeline *p, MemoryContext cxt, bool waits)
 								   makeDefElem("delimiter",
 											   (Node *) makeString(jsonb_get_text(p->source, "delimiter")), -1));
 	initStringInfo(&st->pending);
-	st->rk = kafka_consumer(st->brokers, st->options, st, psprintf("sluice-%d", p->id));
+	st->rk = kafka_consumer(st->brokers, st->options, st);
+	st->rkt = rd_kafka_topic_new(st->rk, st->topic, NULL);
+	st->queue = rd_kafka_queue_new(st->rk);
 	on_proc_exit(kafka_close, PointerGetDatum(st));
 	MemoryContextSwitchTo(old);
 	return st;
@@ -699,7 +715,6 @@ kafka_message_error(KafkaState *st, rd_kafka_message_t *m, const char *why)
 	int32		partition = m->partition;
 	int64		offset = m->offset;
 
-	rd_kafka_message_destroy(m);
 	ereport(ERROR,
 			(errcode(ERRCODE_BAD_COPY_FILE_FORMAT),
 			 errmsg("message at offset " INT64_FORMAT " of partition %d of Kafka topic \"%s\" %s",
@@ -786,6 +801,39 @@ kafka_add_message(KafkaState *st, rd_kafka_message_t *m)
 	st->bytes += m->len;
 }
 
+/* The next message from the consumer's queue, taken in batches; NULL after a wait in vain. */
+static rd_kafka_message_t *
+kafka_take(KafkaState *st)
+{
+	if (st->next_taken == st->ntaken)
+	{
+		ssize_t		n;
+
+		CHECK_FOR_INTERRUPTS();
+		/* what is there; a batch call that waits would wait for a full batch */
+		n = rd_kafka_consume_batch_queue(st->queue, 0, st->taken, KAFKA_TAKE);
+		if (n <= 0 && (st->taken[0] = rd_kafka_consume_queue(st->queue, KAFKA_POLL_MS)) != NULL)
+			n = 1;
+		st->ntaken = (int) Max(n, 0);
+		st->next_taken = 0;
+		if (st->ntaken == 0)
+			return NULL;
+	}
+	return st->taken[st->next_taken++];
+}
+
+/* Destroy the messages taken but not handled (after an error). */
+static void
+kafka_drop_taken(KafkaState *st)
+{
+	if (st->current)
+		rd_kafka_message_destroy(st->current);
+	st->current = NULL;
+	while (st->next_taken < st->ntaken)
+		rd_kafka_message_destroy(st->taken[st->next_taken++]);
+	st->ntaken = st->next_taken = 0;
+}
+
 /*
  * Wait for the next message of the slice; false once every partition has
  * reached its end offset.
@@ -793,18 +841,16 @@ kafka_add_message(KafkaState *st, rd_kafka_message_t *m)
 static bool
 kafka_next_message(KafkaState *st)
 {
-	TimestampTz since = GetCurrentTimestamp();
+	int			idle = 0;
 
 	while (st->ndone < st->nparts)
 	{
-		rd_kafka_message_t *m;
+		rd_kafka_message_t *m = kafka_take(st);
 		KafkaPartition *kp;
 
-		CHECK_FOR_INTERRUPTS();
-		m = rd_kafka_consumer_poll(st->rk, 100);
 		if (m == NULL)
 		{
-			if (TimestampDifferenceExceeds(since, GetCurrentTimestamp(), KAFKA_READ_TIMEOUT_MS))
+			if (++idle * KAFKA_POLL_MS >= KAFKA_READ_TIMEOUT_MS)
 				ereport(ERROR,
 						(errcode(ERRCODE_CONNECTION_FAILURE),
 						 errmsg("no messages from Kafka topic \"%s\" for %d seconds", st->topic,
@@ -813,6 +859,7 @@ kafka_next_message(KafkaState *st)
 						 errhint("The batch will be tried again.")));
 			continue;
 		}
+		idle = 0;
 		kp = kafka_find_partition(st, m->partition);
 		if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
 		{
@@ -849,7 +896,9 @@ kafka_next_message(KafkaState *st)
 			rd_kafka_message_destroy(m);
 			continue;
 		}
+		st->current = m;		/* destroyed by kafka_drop_taken() if this fails */
 		kafka_add_message(st, m);
+		st->current = NULL;
 		if (m->offset == kp->end - 1)
 			kafka_partition_done(st, kp);
 		rd_kafka_message_destroy(m);
@@ -951,21 +1000,13 @@ static void
 kafka_read(void *state, Pipeline *p, Batch *b, Oid into, Rejects *rj)
 {
 	KafkaState *st = state;
-	rd_kafka_topic_partition_list_t *assign;
-	rd_kafka_resp_err_t err;
 
 	kafka_check_privilege();
 	kafka_load_slice(st, p, b);
-	assign = rd_kafka_topic_partition_list_new(Max(st->nparts, 1));
 	st->ndone = 0;
 	for (int i = 0; i < st->nparts; i++)
-	{
 		if (st->parts[i].start >= st->parts[i].end)
 			kafka_partition_done(st, &st->parts[i]);
-		else
-			rd_kafka_topic_partition_list_add(assign, st->topic, st->parts[i].partition)->offset =
-				st->parts[i].start;
-	}
 	st->nlines = st->maxlines = 0;
 	st->line_partition = palloc(sizeof(int32));
 	st->line_offset = palloc(sizeof(int64));
@@ -973,26 +1014,31 @@ kafka_read(void *state, Pipeline *p, Batch *b, Oid into, Rejects *rj)
 	resetStringInfo(&st->pending);
 	st->pending_off = 0;
 
-	err = rd_kafka_assign(st->rk, assign);
-	rd_kafka_topic_partition_list_destroy(assign);
-	if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
-		ereport(ERROR,
-				(errcode(ERRCODE_CONNECTION_FAILURE),
-				 errmsg("could not assign the partitions of Kafka topic \"%s\"", st->topic),
-				 errdetail("%s", rd_kafka_err2str(err))));
 	b->unit = psprintf("Kafka topic \"%s\"", st->topic);
 	pgstat_report_activity(STATE_RUNNING, psprintf("batch " INT64_FORMAT ": reading Kafka topic %s",
 												   b->id, st->topic));
 	PG_TRY();
 	{
+		/* fetch each partition from where the batch starts, into one queue */
+		for (int i = 0; i < st->nparts; i++)
+			if (!st->parts[i].done &&
+				rd_kafka_consume_start_queue(st->rkt, st->parts[i].partition, st->parts[i].start, st->queue) < 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_CONNECTION_FAILURE),
+						 errmsg("could not read partition %d of Kafka topic \"%s\"",
+								st->parts[i].partition, st->topic),
+						 errdetail("%s", rd_kafka_err2str(rd_kafka_last_error()))));
 		b->rows += kafka_copy(st, into);
 	}
 	PG_FINALLY();
 	{
 		reading = NULL;
 		st->cstate = NULL;
+		kafka_drop_taken(st);
 		/* stop fetching until the next batch */
-		rd_kafka_assign(st->rk, NULL);
+		for (int i = 0; i < st->nparts; i++)
+			if (st->parts[i].end > st->parts[i].start)
+				rd_kafka_consume_stop(st->rkt, st->parts[i].partition);
 	}
 	PG_END_TRY();
 	b->bytes += st->bytes;
