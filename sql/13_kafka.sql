@@ -60,6 +60,17 @@ SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', options => '{"grou
 SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', options => '{"isolation.level": "read_uncommitted"}');
 SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', options => '{"plugin.library.paths": "/tmp/x.so"}');
 SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', options => '{"sasl.kerberos.kinit.cmd": "touch /tmp/x"}');
+-- only settings of security, authentication, TLS, sockets and fetch timing
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', options => '{"sasl.kerberos.principal": "x;touch /tmp/x;#"}');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', options => '{"ssl.providers": "/tmp/x.so"}');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', options => '{"offset.store.method": "file"}');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', options => '{"test.mock.num.brokers": 10000}');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', options => '{"queued.max.messages.kbytes": 2097151}');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', options => '{"sasl.mechanism": "GSSAPI"}');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', options => '{"sasl.mechanisms": "oauthbearer"}');
+SELECT sluice.kafka_source(repeat('127.0.0.1:1,', 64) || '127.0.0.1:1', 'regress_k', 'id int');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int',
+                           options => '{"security.protocol": "plaintext", "sasl.mechanism": "SCRAM-SHA-256", "socket.timeout.ms": 5000}') ->> 'type' AS allowed;
 
 -- on_error and nulls
 SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', on_error => 'bogus');
@@ -73,6 +84,8 @@ CREATE SCHEMA regress_kafka AUTHORIZATION regress_kafka_user;
 SET ROLE regress_kafka_user;
 CREATE TABLE regress_kafka.t (id int, v text);
 SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int, v text');
+-- nor through its helper (which would connect the server to any address)
+SELECT sluice._kafka_check('127.0.0.1:1', 'regress_k', '{}');
 -- nor by hand
 SELECT sluice.create_pipeline('regress_kafka_p',
     jsonb_build_object('type', 'kafka', 'brokers', :'brokers', 'topic', 'regress_k',

@@ -15,9 +15,10 @@
  *	errors <api key> <error code> <count>	fail the next count requests of that
  *										kind (e.g. 1 = Fetch) with that error
  *	produce <topic> <partition> <file> [commit|abort]
- *										each line of file becomes one message, or
- *										all of them one transaction, committed or
- *										aborted; "ok <count>" once all are acknowledged
+ *										each line of file becomes one message (\n in
+ *										it a line break), or all of them one
+ *										transaction, committed or aborted; "ok <count>"
+ *										once all are acknowledged
  *
  * The mock keeps about 100,000 messages per partition: older ones go, as
  * retention would take them.
@@ -99,6 +100,22 @@ produce(const char *topic, int partition, const char *path, const char *txn, cha
 
 		if (len > 0 && line[len - 1] == '\n')
 			len--;
+		/* a backslash and an n in a line: a line break in the message */
+		{
+			ssize_t		j = 0;
+
+			for (ssize_t i = 0; i < len; i++, j++)
+			{
+				if (line[i] == '\\' && i + 1 < len && line[i + 1] == 'n')
+				{
+					line[j] = '\n';
+					i++;
+				}
+				else
+					line[j] = line[i];
+			}
+			len = j;
+		}
 		while ((rc = rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
 									   RD_KAFKA_V_VALUE(line, (size_t) len),
 									   RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),

@@ -69,10 +69,33 @@ static const char *const kafka_own_options[] = {
 	"enable.partition.eof", "allow.auto.create.topics", NULL
 };
 
-/* settings that would load code or run a command as the server */
-static const char *const kafka_refused_options[] = {
-	"plugin.library.paths", "sasl.kerberos.kinit.cmd", "ssl.engine.location", NULL
+/*
+ * The settings a user may give: security, authentication, TLS, sockets and
+ * fetch timing.  Anything else is refused, since librdkafka has settings
+ * that load code (plugin.library.paths, ssl.providers, ssl.engine.location),
+ * run commands (the Kerberos kinit command), write files (offset.store.path)
+ * or take memory outside PostgreSQL's accounting.
+ */
+static const char *const kafka_allowed_options[] = {
+	"security.protocol", "sasl.mechanism", "sasl.mechanisms", "sasl.username", "sasl.password",
+	"ssl.ca.location", "ssl.ca.pem", "ssl.certificate.location", "ssl.certificate.pem",
+	"ssl.key.location", "ssl.key.pem", "ssl.key.password", "ssl.keystore.location",
+	"ssl.keystore.password", "ssl.crl.location", "ssl.cipher.suites", "ssl.curves.list",
+	"ssl.sigalgs.list", "ssl.endpoint.identification.algorithm", "enable.ssl.certificate.verification",
+	"client.id", "client.rack", "socket.timeout.ms", "socket.connection.setup.timeout.ms",
+	"socket.keepalive.enable", "socket.nagle.disable", "connections.max.idle.ms",
+	"reconnect.backoff.ms", "reconnect.backoff.max.ms", "retry.backoff.ms", "metadata.max.age.ms",
+	"topic.metadata.refresh.interval.ms", "topic.metadata.refresh.fast.interval.ms",
+	"broker.address.family", "broker.address.ttl", "api.version.request",
+	"api.version.request.timeout.ms", "broker.version.fallback", "fetch.wait.max.ms",
+	"fetch.min.bytes", "fetch.error.backoff.ms", "check.crcs", NULL
 };
+
+/* SASL mechanisms that need no command, no ticket cache of the server's and no URL fetched */
+static const char *const kafka_allowed_mechanisms[] = {"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", NULL};
+
+#define KAFKA_MAX_BROKERS 64	/* librdkafka starts a thread per broker */
+#define KAFKA_MAX_PARTITIONS 10000
 
 typedef struct KafkaPartition
 {
@@ -156,51 +179,50 @@ option_names_file(const char *name)
 		strcmp(name, "sasl.kerberos.keytab") == 0 || strcmp(name, "sasl.oauthbearer.config") == 0;
 }
 
-/*
- * A librdkafka configuration from the brokers and the user's options.  No
- * value of an option is ever put into a message: it may be a secret.
- */
-static rd_kafka_conf_t *
-kafka_conf(const char *brokers, Jsonb *options, KafkaState *st)
+/* An option's value as text: a string, a number or a boolean. */
+static char *
+kafka_option_value(const char *key, JsonbValue *v)
 {
-	rd_kafka_conf_t *conf = rd_kafka_conf_new();
-	char		err[512];
+	if (v->type == jbvString)
+		return pnstrdup(v->val.string.val, v->val.string.len);
+	if (v->type == jbvBool)
+		return v->val.boolean ? "true" : "false";
+	if (v->type == jbvNumeric)
+		return DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric)));
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("invalid value for librdkafka option \"%s\"", key),
+			 errdetail("A value is a string, a number or a boolean.")));
+	return NULL;				/* keep the compiler quiet */
+}
+
+/*
+ * The user's options as name/value pairs, checked as the current user: only
+ * allowed settings, files only for roles that may read them.  No value is
+ * ever put into a message: it may be a secret.
+ */
+static List *
+kafka_check_options(const char *brokers, Jsonb *options)
+{
 	JsonbIterator *it = JsonbIteratorInit(&options->root);
 	JsonbValue	v;
 	JsonbIteratorToken tok;
 	char	   *key = NULL;
-	/*
-	 * A batch reads up to offsets it knows are there, and the plan asks each
-	 * partition's leader where it ends: a fetch that waits for more data
-	 * would hold the plan's request behind it, so it waits 10 ms at most.
-	 */
-	const char *defaults[][2] = {
-		{"client.id", "sluice"},
-		{"fetch.wait.max.ms", "10"},
-		{"socket.timeout.ms", "10000"},
-		{"queued.max.messages.kbytes", "16384"},
-	};
-	const char *own[][2] = {
-		{"bootstrap.servers", brokers},
-		{"enable.auto.commit", "false"},
-		{"enable.auto.offset.store", "false"},
-		{"auto.offset.reset", "error"},
-		{"isolation.level", "read_committed"},
-		{"enable.partition.eof", "true"},
-		{"allow.auto.create.topics", "false"},
-	};
+	List	   *pairs = NIL;
+	int			nbrokers = 1;
 
-	for (int i = 0; i < lengthof(defaults); i++)
-		if (rd_kafka_conf_set(conf, defaults[i][0], defaults[i][1], err, sizeof(err)) != RD_KAFKA_CONF_OK)
-			elog(ERROR, "librdkafka refused %s: %s", defaults[i][0], err);
-	rd_kafka_conf_set_log_cb(conf, NULL);
-	rd_kafka_conf_set_error_cb(conf, kafka_error_cb);
-	rd_kafka_conf_set_opaque(conf, st);
+	for (const char *c = brokers; *c; c++)
+		nbrokers += *c == ',';
+	if (nbrokers > KAFKA_MAX_BROKERS)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("too many Kafka brokers: %d", nbrokers),
+				 errdetail("A source names at most %d bootstrap brokers; the others are found from them.",
+						   KAFKA_MAX_BROKERS)));
 
 	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 	{
 		char	   *value;
-		rd_kafka_conf_res_t res;
 
 		if (tok == WJB_KEY)
 		{
@@ -214,28 +236,75 @@ kafka_conf(const char *brokers, Jsonb *options, KafkaState *st)
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("librdkafka option \"%s\" is set by sluice", key),
 					 errhint("Give the brokers as the source's brokers; sluice reads committed records from the offsets it keeps itself.")));
-		if (name_in(key, kafka_refused_options))
+		if (!name_in(key, kafka_allowed_options))
 			ereport(ERROR,
 					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 					 errmsg("librdkafka option \"%s\" is not allowed", key),
-					 errdetail("It would make the server load code or run a command.")));
+					 errdetail("A Kafka source takes the settings of security, authentication, TLS, sockets and fetch timing only."),
+					 errhint("See the README for the list.")));
 		if (option_names_file(key) && !has_privs_of_role(GetUserId(), ROLE_PG_READ_SERVER_FILES))
 			ereport(ERROR,
 					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 					 errmsg("permission denied for librdkafka option \"%s\"", key),
 					 errdetail("It names a file the server reads: only roles with privileges of the \"pg_read_server_files\" role may set it.")));
-		if (v.type == jbvString)
-			value = pnstrdup(v.val.string.val, v.val.string.len);
-		else if (v.type == jbvBool)
-			value = v.val.boolean ? "true" : "false";
-		else if (v.type == jbvNumeric)
-			value = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v.val.numeric)));
-		else
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid value for librdkafka option \"%s\"", key),
-					 errdetail("A value is a string, a number or a boolean.")));
-		res = rd_kafka_conf_set(conf, key, value, err, sizeof(err));
+		value = kafka_option_value(key, &v);
+		if (strncmp(key, "sasl.mechanism", 14) == 0)
+		{
+			bool		ok = false;
+
+			for (int i = 0; kafka_allowed_mechanisms[i]; i++)
+				ok |= pg_strcasecmp(value, kafka_allowed_mechanisms[i]) == 0;
+			if (!ok)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("SASL mechanism \"%s\" is not supported by a Kafka source", value),
+						 errhint("Use PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.")));
+		}
+		pairs = lappend(pairs, list_make2(key, value));
+		key = NULL;
+	}
+	return pairs;
+}
+
+/* A librdkafka configuration from the brokers and the user's options. */
+static rd_kafka_conf_t *
+kafka_conf(const char *brokers, Jsonb *options, KafkaState *st)
+{
+	List	   *pairs = kafka_check_options(brokers, options);
+	rd_kafka_conf_t *conf;
+	char		err[512];
+	ListCell   *lc;
+	/*
+	 * A batch reads up to offsets it knows are there, and the plan asks each
+	 * partition's leader where it ends: a fetch that waits for more data
+	 * would hold the plan's request behind it, so it waits 10 ms at most.
+	 */
+	const char *defaults[][2] = {
+		{"client.id", "sluice"},
+		{"fetch.wait.max.ms", "10"},
+		{"socket.timeout.ms", "10000"},
+	};
+	const char *own[][2] = {
+		{"bootstrap.servers", brokers},
+		{"enable.auto.commit", "false"},
+		{"enable.auto.offset.store", "false"},
+		{"auto.offset.reset", "error"},
+		{"isolation.level", "read_committed"},
+		{"enable.partition.eof", "true"},
+		{"allow.auto.create.topics", "false"},
+		{"queued.max.messages.kbytes", "16384"},
+		{"sasl.kerberos.min.time.before.relogin", "0"},
+	};
+
+	conf = rd_kafka_conf_new();
+	for (int i = 0; i < lengthof(defaults); i++)
+		if (rd_kafka_conf_set(conf, defaults[i][0], defaults[i][1], err, sizeof(err)) != RD_KAFKA_CONF_OK)
+			break;
+	foreach(lc, pairs)
+	{
+		const char *key = linitial(lfirst(lc));
+		rd_kafka_conf_res_t res = rd_kafka_conf_set(conf, key, lsecond(lfirst(lc)), err, sizeof(err));
+
 		if (res != RD_KAFKA_CONF_OK)
 		{
 			rd_kafka_conf_destroy(conf);
@@ -246,11 +315,10 @@ kafka_conf(const char *brokers, Jsonb *options, KafkaState *st)
 					 : errmsg("invalid value for librdkafka option \"%s\"", key),
 					 errhint("See the configuration properties of librdkafka %s.", rd_kafka_version_str())));
 		}
-		key = NULL;
 	}
-
 	for (int i = 0; i < lengthof(own); i++)
-		if (own[i][1] && rd_kafka_conf_set(conf, own[i][0], own[i][1], err, sizeof(err)) != RD_KAFKA_CONF_OK)
+		if (rd_kafka_conf_set(conf, own[i][0], own[i][1], err, sizeof(err)) != RD_KAFKA_CONF_OK &&
+			strncmp(own[i][0], "sasl.", 5) != 0)	/* a build without SASL has no Kerberos either */
 		{
 			rd_kafka_conf_destroy(conf);
 			ereport(ERROR,
@@ -258,6 +326,9 @@ kafka_conf(const char *brokers, Jsonb *options, KafkaState *st)
 					 errmsg("invalid Kafka brokers \"%s\"", brokers),
 					 errdetail("%s", err)));
 		}
+	rd_kafka_conf_set_log_cb(conf, NULL);
+	rd_kafka_conf_set_error_cb(conf, kafka_error_cb);
+	rd_kafka_conf_set_opaque(conf, st);
 	return conf;
 }
 
@@ -322,37 +393,6 @@ kafka_partition_count(rd_kafka_t *rk, const char *brokers, const char *topic, in
 	return -1;					/* keep the compiler quiet */
 }
 
-/*
- * sluice._kafka_check(brokers text, topic text, options jsonb) returns int
- *
- * Checks a Kafka source's options as librdkafka takes them, and that its
- * brokers answer and know the topic, within a few seconds; returns the
- * topic's partition count.
- */
-PG_FUNCTION_INFO_V1(sluice_kafka_check);
-Datum
-sluice_kafka_check(PG_FUNCTION_ARGS)
-{
-	char	   *brokers = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	char	   *topic = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	Jsonb	   *options = PG_GETARG_JSONB_P(2);
-	KafkaState *st = palloc0(sizeof(KafkaState));
-	rd_kafka_t *rk;
-	volatile int count = -1;
-
-	rk = kafka_consumer(brokers, options, st);
-	PG_TRY();
-	{
-		count = kafka_partition_count(rk, brokers, topic, KAFKA_CHECK_TIMEOUT_MS, st->last_error);
-	}
-	PG_FINALLY();
-	{
-		rd_kafka_destroy_flags(rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
-	}
-	PG_END_TRY();
-	PG_RETURN_INT32(count);
-}
-
 /* Reading a topic takes EXECUTE on sluice.kafka_source(), which a superuser grants. */
 static char *
 kafka_owner_refused(Oid owner, const char **hint)
@@ -371,14 +411,46 @@ static void
 kafka_check_privilege(void)
 {
 	const char *hint = NULL;
-	char	   *why = kafka_owner_refused(GetUserId(), &hint);
+	const char *role = quote_identifier(GetUserNameFromId(GetUserId(), false));
 
-	if (why)
+	if (kafka_owner_refused(GetUserId(), &hint))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied to read Kafka topics"),
-				 errdetail("%s", why),
-				 errhint("%s", hint)));
+				 errdetail("Role %s may not execute sluice.kafka_source().", role),
+				 errhint("A superuser can GRANT EXECUTE ON FUNCTION sluice.kafka_source TO %s.", role)));
+}
+
+/*
+ * sluice._kafka_check(brokers text, topic text, options jsonb) returns int
+ *
+ * Checks a Kafka source's options as librdkafka takes them, and that its
+ * brokers answer and know the topic, within a few seconds; returns the
+ * topic's partition count.
+ */
+PG_FUNCTION_INFO_V1(sluice_kafka_check);
+Datum
+sluice_kafka_check(PG_FUNCTION_ARGS)
+{
+	char	   *brokers = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *topic = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	Jsonb	   *options = PG_GETARG_JSONB_P(2);
+	KafkaState *st = palloc0(sizeof(KafkaState));
+	rd_kafka_t *rk;
+	volatile int count = -1;
+
+	kafka_check_privilege();
+	rk = kafka_consumer(brokers, options, st);
+	PG_TRY();
+	{
+		count = kafka_partition_count(rk, brokers, topic, KAFKA_CHECK_TIMEOUT_MS, st->last_error);
+	}
+	PG_FINALLY();
+	{
+		rd_kafka_destroy_flags(rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+	}
+	PG_END_TRY();
+	PG_RETURN_INT32(count);
 }
 
 static void
@@ -390,7 +462,8 @@ kafka_close(int code, Datum arg)
 	{
 		kafka_drop_taken(st);
 		rd_kafka_queue_destroy(st->queue);
-		rd_kafka_topic_destroy(st->rkt);
+		if (st->rkt)
+			rd_kafka_topic_destroy(st->rkt);
 		rd_kafka_destroy(st->rk);
 		st->rk = NULL;
 	}
@@ -456,8 +529,16 @@ kafka_open(Pipeline *p, MemoryContext cxt, bool waits)
 											   (Node *) makeString(jsonb_get_text(p->source, "delimiter")), -1));
 	initStringInfo(&st->pending);
 	st->rk = kafka_consumer(st->brokers, st->options, st);
-	st->rkt = rd_kafka_topic_new(st->rk, st->topic, NULL);
 	st->queue = rd_kafka_queue_new(st->rk);
+	st->rkt = rd_kafka_topic_new(st->rk, st->topic, NULL);
+	if (st->rkt == NULL)
+	{
+		kafka_close(0, PointerGetDatum(st));
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("could not read Kafka topic \"%s\"", st->topic),
+				 errdetail("%s", rd_kafka_err2str(rd_kafka_last_error()))));
+	}
 	on_proc_exit(kafka_close, PointerGetDatum(st));
 	MemoryContextSwitchTo(old);
 	return st;
@@ -512,6 +593,8 @@ kafka_plan(void *state, Pipeline *p, int64 batch_id, int64 *backlog, Jsonb **sli
 	KafkaPartition *parts;
 	Datum	   *new_parts;
 	Datum	   *new_offsets;
+	int64	   *stored;
+	TimestampTz deadline;
 	int			nnew = 0;
 	int			n = 0;
 	bool		first;
@@ -522,35 +605,55 @@ kafka_plan(void *state, Pipeline *p, int64 batch_id, int64 *backlog, Jsonb **sli
 	StringInfoData end_json;
 
 	kafka_check_privilege();
+	(void) kafka_check_options(st->brokers, st->options);	/* the owner may have lost pg_read_server_files */
 	count = kafka_partition_count(st->rk, st->brokers, st->topic, KAFKA_REQUEST_TIMEOUT_MS, st->last_error);
+	if (count > KAFKA_MAX_PARTITIONS)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("Kafka topic \"%s\" has %d partitions, more than a pipeline reads (%d)",
+						st->topic, count, KAFKA_MAX_PARTITIONS),
+				 errhint("Split it over several pipelines with partitions => ...")));
 	parts = palloc0(sizeof(KafkaPartition) * Max(count, 1));
 	new_parts = palloc(sizeof(Datum) * Max(count, 1));
 	new_offsets = palloc(sizeof(Datum) * Max(count, 1));
+	stored = palloc(sizeof(int64) * Max(count, 1));
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), KAFKA_REQUEST_TIMEOUT_MS);
 
-	/* where each partition's next batch starts */
+	/* where each partition's next batch starts (-1: not seen yet) */
+	for (int i = 0; i < count; i++)
+		stored[i] = -1;
 	catalog_exec("SELECT partition, next_offset FROM sluice.kafka_offset WHERE pipeline_id = $1 AND topic = $2",
 				 2, (Oid[]) {INT4OID, TEXTOID}, values, NULL, SPI_OK_SELECT);
 	first = SPI_processed == 0;
+	for (uint64 i = 0; i < SPI_processed; i++)
+		if (spi_int64(i, 1) >= 0 && spi_int64(i, 1) < count)
+			stored[spi_int64(i, 1)] = spi_int64(i, 2);
 	for (int32 part = 0; part < count; part++)
 	{
 		KafkaPartition *kp = &parts[n];
 		int64		lo,
 					hi;
-		int64		next = -1;
+		int64		next = stored[part];
+		long		wait_ms = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
 		rd_kafka_resp_err_t err;
 
 		if (st->only != NIL && !list_member_int(st->only, part))
 			continue;
-		for (uint64 i = 0; i < SPI_processed; i++)
-			if (spi_int64(i, 1) == part)
-				next = spi_int64(i, 2);
 		CHECK_FOR_INTERRUPTS();
-		err = rd_kafka_query_watermark_offsets(st->rk, st->topic, part, &lo, &hi, KAFKA_REQUEST_TIMEOUT_MS);
+		/* the whole plan waits for the brokers 10 s at most */
+		err = wait_ms <= 0 ? RD_KAFKA_RESP_ERR__TIMED_OUT
+			: rd_kafka_query_watermark_offsets(st->rk, st->topic, part, &lo, &hi, (int) wait_ms);
 		if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
 			ereport(ERROR,
 					(errcode(ERRCODE_CONNECTION_FAILURE),
 					 errmsg("could not read the offsets of partition %d of Kafka topic \"%s\"", part, st->topic),
 					 errdetail("%s", rd_kafka_err2str(err))));
+		if (lo < 0 || hi < lo)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROTOCOL_VIOLATION),
+					 errmsg("partition %d of Kafka topic \"%s\" reports offsets from " INT64_FORMAT " to " INT64_FORMAT,
+							part, st->topic, lo, hi),
+					 errdetail("A broker answered with offsets that cannot be.")));
 		kp->partition = part;
 		if (next < 0)
 		{
@@ -762,6 +865,8 @@ kafka_add_message(KafkaState *st, rd_kafka_message_t *m)
 
 		if (len < 0)
 			kafka_message_error(st, m, "is not one CSV record");
+		if (len == 2 && memcmp(m->payload, "\\.", 2) == 0)
+			kafka_message_error(st, m, "is COPY's end-of-data marker");
 		appendBinaryStringInfo(&st->pending, m->payload, len);
 	}
 	else if (strcmp(st->format, "json") == 0)
@@ -850,6 +955,7 @@ kafka_next_message(KafkaState *st)
 
 		if (m == NULL)
 		{
+			rd_kafka_poll(st->rk, 0);	/* serves the error callback */
 			if (++idle * KAFKA_POLL_MS >= KAFKA_READ_TIMEOUT_MS)
 				ereport(ERROR,
 						(errcode(ERRCODE_CONNECTION_FAILURE),
@@ -859,13 +965,15 @@ kafka_next_message(KafkaState *st)
 						 errhint("The batch will be tried again.")));
 			continue;
 		}
-		idle = 0;
 		kp = kafka_find_partition(st, m->partition);
 		if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
 		{
 			/* the partition's end: past aborted records and transaction markers */
 			if (kp && m->offset >= kp->end)
+			{
 				kafka_partition_done(st, kp);
+				idle = 0;
+			}
 			rd_kafka_message_destroy(m);
 			continue;
 		}
@@ -893,6 +1001,7 @@ kafka_next_message(KafkaState *st)
 		if (m->offset >= kp->end)
 		{
 			kafka_partition_done(st, kp);
+			idle = 0;
 			rd_kafka_message_destroy(m);
 			continue;
 		}
@@ -987,6 +1096,11 @@ kafka_copy(KafkaState *st, Oid into)
 	st->cstate = BeginCopyFrom(pstate, rel, NULL, NULL, false, kafka_copy_data, st->attnames,
 							   st->copy_options);
 	rows = CopyFrom(st->cstate);
+	/* COPY stops only where the slice ends (no message is its end-of-data marker) */
+	if (st->ndone < st->nparts || st->pending_off < st->pending.len)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("COPY stopped before the end of the batch's slice of Kafka topic \"%s\"", st->topic)));
 	EndCopyFrom(st->cstate);
 	st->cstate = NULL;
 	reading = NULL;
