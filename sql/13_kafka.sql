@@ -74,7 +74,7 @@ SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int',
 
 -- on_error and nulls
 SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', on_error => 'bogus');
-SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', on_error => 'reject');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', on_error => 'reject') ->> 'on_error' AS on_error;
 SELECT sluice.kafka_source(NULL, 'regress_k', 'id int');
 SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', options => NULL);
 

@@ -68,6 +68,26 @@ SELECT p.name, coalesce(sum(o.next_offset), 0) AS offsets
   FROM sluice.pipeline p LEFT JOIN sluice.kafka_offset o ON o.pipeline_id = p.id
  WHERE p.name IN ('kf_open', 'kf_two', 'kf_int', 'kf_array') GROUP BY p.name ORDER BY 1;
 
+-- on_error => 'reject': a bad message, a message that does not parse and a
+-- row the target refuses go to sluice.rejects with their topic, partition
+-- and offset; every other message goes in.  'skip' only counts them.
+SELECT make('kf_rej_open', 'regress_open_quote', 'id int, v text', 'rej_open', 'on_error => ''reject''');
+SELECT make('kf_rej_int', 'regress_bad_int', 'id int, v text', 'rej_int', 'on_error => ''reject''');
+CREATE TABLE rej_pk (id int PRIMARY KEY, v text);
+INSERT INTO rej_pk VALUES (2, 'already');
+SELECT sluice.create_pipeline('kf_rej_pk', sluice.kafka_source(:'brokers', 'regress_k', 'id int, v text', on_error => 'reject'),
+                              sluice.append_sink('rej_pk'));
+SELECT make('kf_skip', 'regress_json_array', 'id int', 'skip_t', 'format => ''json''', 'on_error => ''skip''');
+SELECT sluice.run_once('kf_rej_open') AS open_batches, sluice.run_once('kf_rej_int') AS int_batches,
+       sluice.run_once('kf_rej_pk') AS pk_batches, sluice.run_once('kf_skip') AS skip_batches;
+SELECT 'rej_open' AS t, * FROM rej_open UNION ALL SELECT 'rej_int', * FROM rej_int UNION ALL SELECT 'rej_pk', * FROM rej_pk
+ ORDER BY 1, 2;
+SELECT pipeline, file, line, position, raw_line, sqlstate, message FROM sluice.rejects
+ WHERE pipeline LIKE 'kf\_%' ORDER BY pipeline;
+SELECT p.name, b.input_rows, b.rejected_rows, b.status
+  FROM sluice.pipeline p, sluice.progress(p.name) b WHERE p.name IN ('kf_rej_open', 'kf_rej_int', 'kf_rej_pk', 'kf_skip')
+ ORDER BY 1;
+
 -- each kind of sink, on regress_k
 CREATE TABLE merge_t (id int PRIMARY KEY, v text);
 INSERT INTO merge_t VALUES (2, 'old'), (9, 'untouched');

@@ -4,6 +4,11 @@
 -- batch's row keeps the slice a stream's plan claimed.
 
 ALTER TABLE sluice.batch ADD COLUMN slice jsonb;
+ALTER TABLE sluice.reject ADD COLUMN position jsonb;
+CREATE OR REPLACE VIEW sluice.rejects WITH (security_invoker = true) AS
+SELECT p.name AS pipeline, r.batch_id, r.file, r.line, r.raw_line, r.sqlstate, r.message, r.at AS time,
+       r.position
+  FROM sluice.reject AS r JOIN sluice.pipeline AS p ON p.id = r.pipeline_id;
 
 -- a Kafka source's next offset per partition, advanced in each batch's transaction
 CREATE TABLE sluice.kafka_offset (
@@ -72,11 +77,6 @@ BEGIN
         RAISE EXCEPTION 'invalid on_error "%"', on_error
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Use ''fail'' (the batch rolls back), ''reject'' (bad rows go to sluice.rejects) or ''skip'' (bad rows are counted).';
-    END IF;
-    IF on_error <> 'fail' THEN
-        RAISE EXCEPTION 'on_error ''%'' is not supported yet for a Kafka source', on_error
-            USING ERRCODE = 'feature_not_supported',
-                  HINT = 'Use on_error => ''fail''.';
     END IF;
     IF max_offsets_per_trigger < 1 THEN
         RAISE EXCEPTION 'max_offsets_per_trigger must be at least 1, not %', max_offsets_per_trigger

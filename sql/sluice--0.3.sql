@@ -96,7 +96,8 @@ CREATE TABLE sluice.reject (
     raw_line    text,
     sqlstate    text NOT NULL,
     message     text NOT NULL,
-    at          timestamptz NOT NULL DEFAULT now()
+    at          timestamptz NOT NULL DEFAULT now(),
+    position    jsonb               -- where in a stream: topic, partition, offset
 );
 CREATE INDEX reject_pipeline ON sluice.reject (pipeline_id, batch_id);
 
@@ -352,11 +353,6 @@ BEGIN
         RAISE EXCEPTION 'invalid on_error "%"', on_error
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Use ''fail'' (the batch rolls back), ''reject'' (bad rows go to sluice.rejects) or ''skip'' (bad rows are counted).';
-    END IF;
-    IF on_error <> 'fail' THEN
-        RAISE EXCEPTION 'on_error ''%'' is not supported yet for a Kafka source', on_error
-            USING ERRCODE = 'feature_not_supported',
-                  HINT = 'Use on_error => ''fail''.';
     END IF;
     IF max_offsets_per_trigger < 1 THEN
         RAISE EXCEPTION 'max_offsets_per_trigger must be at least 1, not %', max_offsets_per_trigger
@@ -1246,7 +1242,8 @@ GRANT SELECT ON sluice.pipelines, sluice.errors TO PUBLIC;
 COMMENT ON VIEW sluice.errors IS 'failures and warnings of pipelines, newest last';
 
 CREATE VIEW sluice.rejects WITH (security_invoker = true) AS
-SELECT p.name AS pipeline, r.batch_id, r.file, r.line, r.raw_line, r.sqlstate, r.message, r.at AS time
+SELECT p.name AS pipeline, r.batch_id, r.file, r.line, r.raw_line, r.sqlstate, r.message, r.at AS time,
+       r.position
   FROM sluice.reject AS r JOIN sluice.pipeline AS p ON p.id = r.pipeline_id;
 GRANT SELECT ON sluice.rejects TO PUBLIC;
 COMMENT ON VIEW sluice.rejects IS 'rows set aside by pipelines with on_error => ''reject''';

@@ -86,6 +86,29 @@ rejects_add(Rejects *rj, int fileno, int64 line, const char *raw, ErrorData *eda
 	r = palloc(sizeof(RejectedRow));
 	r->file = fileno >= 0 ? list_nth(rj->files, fileno) : NULL;
 	r->line = line;
+	r->position = NULL;
+	if (rj->locate && line > 0)
+	{
+		r->position = rj->locate(rj->locate_arg, line);
+		r->line = 0;
+	}
+	r->raw = raw ? pstrdup(raw) : NULL;
+	r->sqlstate = pstrdup(unpack_sql_state(edata->sqlerrcode));
+	r->message = pstrdup(edata->message);
+	rj->rows = lappend(rj->rows, r);
+}
+
+/* A bad message a stream's source set aside itself, before COPY saw it. */
+void
+rejects_set_aside(Rejects *rj, const char *position, const char *raw, ErrorData *edata)
+{
+	RejectedRow *r;
+
+	rj->count++;
+	if (!rj->keep)
+		return;
+	r = palloc0(sizeof(RejectedRow));
+	r->position = pstrdup(position);
 	r->raw = raw ? pstrdup(raw) : NULL;
 	r->sqlstate = pstrdup(unpack_sql_state(edata->sqlerrcode));
 	r->message = pstrdup(edata->message);
@@ -218,11 +241,13 @@ stage_rows(Rejects *rj, ParseChunk *st, Relation rel, BulkInsertState bistate, i
 }
 
 /*
- * COPY one file into the staging table, setting bad lines aside.  Returns
- * the number of lines read, good or bad.
+ * COPY one file (or what a stream's data_source callback feeds) into the
+ * staging table, setting bad lines aside.  Returns the number of lines
+ * read, good or bad.
  */
 uint64
-rejects_copy_file(Rejects *rj, Oid stage, List *attnames, List *options, const char *path)
+rejects_copy_file(Rejects *rj, Oid stage, List *attnames, List *options, const char *path,
+				  copy_data_source_cb data_source)
 {
 	ParseChunk	st;
 	Relation	rel;
@@ -232,14 +257,14 @@ rejects_copy_file(Rejects *rj, Oid stage, List *attnames, List *options, const c
 	int			fileno;
 	uint64		lines = 0;
 
-	rj->files = lappend(rj->files, pstrdup(path));
-	fileno = list_length(rj->files) - 1;
+	rj->files = lappend(rj->files, path ? pstrdup(path) : NULL);
+	fileno = path ? list_length(rj->files) - 1 : -1;
 
 	foreach(lc, attnames)
 		attlist = lappend(attlist, makeString(lfirst(lc)));
 	rel = table_open(stage, RowExclusiveLock);
 	memset(&st, 0, sizeof(st));
-	st.cstate = BeginCopyFrom(make_parsestate(NULL), rel, NULL, path, false, NULL,
+	st.cstate = BeginCopyFrom(make_parsestate(NULL), rel, NULL, path, false, data_source,
 							  attlist, options);
 	st.econtext = CreateStandaloneExprContext();
 	st.slots = palloc(sizeof(TupleTableSlot *) * PARSE_CHUNK_ROWS);
@@ -474,8 +499,8 @@ rejects_save(Rejects *rj, int32 pipeline_id, int64 batch_id)
 	foreach(lc, rj->rows)
 	{
 		RejectedRow *r = lfirst(lc);
-		Datum		values[7];
-		char		nulls[7] = "       ";
+		Datum		values[8];
+		char		nulls[8] = "        ";
 
 		values[0] = Int32GetDatum(pipeline_id);
 		values[1] = Int64GetDatum(batch_id);
@@ -492,9 +517,13 @@ rejects_save(Rejects *rj, int32 pipeline_id, int64 batch_id)
 			nulls[4] = 'n';
 		values[5] = CStringGetTextDatum(r->sqlstate);
 		values[6] = CStringGetTextDatum(r->message);
-		catalog_exec("INSERT INTO sluice.reject (pipeline_id, batch_id, file, line, raw_line, sqlstate, message)"
-					 " VALUES ($1, $2, $3, $4, $5, $6, $7)",
-					 7, (Oid[]) {INT4OID, INT8OID, TEXTOID, INT8OID, TEXTOID, TEXTOID, TEXTOID},
+		if (r->position)
+			values[7] = CStringGetTextDatum(r->position);
+		else
+			nulls[7] = 'n';
+		catalog_exec("INSERT INTO sluice.reject (pipeline_id, batch_id, file, line, raw_line, sqlstate, message, position)"
+					 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb)",
+					 8, (Oid[]) {INT4OID, INT8OID, TEXTOID, INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID},
 					 values, nulls, SPI_OK_INSERT);
 	}
 }

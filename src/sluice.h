@@ -9,6 +9,7 @@
 
 #include "postgres.h"
 
+#include "commands/copy.h"
 #include "nodes/pg_list.h"
 #include "utils/jsonb.h"
 #include "storage/itemptr.h"
@@ -231,6 +232,7 @@ typedef struct RejectedRow
 {
 	char	   *file;
 	int64		line;
+	char	   *position;		/* where in a stream, as JSON, instead of file and line */
 	char	   *raw;
 	char	   *sqlstate;
 	char	   *message;
@@ -245,11 +247,15 @@ typedef struct Rejects
 	StagedRow  *staged;			/* rows in the staging table, by tid */
 	int			nstaged;
 	int			maxstaged;
+	/* a stream's source: where line n of what it fed COPY came from, as JSON */
+	char	   *(*locate) (void *arg, int64 line);
+	void	   *locate_arg;
 } Rejects;
 
 extern bool rejects_is_row_error(int sqlerrcode);
 extern uint64 rejects_copy_file(Rejects *rj, Oid stage, List *attnames, List *options,
-								const char *path);
+								const char *path, copy_data_source_cb data_source);
+extern void rejects_set_aside(Rejects *rj, const char *position, const char *raw, ErrorData *edata);
 extern int64 rejects_write(Rejects *rj, const char *all_sql, const char *row_sql, Oid input,
 						   Oid stage, int64 batch_id, bool backwards);
 extern void rejects_save(Rejects *rj, int32 pipeline_id, int64 batch_id);

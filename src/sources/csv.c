@@ -767,7 +767,7 @@ csv_read_file(CsvState *st, CsvFile *f, Oid into, Rejects *rj)
 	PG_TRY();
 	{
 		if (rj)
-			rows = rejects_copy_file(rj, into, st->attnames, st->options, f->path);
+			rows = rejects_copy_file(rj, into, st->attnames, st->options, f->path, NULL);
 		else
 			rows = csv_copy_file(into, st->attnames, st->options, f->path);
 	}

@@ -47,6 +47,7 @@
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
+#include "mb/pg_wchar.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/rls.h"
@@ -131,6 +132,8 @@ typedef struct KafkaState
 	int			ntaken;
 	int			next_taken;
 	rd_kafka_message_t *current;	/* being added to what COPY reads */
+	Rejects    *rj;				/* when the batch sets bad rows aside */
+	int64		nset_aside;		/* messages set aside before COPY saw them */
 
 	/* the batch being read */
 	KafkaPartition *parts;
@@ -812,27 +815,74 @@ kafka_csv_record(const char *s, size_t len)
 	return quoted ? -1 : (ssize_t) len;
 }
 
-static void
-kafka_message_error(KafkaState *st, rd_kafka_message_t *m, const char *why)
+/* Where a message is, as sluice.reject keeps it. */
+static char *
+kafka_position(KafkaState *st, int32 partition, int64 offset)
 {
-	int32		partition = m->partition;
-	int64		offset = m->offset;
+	StringInfoData buf;
 
-	ereport(ERROR,
-			(errcode(ERRCODE_BAD_COPY_FILE_FORMAT),
-			 errmsg("message at offset " INT64_FORMAT " of partition %d of Kafka topic \"%s\" %s",
-					offset, partition, st->topic, why)));
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"topic\": ");
+	escape_json(&buf, st->topic);
+	appendStringInfo(&buf, ", \"partition\": %d, \"offset\": " INT64_FORMAT "}", partition, offset);
+	return buf.data;
 }
 
-/* The value of a JSON message as a CSV record of the source's columns. */
-static void
+/* Rejects' locator: the message that line n of what COPY read came from. */
+static char *
+kafka_locate(void *arg, int64 line)
+{
+	KafkaState *st = arg;
+
+	if (line < 1 || line > st->nlines)
+		return NULL;
+	return kafka_position(st, st->line_partition[line - 1], st->line_offset[line - 1]);
+}
+
+/*
+ * A message that cannot be a row: the batch fails naming it, or, when the
+ * batch sets bad rows aside, it goes into sluice.rejects (or is counted)
+ * and COPY never sees it.  Returns false then.
+ */
+static bool
+kafka_bad_message(KafkaState *st, rd_kafka_message_t *m, int sqlerrcode, const char *why)
+{
+	char	   *message = psprintf("message at offset " INT64_FORMAT " of partition %d of Kafka topic \"%s\" %s",
+								   m->offset, m->partition, st->topic, why);
+
+	if (st->rj == NULL)
+		ereport(ERROR, (errcode(sqlerrcode), errmsg_internal("%s", message)));
+	st->nset_aside++;
+	rejects_set_aside(st->rj, kafka_position(st, m->partition, m->offset),
+					  m->payload ? pnstrdup(m->payload, m->len) : NULL,
+					  &(ErrorData) {.sqlerrcode = sqlerrcode, .message = message});
+	return false;
+}
+
+/* The value of a JSON message as a CSV record of the source's columns; false if it is none. */
+static bool
 kafka_json_record(KafkaState *st, rd_kafka_message_t *m)
 {
-	Jsonb	   *jb;
+	MemoryContext cxt = CurrentMemoryContext;
+	Jsonb	   *volatile jb = NULL;
+	ErrorData  *volatile edata = NULL;
 
-	jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(pnstrdup(m->payload, m->len))));
+	/* jsonb_in() only parses: its error can be caught without a subtransaction */
+	PG_TRY();
+	{
+		jb = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(pnstrdup(m->payload, m->len))));
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+	}
+	PG_END_TRY();
+	if (edata)
+		return kafka_bad_message(st, m, edata->sqlerrcode, psprintf("is not JSON: %s", edata->message));
 	if (!JB_ROOT_IS_OBJECT(jb))
-		kafka_message_error(st, m, "is not a JSON object");
+		return kafka_bad_message(st, m, ERRCODE_BAD_COPY_FILE_FORMAT, "is not a JSON object");
 	for (int i = 0; i < st->nvalue; i++)
 	{
 		JsonbValue	v;
@@ -851,26 +901,40 @@ kafka_json_record(KafkaState *st, rd_kafka_message_t *m)
 		}
 		append_csv_field(&st->pending, s, s ? strlen(s) : 0, i == 0);
 	}
+	return true;
 }
 
-/* Add one message to what COPY reads, as one line. */
-static void
+/* Add one message to what COPY reads, as one line; false if it was set aside. */
+static bool
 kafka_add_message(KafkaState *st, rd_kafka_message_t *m)
 {
+	int			mark = st->pending.len;
+
 	if (m->payload == NULL)
-		kafka_message_error(st, m, "has no value");
+		return kafka_bad_message(st, m, ERRCODE_BAD_COPY_FILE_FORMAT, "has no value");
+	/* COPY's reader could not go on past a bad byte sequence */
+	if (!pg_verify_mbstr(GetDatabaseEncoding(), m->payload, (int) m->len, true))
+		return kafka_bad_message(st, m, ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
+								 psprintf("is not valid %s", GetDatabaseEncodingName()));
 	if (strcmp(st->format, "csv") == 0)
 	{
 		ssize_t		len = kafka_csv_record(m->payload, m->len);
 
 		if (len < 0)
-			kafka_message_error(st, m, "is not one CSV record");
+			return kafka_bad_message(st, m, ERRCODE_BAD_COPY_FILE_FORMAT, "is not one CSV record");
 		if (len == 2 && memcmp(m->payload, "\\.", 2) == 0)
-			kafka_message_error(st, m, "is COPY's end-of-data marker");
+			return kafka_bad_message(st, m, ERRCODE_BAD_COPY_FILE_FORMAT, "is COPY's end-of-data marker");
 		appendBinaryStringInfo(&st->pending, m->payload, len);
 	}
 	else if (strcmp(st->format, "json") == 0)
-		kafka_json_record(st, m);
+	{
+		if (!kafka_json_record(st, m))
+		{
+			st->pending.len = mark;
+			st->pending.data[mark] = '\0';
+			return false;
+		}
+	}
 	else
 		append_csv_field(&st->pending, m->payload, m->len, true);
 
@@ -904,6 +968,7 @@ kafka_add_message(KafkaState *st, rd_kafka_message_t *m)
 	st->line_partition[st->nlines] = m->partition;
 	st->line_offset[st->nlines++] = m->offset;
 	st->bytes += m->len;
+	return true;
 }
 
 /* The next message from the consumer's queue, taken in batches; NULL after a wait in vain. */
@@ -947,6 +1012,7 @@ static bool
 kafka_next_message(KafkaState *st)
 {
 	int			idle = 0;
+	bool		added;
 
 	while (st->ndone < st->nparts)
 	{
@@ -1006,12 +1072,14 @@ kafka_next_message(KafkaState *st)
 			continue;
 		}
 		st->current = m;		/* destroyed by kafka_drop_taken() if this fails */
-		kafka_add_message(st, m);
+		added = kafka_add_message(st, m);
 		st->current = NULL;
+		idle = 0;
 		if (m->offset == kp->end - 1)
 			kafka_partition_done(st, kp);
 		rd_kafka_message_destroy(m);
-		return true;
+		if (added)
+			return true;
 	}
 	return false;
 }
@@ -1093,6 +1161,28 @@ kafka_copy(KafkaState *st, Oid into)
 	callback.previous = error_context_stack;
 	error_context_stack = &callback;
 	reading = st;
+	if (st->rj)
+	{
+		/* row by row into the staging table, setting bad rows aside (rejects.c) */
+		List	   *names = NIL;
+		ListCell   *lc2;
+
+		foreach(lc2, st->attnames)
+			names = lappend(names, strVal(lfirst(lc2)));
+		st->rj->locate = kafka_locate;
+		st->rj->locate_arg = st;
+		table_close(rel, NoLock);
+		rel = NULL;
+		rows = rejects_copy_file(st->rj, into, names, st->copy_options, NULL, kafka_copy_data);
+		if (st->ndone < st->nparts || st->pending_off < st->pending.len)
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("COPY stopped before the end of the batch's slice of Kafka topic \"%s\"", st->topic)));
+		reading = NULL;
+		error_context_stack = callback.previous;
+		free_parsestate(pstate);
+		return rows;
+	}
 	st->cstate = BeginCopyFrom(pstate, rel, NULL, NULL, false, kafka_copy_data, st->attnames,
 							   st->copy_options);
 	rows = CopyFrom(st->cstate);
@@ -1117,6 +1207,8 @@ kafka_read(void *state, Pipeline *p, Batch *b, Oid into, Rejects *rj)
 
 	kafka_check_privilege();
 	kafka_load_slice(st, p, b);
+	st->rj = rj;
+	st->nset_aside = 0;
 	st->ndone = 0;
 	for (int i = 0; i < st->nparts; i++)
 		if (st->parts[i].start >= st->parts[i].end)
@@ -1142,12 +1234,13 @@ kafka_read(void *state, Pipeline *p, Batch *b, Oid into, Rejects *rj)
 						 errmsg("could not read partition %d of Kafka topic \"%s\"",
 								st->parts[i].partition, st->topic),
 						 errdetail("%s", rd_kafka_err2str(rd_kafka_last_error()))));
-		b->rows += kafka_copy(st, into);
+		b->rows += kafka_copy(st, into) + st->nset_aside;	/* every message, good or bad */
 	}
 	PG_FINALLY();
 	{
 		reading = NULL;
 		st->cstate = NULL;
+		st->rj = NULL;
 		kafka_drop_taken(st);
 		/* stop fetching until the next batch */
 		for (int i = 0; i < st->nparts; i++)
