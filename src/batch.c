@@ -333,6 +333,7 @@ batch_process(PipelineRun *run, Batch *b, double plan_ms, bool careful)
 
 	memset(&rj, 0, sizeof(rj));
 	rj.keep = p->keep_rejects;
+	rj.cxt = CurrentMemoryContext;	/* lives until rejects_save() */
 
 	/* an append sink without a transform takes the rows straight, at COPY's speed */
 	staged = careful || p->transform != NULL || !p->sink_routine->direct;

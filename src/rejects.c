@@ -78,11 +78,13 @@ rejects_is_row_error(int sqlerrcode)
 static void
 rejects_add(Rejects *rj, int fileno, int64 line, const char *raw, ErrorData *edata)
 {
+	MemoryContext old;
 	RejectedRow *r;
 
 	rj->count++;
 	if (!rj->keep)
 		return;
+	old = MemoryContextSwitchTo(rj->cxt ? rj->cxt : CurrentMemoryContext);
 	r = palloc(sizeof(RejectedRow));
 	r->file = fileno >= 0 ? list_nth(rj->files, fileno) : NULL;
 	r->line = line;
@@ -96,23 +98,28 @@ rejects_add(Rejects *rj, int fileno, int64 line, const char *raw, ErrorData *eda
 	r->sqlstate = pstrdup(unpack_sql_state(edata->sqlerrcode));
 	r->message = pstrdup(edata->message);
 	rj->rows = lappend(rj->rows, r);
+	MemoryContextSwitchTo(old);
 }
 
 /* A bad message a stream's source set aside itself, before COPY saw it. */
 void
 rejects_set_aside(Rejects *rj, const char *position, const char *raw, ErrorData *edata)
 {
+	MemoryContext old;
 	RejectedRow *r;
 
 	rj->count++;
 	if (!rj->keep)
 		return;
+	/* called while COPY parses, in memory that is reset after each chunk */
+	old = MemoryContextSwitchTo(rj->cxt);
 	r = palloc0(sizeof(RejectedRow));
 	r->position = pstrdup(position);
 	r->raw = raw ? pstrdup(raw) : NULL;
 	r->sqlstate = pstrdup(unpack_sql_state(edata->sqlerrcode));
 	r->message = pstrdup(edata->message);
 	rj->rows = lappend(rj->rows, r);
+	MemoryContextSwitchTo(old);
 }
 
 /*

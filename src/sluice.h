@@ -247,6 +247,7 @@ typedef struct Rejects
 	StagedRow  *staged;			/* rows in the staging table, by tid */
 	int			nstaged;
 	int			maxstaged;
+	MemoryContext cxt;			/* where the rejected rows are kept */
 	/* a stream's source: where line n of what it fed COPY came from, as JSON */
 	char	   *(*locate) (void *arg, int64 line);
 	void	   *locate_arg;

@@ -860,7 +860,8 @@ kafka_bad_message(KafkaState *st, rd_kafka_message_t *m, int sqlerrcode, const c
 		ereport(ERROR, (errcode(sqlerrcode), errmsg_internal("%s", message)));
 	st->nset_aside++;
 	rejects_set_aside(st->rj, kafka_position(st, m->partition, m->offset),
-					  m->payload ? pnstrdup(m->payload, m->len) : NULL,
+					  m->payload && sqlerrcode != ERRCODE_CHARACTER_NOT_IN_REPERTOIRE
+					  ? pnstrdup(m->payload, m->len) : NULL,
 					  &(ErrorData) {.sqlerrcode = sqlerrcode, .message = message});
 	return false;
 }
@@ -885,8 +886,12 @@ kafka_json_record(KafkaState *st, rd_kafka_message_t *m)
 		FlushErrorState();
 	}
 	PG_END_TRY();
+	if (edata && ERRCODE_TO_CATEGORY(edata->sqlerrcode) != ERRCODE_DATA_EXCEPTION &&
+		edata->sqlerrcode != ERRCODE_STATEMENT_TOO_COMPLEX)
+		ReThrowError(edata);	/* out of memory is no bad message */
 	if (edata)
-		return kafka_bad_message(st, m, edata->sqlerrcode, psprintf("is not JSON: %s", edata->message));
+		return kafka_bad_message(st, m, ERRCODE_INVALID_TEXT_REPRESENTATION,
+								 psprintf("is not JSON: %s", edata->message));
 	if (!JB_ROOT_IS_OBJECT(jb))
 		return kafka_bad_message(st, m, ERRCODE_BAD_COPY_FILE_FORMAT, "is not a JSON object");
 	for (int i = 0; i < st->nvalue; i++)
@@ -922,6 +927,10 @@ kafka_add_message(KafkaState *st, rd_kafka_message_t *m)
 	if (!pg_verify_mbstr(GetDatabaseEncoding(), m->payload, (int) m->len, true))
 		return kafka_bad_message(st, m, ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
 								 psprintf("is not valid %s", GetDatabaseEncodingName()));
+	if (st->include_metadata && m->key &&
+		!pg_verify_mbstr(GetDatabaseEncoding(), m->key, (int) m->key_len, true))
+		return kafka_bad_message(st, m, ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
+								 psprintf("has a key that is not valid %s", GetDatabaseEncodingName()));
 	if (strcmp(st->format, "csv") == 0)
 	{
 		ssize_t		len = kafka_csv_record(m->payload, m->len);
@@ -956,7 +965,7 @@ kafka_add_message(KafkaState *st, rd_kafka_message_t *m)
 		s = psprintf(INT64_FORMAT, m->offset);
 		append_csv_field(&st->pending, s, strlen(s), false);
 		s = NULL;
-		if (ms >= 0)
+		if (ms >= 0 && ms <= INT64CONST(253402300799999))	/* up to 9999-12-31: else NULL */
 			s = DatumGetCString(DirectFunctionCall1(timestamptz_out,
 													TimestampTzGetDatum(time_t_to_timestamptz(ms / 1000) +
 																		(ms % 1000) * 1000)));
@@ -965,14 +974,24 @@ kafka_add_message(KafkaState *st, rd_kafka_message_t *m)
 	}
 	appendStringInfoChar(&st->pending, '\n');
 
-	if (st->nlines == st->maxlines)
+	/*
+	 * COPY counts a line break inside quotes as a line too (PostgreSQL 15:
+	 * once it has seen a record end, so not in the first record): every
+	 * line of this record maps to this message.
+	 */
+	for (int i = st->nlines == 0 ? st->pending.len - 1 : mark; i < st->pending.len; i++)
 	{
-		st->maxlines = Max(1024, st->maxlines * 2);
-		st->line_partition = repalloc_huge(st->line_partition, sizeof(int32) * st->maxlines);
-		st->line_offset = repalloc_huge(st->line_offset, sizeof(int64) * st->maxlines);
+		if (st->pending.data[i] != '\n')
+			continue;
+		if (st->nlines == st->maxlines)
+		{
+			st->maxlines = Max(1024, st->maxlines * 2);
+			st->line_partition = repalloc_huge(st->line_partition, sizeof(int32) * st->maxlines);
+			st->line_offset = repalloc_huge(st->line_offset, sizeof(int64) * st->maxlines);
+		}
+		st->line_partition[st->nlines] = m->partition;
+		st->line_offset[st->nlines++] = m->offset;
 	}
-	st->line_partition[st->nlines] = m->partition;
-	st->line_offset[st->nlines++] = m->offset;
 	st->bytes += m->len;
 	return true;
 }
