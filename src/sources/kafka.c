@@ -1271,6 +1271,12 @@ kafka_read(void *state, Pipeline *p, Batch *b, Oid into, Rejects *rj)
 		for (int i = 0; i < st->nparts; i++)
 			if (st->parts[i].end > st->parts[i].start)
 				rd_kafka_consume_stop(st->rkt, st->parts[i].partition);
+		/* what was fetched past the slice's end is not kept until the next batch */
+		while ((st->ntaken = (int) Max(rd_kafka_consume_batch_queue(st->queue, 0, st->taken, KAFKA_TAKE), 0)) > 0)
+		{
+			st->next_taken = 0;
+			kafka_drop_taken(st);
+		}
 	}
 	PG_END_TRY();
 	b->bytes += st->bytes;
