@@ -111,7 +111,10 @@ typedef struct KafkaState
 	char	   *brokers;
 	char	   *topic;
 	Jsonb	   *options;
-	char	   *format;			/* csv, json or text */
+	enum
+	{
+		KAFKA_CSV, KAFKA_JSON, KAFKA_TEXT
+	}			format;
 	List	   *attnames;		/* every column */
 	int			nvalue;			/* of which the message fills the first nvalue */
 	char	  **value_names;
@@ -420,14 +423,16 @@ static void
 kafka_check_privilege(void)
 {
 	const char *hint = NULL;
-	const char *role = quote_identifier(GetUserNameFromId(GetUserId(), false));
+	const char *role;
 
-	if (kafka_owner_refused(GetUserId(), &hint))
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied to read Kafka topics"),
-				 errdetail("Role %s may not execute sluice.kafka_source().", role),
-				 errhint("A superuser can GRANT EXECUTE ON FUNCTION sluice.kafka_source TO %s.", role)));
+	if (kafka_owner_refused(GetUserId(), &hint) == NULL)
+		return;
+	role = quote_identifier(GetUserNameFromId(GetUserId(), false));
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("permission denied to read Kafka topics"),
+			 errdetail("Role %s may not execute sluice.kafka_source().", role),
+			 errhint("A superuser can GRANT EXECUTE ON FUNCTION sluice.kafka_source TO %s.", role)));
 }
 
 /*
@@ -491,7 +496,8 @@ kafka_open(Pipeline *p, MemoryContext cxt, bool waits)
 	st->brokers = jsonb_get_text(p->source, "brokers");
 	st->topic = jsonb_get_text(p->source, "topic");
 	format = jsonb_get_text(p->source, "format");
-	st->format = format ? format : "csv";
+	st->format = format == NULL || strcmp(format, "csv") == 0 ? KAFKA_CSV
+		: strcmp(format, "json") == 0 ? KAFKA_JSON : KAFKA_TEXT;
 	st->include_metadata = jsonb_get_bool(p->source, "include_metadata", false);
 	st->fail_on_data_loss = jsonb_get_bool(p->source, "fail_on_data_loss", true);
 	st->max_offsets = jsonb_get_int64(p->source, "max_offsets_per_trigger", 0);
@@ -532,7 +538,7 @@ kafka_open(Pipeline *p, MemoryContext cxt, bool waits)
 	}
 	st->copy_options = list_make2(makeDefElem("format", (Node *) makeString("csv"), -1),
 								  makeDefElem("header", (Node *) makeString("false"), -1));
-	if (strcmp(st->format, "csv") == 0 && jsonb_get_text(p->source, "delimiter"))
+	if (st->format == KAFKA_CSV && jsonb_get_text(p->source, "delimiter"))
 		st->copy_options = lappend(st->copy_options,
 								   makeDefElem("delimiter",
 											   (Node *) makeString(jsonb_get_text(p->source, "delimiter")), -1));
@@ -762,13 +768,22 @@ kafka_load_slice(KafkaState *st, Pipeline *p, Batch *b)
 	}
 }
 
+static int
+kafka_partition_cmp(const void *a, const void *b)
+{
+	int32		pa = ((const KafkaPartition *) a)->partition;
+	int32		pb = ((const KafkaPartition *) b)->partition;
+
+	return pa < pb ? -1 : pa > pb;
+}
+
+/* The slice's partition of a message: st->parts is in partition order. */
 static KafkaPartition *
 kafka_find_partition(KafkaState *st, int32 partition)
 {
-	for (int i = 0; i < st->nparts; i++)
-		if (st->parts[i].partition == partition)
-			return &st->parts[i];
-	return NULL;
+	KafkaPartition key = {.partition = partition};
+
+	return bsearch(&key, st->parts, st->nparts, sizeof(KafkaPartition), kafka_partition_cmp);
 }
 
 static void
@@ -931,7 +946,7 @@ kafka_add_message(KafkaState *st, rd_kafka_message_t *m)
 		!pg_verify_mbstr(GetDatabaseEncoding(), m->key, (int) m->key_len, true))
 		return kafka_bad_message(st, m, ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
 								 psprintf("has a key that is not valid %s", GetDatabaseEncodingName()));
-	if (strcmp(st->format, "csv") == 0)
+	if (st->format == KAFKA_CSV)
 	{
 		ssize_t		len = kafka_csv_record(m->payload, m->len);
 
@@ -941,7 +956,7 @@ kafka_add_message(KafkaState *st, rd_kafka_message_t *m)
 			return kafka_bad_message(st, m, ERRCODE_BAD_COPY_FILE_FORMAT, "is COPY's end-of-data marker");
 		appendBinaryStringInfo(&st->pending, m->payload, len);
 	}
-	else if (strcmp(st->format, "json") == 0)
+	else if (st->format == KAFKA_JSON)
 	{
 		if (!kafka_json_record(st, m))
 		{

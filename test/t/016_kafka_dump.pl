@@ -5,7 +5,9 @@
 # itself, from the offsets it had committed at the dump: the messages it had
 # read are not read again, and those produced since arrive once.  A restore
 # that loads the pipeline before its offsets does not read from the start
-# meanwhile.
+# meanwhile.  In the new cluster the owner then loses EXECUTE: the running
+# worker, then the launcher, fail the pipeline, with the reason in
+# sluice.errors.
 use strict;
 use warnings;
 
@@ -80,6 +82,22 @@ produce_rows(250);
 wait_until($nb, $offsets, '1500', 'B: the running pipeline is back and reads what arrived since');
 rows_once($nb, 'B');
 is($nb->safe_psql('postgres', "SELECT state FROM sluice.pipelines WHERE name = 'kd'"), 'running', 'B: running');
+
+# the owner loses EXECUTE on kafka_source(): the running worker refuses its next plan;
+# started again, the launcher refuses to start a worker; each time the pipeline is failed, saying why
+my $why = "SELECT concat_ws(' | ', sqlstate, message, detail) FROM sluice.errors WHERE pipeline = 'kd' ORDER BY time DESC LIMIT 1";
+$nb->safe_psql('postgres', 'REVOKE EXECUTE ON FUNCTION sluice.kafka_source FROM kuser');
+wait_until($nb, "SELECT state FROM sluice.pipeline WHERE name = 'kd'", 'failed', 'B: without EXECUTE, kd is failed');
+is($nb->safe_psql('postgres', $why), '42501 | permission denied to read Kafka topics | Role kuser may not execute sluice.kafka_source().',
+	'B: the worker refused, and sluice.errors says why');
+wait_until($nb, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'sluice worker'", '0',
+	'B: its worker is stopped');
+$nb->safe_psql('postgres', "SET ROLE kuser; SELECT sluice.start('kd')");
+wait_until($nb, "SELECT count(*) FROM sluice.errors WHERE pipeline = 'kd'", '2', 'B: started again, kd is refused');
+is($nb->safe_psql('postgres', $why),
+	'42501 | the owner of pipeline "kd" cannot run it | Role kuser may no longer execute sluice.kafka_source().',
+	'B: the launcher refused to start it, and sluice.errors says why');
+is($nb->safe_psql('postgres', "SELECT state FROM sluice.pipeline WHERE name = 'kd'"), 'failed', 'B: kd is failed again');
 
 # C: the pipeline restored before its offsets: it waits for them, reading nothing
 my $nc = sluice_node('kdump_c');
