@@ -21,7 +21,7 @@ $(OBJS): $(wildcard src/*.h)
 # the tests' Kafka cluster (librdkafka's mock cluster, driven on stdin)
 all: test/kafka_mock
 test/kafka_mock: test/kafka_mock.c
-	$(CC) $(CFLAGS) -Wall -Werror -o $@ $< -lrdkafka
+	$(CC) $(CFLAGS) -Wall -Werror -o $@ $< -lrdkafka -lpthread
 EXTRA_CLEAN = test/kafka_mock
 
 # The tests write their files under $SLUICE_TEST_DIR, a new directory for each

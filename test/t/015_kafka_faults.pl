@@ -1,8 +1,8 @@
 # A Kafka source against faults of the cluster (librdkafka's mock cluster,
 # test/kafka_mock): a broker down for several seconds mid-stream, a leader
 # change, aborted transactions, messages lost to retention with either
-# setting of fail_on_data_loss, and two PostgreSQL servers splitting one
-# topic by partitions.  Each time every message that is on the brokers ends
+# setting of fail_on_data_loss, two PostgreSQL servers splitting one
+# topic by partitions, and a partition added while the pipeline runs.  Each time every message that is on the brokers ends
 # up in the target exactly once, and nothing is skipped silently.
 use strict;
 use warnings;
@@ -204,6 +204,41 @@ is($node2->safe_psql('postgres', "SELECT string_agg(partition::text, ',' ORDER B
 	'2,3', 'split: server 2 keeps offsets of partitions 2 and 3 only');
 
 $node2->stop;
+
+# ---------------------------------------------------------------------------
+# 6. A partition added while the pipeline runs is read from its earliest
+# offset, whatever starting_offsets says (as Spark does).  The mock cannot add
+# partitions: its proxy hides the third partition of the topic from the
+# clients until it is "added".
+
+my $grow = KafkaMock->new($node->basedir, '-p');
+$grow->cmd('topic grow 3');
+$grow->cmd('partitions grow 2');
+$kafka = $grow;    # produce_ids produces here now
+$brokers = $grow->brokers;
+produce_ids('grow', $_, 500) for 0 .. 1;    # before the start: skipped ('latest')
+create_kafka_pipeline($node, 'k_grow', 'grow', starting_offsets => "'latest'");
+my $grow_partitions = "SELECT string_agg(o.partition || ':' || o.next_offset, ',' ORDER BY o.partition)"
+  . " FROM sluice.kafka_offset o JOIN sluice.pipeline p ON p.id = o.pipeline_id WHERE p.name = 'k_grow'";
+$node->safe_psql('postgres', "SELECT sluice.start('k_grow')");
+wait_until($node, $grow_partitions, '0:500,1:500', 'grow: the first plan starts the two partitions shown at their end');
+my @grow;
+push @grow, produce_ids('grow', $_, 300) for 0 .. 1;
+my @early = produce_ids('grow', 2, 400);    # on the brokers, not yet shown
+wait_until($node, $grow_partitions, '0:800,1:800', 'grow: the two partitions read');
+sleep 1;
+is($node->safe_psql('postgres', $grow_partitions), '0:800,1:800', 'grow: a partition not shown is not read');
+rows_are($node, 't_k_grow', \@grow, 'grow: before the partition is added');
+$grow->cmd('partitions grow 3');
+push @grow, @early;
+push @grow, produce_ids('grow', $_, 100) for 0 .. 2;
+wait_until($node, $grow_partitions, '0:900,1:900,2:500', 'grow: the added partition read from offset 0');
+rows_are($node, 't_k_grow', \@grow, 'grow: after the partition is added');
+is($node->safe_psql('postgres', "SELECT state FROM sluice.pipelines WHERE name = 'k_grow'"),
+	'running', 'grow: the pipeline never stopped');
+is($node->safe_psql('postgres', "SELECT count(*) FROM sluice.progress('k_grow', 1000)"
+		  . " WHERE end_offset->'grow' ? '2' AND NOT start_offset->'grow' ? '2'"), '0', 'grow: each batch that reads the new partition shows where it started');
+
 $node->stop;
-$kafka->stop;
+$grow->stop;
 done_testing();

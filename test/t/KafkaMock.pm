@@ -1,7 +1,8 @@
 # The tests' Kafka cluster: test/kafka_mock (librdkafka's mock cluster, a
 # real Kafka protocol peer on loopback ports), driven through its stdin.
 #
-#   my $kafka = KafkaMock->new($basedir);
+#   my $kafka = KafkaMock->new($basedir);          # or ($basedir, '-p'): through
+#                                                    # the proxy, which can hide partitions
 #   $kafka->cmd('topic bank 4');
 #   $kafka->produce('bank', 0, \@lines);            # or ..., 'commit' / 'abort'
 #   $kafka->brokers;                                 # "127.0.0.1:port,..."
@@ -20,11 +21,11 @@ my $seq = 0;
 
 sub new
 {
-	my ($class, $dir) = @_;
+	my ($class, $dir, @args) = @_;
 	my $self = bless { dir => $dir, in => '', out => '', err => '' }, $class;
 	my $bin = "$FindBin::RealBin/../kafka_mock";
 	die "no $bin: run make first" unless -x $bin;
-	$self->{h} = IPC::Run::start([$bin], '<', \$self->{in}, '>', \$self->{out}, '2>', \$self->{err},
+	$self->{h} = IPC::Run::start([$bin, @args], '<', \$self->{in}, '>', \$self->{out}, '2>', \$self->{err},
 		IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default));
 	my $line = $self->_line;
 	die "kafka_mock: $line" unless $line =~ /^bootstrap (\S+)$/;
