@@ -25,6 +25,8 @@ SELECT clock_timestamp() AS t0 \gset
 SELECT sluice.kafka_source('127.0.0.1:1', 'regress_k', 'id int');
 SELECT clock_timestamp() - :'t0'::timestamptz < interval '10 seconds' AS refused_within_10_seconds;
 SELECT sluice.kafka_source(' ', 'regress_k', 'id int');
+-- at most 64 bootstrap brokers (librdkafka starts a thread for each)
+SELECT sluice.kafka_source(array_to_string(array_fill('127.0.0.1:1'::text, ARRAY[65]), ','), 'regress_k', 'id int');
 
 -- formats and columns
 SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', format => 'avro');

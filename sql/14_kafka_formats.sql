@@ -11,6 +11,7 @@
 --   regress_bad_int      1,one  x,two
 --   regress_json_array   [1, 2]
 --   regress_quoted_nl    1,"two<line break>lines"  2,"two<line break>more"  x,three  4,four
+--   regress_wide         10,001 empty partitions
 --
 \getenv brokers SLUICE_KAFKA_BROKERS
 \set VERBOSITY default
@@ -62,6 +63,11 @@ SELECT sluice.run_once('kf_int');
 \set SHOW_CONTEXT never
 SELECT make('kf_array', 'regress_json_array', 'id int', 'array_t', 'format => ''json''');
 SELECT sluice.run_once('kf_array');
+-- more partitions than a pipeline reads: the batch fails before it plans anything
+SELECT make('kf_wide', 'regress_wide', 'id int', 'wide_t');
+SELECT sluice.run_once('kf_wide');
+SELECT count(*) AS wide_offsets FROM sluice.kafka_offset o JOIN sluice.pipeline p ON p.id = o.pipeline_id
+ WHERE p.name = 'kf_wide';
 SELECT (SELECT count(*) FROM open_t) AS open_rows, (SELECT count(*) FROM two_t) AS two_rows,
        (SELECT count(*) FROM int_t) AS int_rows, (SELECT count(*) FROM array_t) AS array_rows;
 SELECT pipeline, message FROM sluice.errors WHERE pipeline LIKE 'kf\_%' ORDER BY pipeline;
