@@ -17,6 +17,8 @@ include $(PGXS)
 
 # after PGXS, so that the default goal stays PGXS's: objects follow the headers
 $(OBJS): $(wildcard src/*.h)
+# the version the library is built for comes from the control file
+src/catalog.o src/launcher.o: $(EXTENSION).control
 
 # the tests' Kafka cluster (librdkafka's mock cluster, driven on stdin)
 all: test/kafka_mock

@@ -56,6 +56,7 @@ SELECT sluice.csv_source('/tmp', 'id int', null_string => E'a\nb');
 SELECT sluice.csv_source('/tmp', 'id int', encoding => 'no_such_encoding');
 SELECT sluice.csv_source('/tmp', 'id int', max_files_per_trigger => 0);
 SELECT sluice.csv_source('/tmp', 'id int', max_files_per_trigger => -5);
+SELECT sluice.csv_source('/tmp', 'id int', max_bytes_per_trigger => 0);
 
 --
 -- append_sink(): the target must exist

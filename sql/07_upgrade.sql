@@ -63,7 +63,7 @@ SELECT extversion, extnamespace::regnamespace FROM pg_extension WHERE extname = 
 -- this library is the current version's: pipelines wait for the update
 \set SHOW_CONTEXT never
 SELECT sluice.run_once('any');
-ALTER EXTENSION sluice UPDATE;  -- 0.1 -> 0.2 -> 0.3
+ALTER EXTENSION sluice UPDATE;  -- 0.1 -> 0.2 -> 0.3 -> 0.4
 SELECT extversion FROM pg_extension WHERE extname = 'sluice';
 CREATE TABLE upgraded AS SELECT * FROM shape();
 
@@ -103,6 +103,25 @@ SELECT extversion, extnamespace::regnamespace FROM pg_extension WHERE extname = 
 DROP EXTENSION sluice;
 SELECT count(*) AS sluice_schemas FROM pg_namespace WHERE nspname = 'sluice';
 DROP ROLE regress_sluice_squatter;
+
+-- 0.3 -> 0.4 makes csv_source() and kafka_source() anew (they take new
+-- parameters): what was granted or revoked on them stays, and stays a
+-- grant of the user's (not an initial privilege of the extension), so that
+-- pg_dump keeps it
+CREATE ROLE regress_sluice_streams;
+CREATE EXTENSION sluice VERSION '0.3';
+GRANT EXECUTE ON FUNCTION sluice.kafka_source TO regress_sluice_streams;
+REVOKE EXECUTE ON FUNCTION sluice.csv_source FROM PUBLIC;
+ALTER EXTENSION sluice UPDATE TO '0.4';
+SELECT p.proname, p.pronargs,
+       has_function_privilege('regress_sluice_streams', p.oid, 'EXECUTE') AS granted,
+       EXISTS (SELECT 1 FROM aclexplode(p.proacl) AS a WHERE a.grantee = 0) AS public_may,
+       (SELECT array_to_string(i.initprivs, ',') ~ 'regress_sluice_streams'
+          FROM pg_init_privs i WHERE i.objoid = p.oid AND i.classoid = 'pg_proc'::regclass) AS initial
+  FROM pg_proc p WHERE p.pronamespace = 'sluice'::regnamespace AND p.proname IN ('csv_source', 'kafka_source')
+ ORDER BY 1;
+DROP EXTENSION sluice;
+DROP ROLE regress_sluice_streams;
 
 \c contrib_regression
 DROP DATABASE regress_sluice_upgrade;

@@ -47,6 +47,14 @@ SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', starting_offsets =
 SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', starting_offsets => '{"0": 1}');
 SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', starting_offsets => '{"0": 1, "1": 1}', partitions => '{0}');
 SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', max_offsets_per_trigger => 0);
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', max_rate_per_partition => 0);
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', min_offsets_per_trigger => 0);
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', max_trigger_delay => '-1 second');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', max_trigger_delay => '2 years');
+SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', max_trigger_delay => NULL);
+SELECT s->'max_rate_per_partition' AS rate, s->'min_offsets_per_trigger' AS min, s->'max_trigger_delay_ms' AS delay_ms
+  FROM sluice.kafka_source(:'brokers', 'regress_k', 'id int', max_rate_per_partition => 500,
+                           min_offsets_per_trigger => 1000, max_trigger_delay => '90 seconds') AS s;
 SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', partitions => '{0, 0}');
 SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', partitions => '{-1}');
 SELECT sluice.kafka_source(:'brokers', 'regress_k', 'id int', partitions => '{}');

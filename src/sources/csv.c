@@ -63,6 +63,7 @@ typedef struct CsvState
 	char	   *dir;
 	char	   *pattern;
 	int			max_files;		/* 0 for no limit */
+	int64		max_bytes;		/* 0 for no limit */
 	List	   *options;		/* for COPY */
 	List	   *attnames;
 	char	   *after;			/* keep, delete or archive */
@@ -470,6 +471,7 @@ csv_open(Pipeline *p, MemoryContext cxt, bool waits)
 	st->dir = jsonb_get_text(p->source, "dir");
 	st->pattern = jsonb_get_text(p->source, "pattern");
 	st->max_files = (int) jsonb_get_int64(p->source, "max_files_per_trigger", 0);
+	st->max_bytes = jsonb_get_int64(p->source, "max_bytes_per_trigger", 0);
 	st->options = csv_copy_options(header && strcmp(header, "true") == 0,
 								   jsonb_get_text(p->source, "delimiter"),
 								   jsonb_get_text(p->source, "quote"),
@@ -661,7 +663,9 @@ csv_keep_name(CsvState *st, List *names, const char *path)
 
 /*
  * Claim the files not yet in the file log for the batch, oldest first, up
- * to max_files_per_trigger.  Files younger than settle_time wait.  The
+ * to max_files_per_trigger and max_bytes_per_trigger (but always one file,
+ * however large, as Spark's maxBytesPerTrigger).  Files younger than
+ * settle_time wait.  The
  * backlog is the files not yet in the log, the ones claimed now and the
  * young ones included.
  */
@@ -669,10 +673,10 @@ static int64
 csv_plan(void *state, Pipeline *p, int64 batch_id, int64 *backlog, Jsonb **slice)
 {
 	CsvState   *st = state;
-	Oid			types[7] = {INT4OID, TEXTARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, INT8OID, INT4OID,
-	TEXTARRAYOID};
-	Datum		values[7];
-	char		nulls[7] = "       ";
+	Oid			types[8] = {INT4OID, TEXTARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, INT8OID, INT4OID,
+	TEXTARRAYOID, INT8OID};
+	Datum		values[8];
+	char		nulls[8] = "        ";
 	TimestampTz listed_at;
 	List	   *files;
 	List	   *young = NIL;
@@ -712,18 +716,25 @@ csv_plan(void *state, Pipeline *p, int64 batch_id, int64 *backlog, Jsonb **slice
 		if (st->max_files == 0)
 			nulls[5] = 'n';
 		values[6] = files_array(young, 0);
+		values[7] = Int64GetDatum(st->max_bytes);
+		if (st->max_bytes == 0)
+			nulls[7] = 'n';
 		/* the files not in the log yet, and whether this batch claimed them */
 		*backlog = catalog_exec("WITH c AS ("
 								"  SELECT * FROM unnest($2::text[], $3::int8[], $4::timestamptz[]) AS c(path, size, mtime)"
 								"  WHERE NOT EXISTS (SELECT 1 FROM sluice.file f WHERE f.pipeline_id = $1 AND f.path = c.path)),"
 								" claim AS (INSERT INTO sluice.file (pipeline_id, path, size, mtime, batch_id)"
-								"  SELECT $1, path, size, mtime, $5 FROM c ORDER BY mtime, path LIMIT $6"
+								"  SELECT $1, path, size, mtime, $5"
+								"   FROM (SELECT *, row_number() OVER w AS n, sum(size) OVER w AS upto"
+								"          FROM c WINDOW w AS (ORDER BY mtime, path ROWS UNBOUNDED PRECEDING)) AS o"
+								"  WHERE n = 1 OR $8 IS NULL OR upto <= $8"
+								"  ORDER BY mtime, path LIMIT $6"
 								"  ON CONFLICT DO NOTHING RETURNING path)"
 								" SELECT c.path, c.path IN (SELECT path FROM claim) FROM c"
 								" UNION ALL"
 								" SELECT y.path, false FROM unnest($7::text[]) AS y(path)"
 								"  WHERE NOT EXISTS (SELECT 1 FROM sluice.file f WHERE f.pipeline_id = $1 AND f.path = y.path)",
-								7, types, values, nulls, SPI_OK_SELECT);
+								8, types, values, nulls, SPI_OK_SELECT);
 		for (uint64 i = 0; i < SPI_processed; i++)
 		{
 			if (strcmp(spi_text(i, 2), "t") == 0)

@@ -121,6 +121,11 @@ typedef struct KafkaState
 	bool		include_metadata;
 	bool		fail_on_data_loss;
 	int64		max_offsets;	/* 0 for no limit */
+	int64		max_rate;		/* messages a second per partition, 0 for no limit */
+	int64		min_offsets;	/* 0 for none */
+	int64		max_delay_ms;	/* how long a batch waits for min_offsets */
+	TimestampTz short_since;	/* since when the plans found fewer than min_offsets */
+	bool		waits;			/* not run_once: min_offsets applies */
 	bool		start_latest;	/* starting_offsets 'latest' */
 	Jsonb	   *start_at;		/* or {partition: offset}, NULL for 'earliest' or 'latest' */
 	List	   *only;			/* the partitions to read (Integer), NIL for all */
@@ -501,6 +506,10 @@ kafka_open(Pipeline *p, MemoryContext cxt, bool waits)
 	st->include_metadata = jsonb_get_bool(p->source, "include_metadata", false);
 	st->fail_on_data_loss = jsonb_get_bool(p->source, "fail_on_data_loss", true);
 	st->max_offsets = jsonb_get_int64(p->source, "max_offsets_per_trigger", 0);
+	st->max_rate = jsonb_get_int64(p->source, "max_rate_per_partition", 0);
+	st->min_offsets = jsonb_get_int64(p->source, "min_offsets_per_trigger", 0);
+	st->max_delay_ms = jsonb_get_int64(p->source, "max_trigger_delay_ms", 900000);
+	st->waits = waits;
 	if (getKeyJsonValueFromContainer(&p->source->root, "options", 7, &v) && v.type == jbvBinary)
 		st->options = JsonbValueToJsonb(&v);
 	else
@@ -594,9 +603,39 @@ append_partition_json(StringInfo buf, const char *topic, KafkaPartition *parts, 
 }
 
 /*
+ * Whether a plan that found fewer messages than min_offsets_per_trigger
+ * goes on anyway: max_trigger_delay has passed since the last batch was
+ * planned (or, before the first batch, since the plans found messages).
+ * run_once drains what is there and never waits.
+ */
+static bool
+kafka_waited_enough(KafkaState *st, Pipeline *p)
+{
+	Datum		values[1] = {Int32GetDatum(p->id)};
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz since;
+	bool		isnull;
+
+	if (!st->waits)
+		return true;
+	catalog_exec("SELECT max(planned_at) FROM sluice.batch WHERE pipeline_id = $1",
+				 1, (Oid[]) {INT4OID}, values, NULL, SPI_OK_SELECT);
+	since = DatumGetTimestampTz(spi_datum(0, 1, &isnull));
+	if (isnull)
+	{
+		if (st->short_since == 0)
+			st->short_since = now;
+		since = st->short_since;
+	}
+	return now - since >= st->max_delay_ms * 1000;
+}
+
+/*
  * Plan the next slice: for each partition read, from its next offset to
- * where it stands now, capped by max_offsets_per_trigger spread over the
- * partitions by their lag, as Spark does.  A partition seen for the first
+ * where it stands now, capped by max_rate_per_partition times the trigger
+ * interval, then by max_offsets_per_trigger spread over the partitions by
+ * their lag, as Spark does; with min_offsets_per_trigger, nothing until
+ * that many are there or max_trigger_delay has passed.  A partition seen for the first
  * time starts where starting_offsets says (later partitions: the
  * earliest); its row is written now, so a later plan starts there too.
  */
@@ -722,6 +761,23 @@ kafka_plan(void *state, Pipeline *p, int64 batch_id, int64 *backlog, Jsonb **sli
 	}
 
 	*backlog = lag;
+	if (lag == 0 || (st->min_offsets > 0 && lag < st->min_offsets && !kafka_waited_enough(st, p)))
+		return 0;
+	st->short_since = 0;
+
+	/* max_rate_per_partition: messages a second, times the trigger interval (a second for none) */
+	if (st->max_rate > 0)
+	{
+		double		cap = Max(1.0, floor((double) st->max_rate * (p->trigger_ms > 0 ? p->trigger_ms : 1000) / 1000));
+
+		lag = 0;
+		for (int i = 0; i < n; i++)
+		{
+			if (parts[i].end - parts[i].start > cap)
+				parts[i].end = parts[i].start + (int64) cap;
+			lag += parts[i].end - parts[i].start;
+		}
+	}
 	for (int i = 0; i < n; i++)
 	{
 		int64		size = parts[i].end - parts[i].start;

@@ -39,6 +39,8 @@ log_min_messages = warning
 timezone = 'UTC'
 });
 $node->start;
+# the version this library is built for
+my ($version) = slurp_file("$FindBin::RealBin/../../sluice.control") =~ /default_version = '([^']+)'/;
 note $old_bin ? "the pipelines start under the 0.1 library of $old_bin" : 'the library is the current one throughout';
 
 my $feeds = PostgreSQL::Test::Utils::tempdir('feeds');
@@ -161,13 +163,13 @@ if ($old_bin)
 # The current library on the 0.1 catalog, until the update: no pipeline runs a
 # batch there, none is failed, and the launcher says why, once.
 my $log_at_start = 0;
-wait_for_log_count($node, qr/extension "sluice" is at version 0\.1, but its library is 0\.3/, 1, $log_at_start);
+wait_for_log_count($node, qr/extension "sluice" is at version 0\.1, but its library is \Q$version\E/, 1, $log_at_start);
 sleep 2;    # two more looks of the launcher
 is($node->safe_psql('postgres', "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'sluice worker'"),
 	'0', 'new library, 0.1 catalog: no worker runs');
 is($node->safe_psql('postgres', "SELECT string_agg(name || ' ' || state, ', ' ORDER BY id) FROM sluice.pipeline"),
 	'ap running, mg running, wn running', 'new library, 0.1 catalog: the pipelines stay running, none failed');
-is(log_count($node, qr/extension "sluice" is at version 0\.1, but its library is 0\.3/, $log_at_start), 1,
+is(log_count($node, qr/extension "sluice" is at version 0\.1, but its library is \Q$version\E/, $log_at_start), 1,
 	'new library, 0.1 catalog: the log says so once');
 is(as_feeder("SELECT count(*) FROM sluice.error"), '0', 'new library, 0.1 catalog: no error recorded');
 my (%batches_before, %last_before);
@@ -205,8 +207,8 @@ $reader->quit;
 $update->wait_for(qr/UPDATED\n/);
 is($update->errors, '', 'ALTER EXTENSION sluice UPDATE succeeded');
 $update->quit;
-is($node->safe_psql('postgres', "SELECT extversion FROM pg_extension WHERE extname = 'sluice'"), '0.3',
-	'sluice is 0.3');
+is($node->safe_psql('postgres', "SELECT extversion FROM pg_extension WHERE extname = 'sluice'"), $version,
+	"sluice is $version, the control file's version");
 
 # ---------------------------------------------------------------------------
 # After the update

@@ -1,0 +1,361 @@
+\echo Use "ALTER EXTENSION sluice UPDATE TO '0.4'" to load this file. \quit
+
+-- 0.3 -> 0.4: limits per trigger.  csv_source() takes max_bytes_per_trigger;
+-- kafka_source() takes max_rate_per_partition, min_offsets_per_trigger and
+-- max_trigger_delay.  New parameters make new functions: the old ones are
+-- dropped, and what was granted on them (kafka_source() is granted by a
+-- superuser) is given to the new ones as it was.  The ACL is copied rather
+-- than granted again: a GRANT in an extension script would count as the
+-- extension's own initial privilege, and pg_dump would then leave it out.
+
+CREATE TEMPORARY TABLE pg_temp.sluice_acl AS
+SELECT p.proname, p.proacl FROM pg_catalog.pg_proc AS p
+ WHERE p.oid IN ('sluice.csv_source(text, text, boolean, text, text, integer, text, text, text, text, text, text, text, interval)'::pg_catalog.regprocedure,
+                 'sluice.kafka_source(text, text, text, text, text, text, bigint, integer[], jsonb, text, boolean, boolean)'::pg_catalog.regprocedure);
+
+DROP FUNCTION sluice.csv_source(text, text, boolean, text, text, integer, text, text, text, text, text, text, text, interval);
+DROP FUNCTION sluice.kafka_source(text, text, text, text, text, text, bigint, integer[], jsonb, text, boolean, boolean);
+
+CREATE FUNCTION sluice.csv_source(
+    dir text,
+    columns text,
+    header boolean DEFAULT true,
+    delimiter text DEFAULT ',',
+    pattern text DEFAULT '*.csv',
+    max_files_per_trigger int DEFAULT NULL,
+    quote text DEFAULT '"',
+    escape text DEFAULT NULL,
+    null_string text DEFAULT NULL,
+    encoding text DEFAULT NULL,
+    on_error text DEFAULT 'fail',
+    after text DEFAULT 'keep',
+    archive_dir text DEFAULT NULL,
+    settle_time interval DEFAULT '0 seconds',
+    max_bytes_per_trigger bigint DEFAULT NULL)
+RETURNS jsonb LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cols jsonb;
+BEGIN
+    IF dir IS NULL OR columns IS NULL OR header IS NULL OR pattern IS NULL THEN
+        RAISE EXCEPTION 'dir, columns, header and pattern of a CSV source must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF dir !~ '^/' THEN
+        RAISE EXCEPTION 'directory "%" is not an absolute path', dir
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF max_files_per_trigger < 1 THEN
+        RAISE EXCEPTION 'max_files_per_trigger must be at least 1, not %', max_files_per_trigger
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF max_bytes_per_trigger < 1 THEN
+        RAISE EXCEPTION 'max_bytes_per_trigger must be at least 1, not %', max_bytes_per_trigger
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF on_error IS NULL OR on_error NOT IN ('fail', 'reject', 'skip') THEN
+        RAISE EXCEPTION 'invalid on_error "%"', on_error
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use ''fail'' (the batch rolls back), ''reject'' (bad rows go to sluice.rejects) or ''skip'' (bad rows are counted).';
+    END IF;
+    IF after IS NULL OR after NOT IN ('keep', 'delete', 'archive') THEN
+        RAISE EXCEPTION 'invalid after "%"', after
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use ''keep'', ''delete'' or ''archive''.';
+    END IF;
+    IF (after = 'archive') <> (archive_dir IS NOT NULL) THEN
+        RAISE EXCEPTION 'archive_dir must be given exactly when after is ''archive'''
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF archive_dir !~ '^/' THEN
+        RAISE EXCEPTION 'directory "%" is not an absolute path', archive_dir
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF settle_time IS NULL OR settle_time < '0'::interval THEN
+        RAISE EXCEPTION 'settle_time must not be negative or null'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM sluice._check_csv_options(header, delimiter, quote, escape, null_string, encoding);
+    SELECT jsonb_agg(jsonb_build_object('name', c.name, 'type', c.type))
+      INTO cols FROM sluice._parse_columns(columns) AS c;
+    RETURN jsonb_build_object(
+        'type', 'csv',
+        'dir', CASE WHEN dir = '/' THEN dir ELSE rtrim(dir, '/') END,
+        'columns', cols,
+        'header', header,
+        'delimiter', delimiter,
+        'quote', quote,
+        'escape', escape,
+        'null', null_string,
+        'encoding', encoding,
+        'pattern', pattern,
+        'max_files_per_trigger', max_files_per_trigger,
+        'max_bytes_per_trigger', max_bytes_per_trigger,
+        'on_error', on_error,
+        'after', after,
+        'archive_dir', CASE WHEN archive_dir = '/' THEN archive_dir ELSE rtrim(archive_dir, '/') END,
+        'settle_ms', (extract(epoch FROM settle_time) * 1000)::bigint);
+END
+$$;
+COMMENT ON FUNCTION sluice.csv_source IS 'a source reading the CSV files of a server directory, oldest first';
+
+CREATE FUNCTION sluice.kafka_source(
+    brokers text,
+    topic text,
+    columns text,
+    format text DEFAULT 'csv',
+    delimiter text DEFAULT ',',
+    starting_offsets text DEFAULT 'earliest',
+    max_offsets_per_trigger bigint DEFAULT NULL,
+    partitions int[] DEFAULT NULL,
+    options jsonb DEFAULT '{}',
+    on_error text DEFAULT 'fail',
+    fail_on_data_loss boolean DEFAULT true,
+    include_metadata boolean DEFAULT false,
+    max_rate_per_partition int DEFAULT NULL,
+    min_offsets_per_trigger bigint DEFAULT NULL,
+    max_trigger_delay interval DEFAULT '15 minutes')
+RETURNS jsonb LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    meta constant text[] := ARRAY['kafka_topic', 'kafka_partition', 'kafka_offset', 'kafka_timestamp', 'kafka_key'];
+    cols jsonb;
+    starting jsonb;
+    npart int;
+    k text;
+BEGIN
+    IF brokers IS NULL OR topic IS NULL OR columns IS NULL OR format IS NULL OR starting_offsets IS NULL
+       OR options IS NULL OR fail_on_data_loss IS NULL OR include_metadata IS NULL OR max_trigger_delay IS NULL THEN
+        RAISE EXCEPTION 'brokers, topic, columns, format, starting_offsets, options, fail_on_data_loss, include_metadata and max_trigger_delay of a Kafka source must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF brokers !~ '\S' THEN
+        RAISE EXCEPTION 'brokers of a Kafka source must not be empty'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Give host:port of one or more brokers, separated by commas.';
+    END IF;
+    IF topic !~ '^[A-Za-z0-9._-]{1,249}$' OR topic IN ('.', '..') THEN
+        RAISE EXCEPTION 'invalid Kafka topic name "%"', topic
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A topic name has 1 to 249 letters, digits, ".", "_" or "-".';
+    END IF;
+    IF format NOT IN ('csv', 'json', 'text') THEN
+        RAISE EXCEPTION 'invalid format "%" of a Kafka source', format
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use ''csv'' (each message one CSV record), ''json'' (each message a JSON object whose keys are the columns) or ''text'' (each message one text column).';
+    END IF;
+    IF on_error IS NULL OR on_error NOT IN ('fail', 'reject', 'skip') THEN
+        RAISE EXCEPTION 'invalid on_error "%"', on_error
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use ''fail'' (the batch rolls back), ''reject'' (bad rows go to sluice.rejects) or ''skip'' (bad rows are counted).';
+    END IF;
+    IF max_offsets_per_trigger < 1 THEN
+        RAISE EXCEPTION 'max_offsets_per_trigger must be at least 1, not %', max_offsets_per_trigger
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF max_rate_per_partition < 1 THEN
+        RAISE EXCEPTION 'max_rate_per_partition must be at least 1, not %', max_rate_per_partition
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'It is messages a second per partition; a batch takes at most that many times the trigger interval in seconds.';
+    END IF;
+    IF min_offsets_per_trigger < 1 THEN
+        RAISE EXCEPTION 'min_offsets_per_trigger must be at least 1, not %', min_offsets_per_trigger
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF max_trigger_delay < '0'::interval OR max_trigger_delay > '1 year'::interval THEN
+        RAISE EXCEPTION 'max_trigger_delay must be between 0 and 1 year, not %', max_trigger_delay
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF array_position(partitions, NULL) IS NOT NULL OR EXISTS (SELECT 1 FROM unnest(partitions) AS n WHERE n < 0)
+       OR cardinality(partitions) = 0
+       OR (SELECT count(DISTINCT n) FROM unnest(partitions) AS n) <> cardinality(partitions) THEN
+        RAISE EXCEPTION 'invalid partitions %', partitions
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'Give distinct partition numbers, 0 or more, or NULL for all partitions.';
+    END IF;
+    IF jsonb_typeof(options) <> 'object'
+       OR EXISTS (SELECT 1 FROM jsonb_each(options) AS o WHERE jsonb_typeof(o.value) NOT IN ('string', 'number', 'boolean')) THEN
+        RAISE EXCEPTION 'invalid options of a Kafka source'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'Give a JSON object of librdkafka settings whose values are strings, numbers or booleans.',
+                  HINT = 'For example ''{"security.protocol": "sasl_ssl", "sasl.mechanism": "PLAIN"}''.';
+    END IF;
+
+    -- the columns, and what fills them
+    SELECT jsonb_agg(jsonb_build_object('name', c.name, 'type', c.type))
+      INTO cols FROM sluice._parse_columns(columns) AS c;
+    IF format = 'text' AND (jsonb_array_length(cols) <> 1 OR cols->0->>'type' <> 'text') THEN
+        RAISE EXCEPTION 'a Kafka source of format ''text'' has one column, of type text'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('The columns are %s.', columns);
+    END IF;
+    IF format = 'csv' THEN
+        PERFORM sluice._check_csv_options(false, delimiter, NULL, NULL, NULL, NULL);
+    END IF;
+    IF include_metadata THEN
+        SELECT c->>'name' INTO k FROM jsonb_array_elements(cols) AS c WHERE c->>'name' = ANY (meta) LIMIT 1;
+        IF k IS NOT NULL THEN
+            RAISE EXCEPTION 'column "%" is one of the metadata columns of a Kafka source', k
+                USING ERRCODE = 'duplicate_column',
+                      HINT = 'Rename the column, or leave include_metadata false.';
+        END IF;
+        cols := cols || '[{"name": "kafka_topic", "type": "text"}, {"name": "kafka_partition", "type": "integer"},
+                          {"name": "kafka_offset", "type": "bigint"},
+                          {"name": "kafka_timestamp", "type": "timestamp with time zone"},
+                          {"name": "kafka_key", "type": "text"}]'::jsonb;
+    END IF;
+
+    -- 'earliest', 'latest', or an offset per partition as in Spark (-2 earliest, -1 latest)
+    IF starting_offsets IN ('earliest', 'latest') THEN
+        starting := to_jsonb(starting_offsets);
+    ELSE
+        BEGIN
+            starting := starting_offsets::jsonb;
+        EXCEPTION WHEN OTHERS THEN
+            starting := NULL;
+        END;
+        IF jsonb_typeof(starting) IS DISTINCT FROM 'object' OR starting = '{}'
+           OR EXISTS (SELECT 1 FROM jsonb_each(starting) AS o
+                       WHERE o.key !~ '^[0-9]{1,9}$' OR jsonb_typeof(o.value) <> 'number'
+                          OR o.value::text !~ '^-?[0-9]{1,18}$' OR o.value::text::bigint < -2) THEN
+            RAISE EXCEPTION 'invalid starting_offsets "%"', starting_offsets
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Use ''earliest'', ''latest'' or a JSON object of an offset per partition, as in ''{"0": 42, "1": -2}'' (-2: earliest, -1: latest).';
+        END IF;
+        starting := (SELECT jsonb_object_agg(o.key::int::text, o.value) FROM jsonb_each(starting) AS o);
+    END IF;
+
+    npart := sluice._kafka_check(brokers, topic, options);
+    SELECT n INTO k FROM unnest(partitions) AS n WHERE n >= npart LIMIT 1;
+    IF k IS NOT NULL THEN
+        RAISE EXCEPTION 'Kafka topic "%" has no partition %', topic, k
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('It has %s partitions, numbered from 0.', npart);
+    END IF;
+    IF jsonb_typeof(starting) = 'object' THEN
+        SELECT o.key INTO k FROM jsonb_each(starting) AS o
+         WHERE o.key::int >= npart OR NOT (partitions IS NULL OR o.key::int = ANY (partitions)) LIMIT 1;
+        IF k IS NOT NULL THEN
+            RAISE EXCEPTION 'starting_offsets names partition %, which the pipeline does not read', k
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = format('Topic "%s" has %s partitions%s.', topic, npart,
+                                      CASE WHEN partitions IS NOT NULL
+                                           THEN format('; the pipeline reads %s', array_to_string(partitions, ', ')) END);
+        END IF;
+        SELECT n INTO k FROM generate_series(0, npart - 1) AS n
+         WHERE (partitions IS NULL OR n = ANY (partitions)) AND NOT starting ? n::text LIMIT 1;
+        IF k IS NOT NULL THEN
+            RAISE EXCEPTION 'starting_offsets gives no offset for partition %', k
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Give an offset for every partition the pipeline reads (-2: earliest, -1: latest); partitions added later start at the earliest.';
+        END IF;
+    END IF;
+
+    RETURN jsonb_build_object(
+        'type', 'kafka',
+        'brokers', brokers,
+        'topic', topic,
+        'columns', cols,
+        'format', format,
+        'delimiter', CASE WHEN format = 'csv' THEN delimiter END,
+        'starting_offsets', starting,
+        'max_offsets_per_trigger', max_offsets_per_trigger,
+        'partitions', (SELECT jsonb_agg(n ORDER BY n) FROM unnest(partitions) AS n),
+        'options', options,
+        'on_error', on_error,
+        'fail_on_data_loss', fail_on_data_loss,
+        'include_metadata', include_metadata,
+        'max_rate_per_partition', max_rate_per_partition,
+        'min_offsets_per_trigger', min_offsets_per_trigger,
+        'max_trigger_delay_ms', (extract(epoch FROM max_trigger_delay) * 1000)::bigint);
+END
+$$;
+COMMENT ON FUNCTION sluice.kafka_source IS 'a source reading a Kafka topic, exactly once: its offsets commit with each batch';
+-- connecting the server to brokers is granted, as reading its files is
+REVOKE EXECUTE ON FUNCTION sluice.kafka_source FROM PUBLIC;
+
+UPDATE pg_catalog.pg_proc AS p SET proacl = a.proacl
+  FROM pg_temp.sluice_acl AS a
+ WHERE p.pronamespace = 'sluice'::pg_catalog.regnamespace AND p.proname = a.proname
+   AND p.proname IN ('csv_source', 'kafka_source');
+DROP TABLE pg_temp.sluice_acl;
+
+-- the new parameters
+CREATE OR REPLACE FUNCTION sluice._rebuild_source(name text, source jsonb)
+RETURNS jsonb LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cols jsonb := source->'columns';
+    msg text;
+BEGIN
+    IF source->>'type' IS NULL OR source->>'type' NOT IN ('csv', 'kafka') THEN
+        RAISE EXCEPTION 'invalid source for pipeline "%"', name
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Describe the source with sluice.csv_source() or sluice.kafka_source().';
+    END IF;
+    BEGIN
+        -- a Kafka source's metadata columns come from include_metadata, not from the list
+        msg := (SELECT string_agg(format('%I %s', c->>'name', c->>'type'), ', ')
+                  FROM jsonb_array_elements(cols) AS c
+                 WHERE NOT (source->>'type' = 'kafka' AND (source->>'include_metadata')::boolean
+                            AND c->>'name' IN ('kafka_topic', 'kafka_partition', 'kafka_offset',
+                                               'kafka_timestamp', 'kafka_key')));
+    EXCEPTION WHEN OTHERS THEN
+        msg := NULL;
+    END;
+    IF msg IS NULL THEN
+        RAISE EXCEPTION 'invalid source for pipeline "%"', name
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'The source has no list of columns.',
+                  HINT = 'Describe the source with sluice.csv_source() or sluice.kafka_source().';
+    END IF;
+
+    IF source->>'type' = 'kafka' THEN
+        IF NOT has_function_privilege('sluice.kafka_source(text, text, text, text, text, text, bigint, integer[], jsonb, text, boolean, boolean, integer, bigint, interval)', 'EXECUTE') THEN
+            RAISE EXCEPTION 'permission denied to create pipeline "%"', name
+                USING ERRCODE = 'insufficient_privilege',
+                      DETAIL = 'Reading Kafka topics takes EXECUTE on sluice.kafka_source().',
+                      HINT = format('A superuser can GRANT EXECUTE ON FUNCTION sluice.kafka_source TO %I.', current_user);
+        END IF;
+        RETURN sluice.kafka_source(source->>'brokers', source->>'topic', msg, source->>'format',
+                                   source->>'delimiter', source->>'starting_offsets',
+                                   (source->>'max_offsets_per_trigger')::bigint,
+                                   CASE WHEN jsonb_typeof(source->'partitions') = 'array'
+                                        THEN ARRAY(SELECT jsonb_array_elements_text(source->'partitions'))::int[] END,
+                                   source->'options', source->>'on_error',
+                                   (source->>'fail_on_data_loss')::boolean,
+                                   (source->>'include_metadata')::boolean,
+                                   (source->>'max_rate_per_partition')::int,
+                                   (source->>'min_offsets_per_trigger')::bigint,
+                                   coalesce((source->>'max_trigger_delay_ms')::bigint, 900000) * interval '1 millisecond');
+    END IF;
+
+    source := sluice.csv_source(source->>'dir', msg, (source->>'header')::boolean, source->>'delimiter',
+                                source->>'pattern', (source->>'max_files_per_trigger')::int,
+                                source->>'quote', source->>'escape', source->>'null', source->>'encoding',
+                                source->>'on_error', source->>'after', source->>'archive_dir',
+                                (source->>'settle_ms')::bigint * interval '1 millisecond',
+                                (source->>'max_bytes_per_trigger')::bigint);
+    IF NOT pg_has_role(current_user, 'pg_read_server_files', 'USAGE') THEN
+        RAISE EXCEPTION 'permission denied to create pipeline "%"', name
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'Reading server files takes the privileges of the pg_read_server_files role.',
+                  HINT = format('A superuser can GRANT pg_read_server_files TO %I.', current_user);
+    END IF;
+    PERFORM sluice._check_directory(source->>'dir');
+    IF source->>'after' IN ('delete', 'archive')
+       AND NOT pg_has_role(current_user, 'pg_write_server_files', 'USAGE') THEN
+        RAISE EXCEPTION 'permission denied to create pipeline "%"', name
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'Deleting or moving processed files takes the privileges of the pg_write_server_files role.',
+                  HINT = format('A superuser can GRANT pg_write_server_files TO %I.', current_user);
+    END IF;
+    IF source->>'after' = 'archive' THEN
+        PERFORM sluice._check_directory(source->>'archive_dir');
+    END IF;
+    RETURN source;
+END
+$$;

@@ -1,0 +1,1314 @@
+\echo Use "CREATE EXTENSION sluice" to load this file. \quit
+
+-- The extension makes its own schema and never adopts one that exists: a
+-- schema another role created first could hold objects that our functions
+-- would then resolve (the CVE-2022-2625 family).
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = 'sluice') THEN
+        RAISE EXCEPTION 'schema "sluice" already exists'
+            USING ERRCODE = 'duplicate_schema',
+                  DETAIL = 'CREATE EXTENSION sluice creates the schema "sluice" itself and never adopts one it did not create.',
+                  HINT = 'Drop or rename the existing schema "sluice", then create the extension again.';
+    END IF;
+END
+$$;
+CREATE SCHEMA sluice;
+COMMENT ON SCHEMA sluice IS 'sluice: exactly-once streaming pipelines';
+
+-- The catalog.  Plain, WAL-logged tables: the batch transaction writes the
+-- sink rows and these offsets together, which is what makes recovery exact.
+-- Users may only read their own rows; every change goes through the
+-- extension's functions and workers, which write as the extension's owner.
+-- Tables and functions are kept as regclass, roles as regrole, so that
+-- pg_dump writes them as names.
+
+CREATE TABLE sluice.pipeline (
+    id          serial PRIMARY KEY,
+    name        text NOT NULL UNIQUE CHECK (name <> '' AND length(name) <= 63),
+    owner       regrole NOT NULL,
+    source      jsonb NOT NULL,
+    sink        jsonb NOT NULL,     -- the sink's options; what it writes is below
+    target      regclass,           -- of append, merge and window sinks
+    late_rows   regclass,           -- of window sinks
+    sink_function text,             -- of function sinks: its signature, schema-qualified
+    trigger     text NOT NULL,
+    transform   text,
+    event_time  text,
+    watermark_delay interval,
+    watermark   timestamptz,        -- of event-time pipelines; never moves back
+    state_table regclass,           -- window state, dropped with the pipeline
+    committed_batch bigint NOT NULL DEFAULT 0,  -- the last batch committed, to tell a catalog
+                                                -- pg_restore has not finished loading
+    state       text NOT NULL DEFAULT 'stopped' CHECK (state IN ('running', 'stopped', 'failed')),
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE sluice.pipeline IS 'sluice pipelines; state is the desired state, or failed';
+
+-- the offset log and the commit log in one: a batch is planned (its slice
+-- is fixed) before it is read, and committed with its sink rows
+CREATE TABLE sluice.batch (
+    pipeline_id  int NOT NULL REFERENCES sluice.pipeline ON DELETE CASCADE,
+    batch_id     bigint NOT NULL,
+    status       text NOT NULL CHECK (status IN ('planned', 'committed')),
+    attempts     int NOT NULL DEFAULT 1,
+    planned_at   timestamptz NOT NULL,
+    committed_at timestamptz,
+    files        int,
+    input_rows   bigint,
+    sink_rows    bigint,
+    rejected_rows bigint,
+    bytes        bigint,
+    watermark    timestamptz,        -- the one the batch was processed with
+    next_watermark timestamptz,      -- the one it left
+    event_time_min timestamptz,
+    event_time_max timestamptz,
+    num_rows_dropped_by_watermark bigint,
+    state_rows_total bigint,
+    state_rows_updated bigint,
+    state_rows_removed bigint,
+    durations    jsonb,
+    slice        jsonb,              -- what the batch reads, for sources that keep it here
+    PRIMARY KEY (pipeline_id, batch_id)
+);
+CREATE INDEX batch_planned ON sluice.batch (pipeline_id, batch_id) WHERE status = 'planned';
+
+-- the processed-file log: a file belongs to the batch that claimed it
+CREATE TABLE sluice.file (
+    pipeline_id int NOT NULL REFERENCES sluice.pipeline ON DELETE CASCADE,
+    path        text NOT NULL,
+    size        bigint NOT NULL,
+    mtime       timestamptz NOT NULL,
+    batch_id    bigint NOT NULL,
+    committed   boolean NOT NULL DEFAULT false,
+    changed_at  timestamptz,
+    PRIMARY KEY (pipeline_id, path)
+);
+CREATE INDEX file_batch ON sluice.file (pipeline_id, batch_id);
+
+-- rows that a batch with on_error => 'reject' set aside, committed with it
+CREATE TABLE sluice.reject (
+    id          bigserial PRIMARY KEY,
+    pipeline_id int NOT NULL REFERENCES sluice.pipeline ON DELETE CASCADE,
+    batch_id    bigint NOT NULL,
+    file        text,
+    line        bigint,
+    raw_line    text,
+    sqlstate    text NOT NULL,
+    message     text NOT NULL,
+    at          timestamptz NOT NULL DEFAULT now(),
+    position    jsonb               -- where in a stream: topic, partition, offset
+);
+CREATE INDEX reject_pipeline ON sluice.reject (pipeline_id, batch_id);
+
+CREATE TABLE sluice.error (
+    id          bigserial PRIMARY KEY,
+    pipeline_id int NOT NULL REFERENCES sluice.pipeline ON DELETE CASCADE,
+    batch_id    bigint,
+    sqlstate    text NOT NULL,
+    message     text NOT NULL,
+    detail      text,
+    hint        text,
+    context     text,
+    at          timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX error_pipeline ON sluice.error (pipeline_id, id);
+
+-- a Kafka source's next offset per partition, advanced in each batch's transaction
+CREATE TABLE sluice.kafka_offset (
+    pipeline_id int NOT NULL REFERENCES sluice.pipeline ON DELETE CASCADE,
+    topic       text NOT NULL,
+    partition   int NOT NULL,
+    next_offset bigint NOT NULL,
+    PRIMARY KEY (pipeline_id, topic, partition)
+);
+
+-- A user sees only the pipelines they own (superusers: all).
+ALTER TABLE sluice.pipeline ENABLE ROW LEVEL SECURITY;
+ALTER TABLE sluice.batch ENABLE ROW LEVEL SECURITY;
+ALTER TABLE sluice.file ENABLE ROW LEVEL SECURITY;
+ALTER TABLE sluice.error ENABLE ROW LEVEL SECURITY;
+ALTER TABLE sluice.reject ENABLE ROW LEVEL SECURITY;
+ALTER TABLE sluice.kafka_offset ENABLE ROW LEVEL SECURITY;
+CREATE POLICY owner_only ON sluice.pipeline FOR SELECT USING (owner = current_user::regrole);
+CREATE POLICY owner_only ON sluice.batch FOR SELECT USING (pipeline_id IN (SELECT id FROM sluice.pipeline));
+CREATE POLICY owner_only ON sluice.file FOR SELECT USING (pipeline_id IN (SELECT id FROM sluice.pipeline));
+CREATE POLICY owner_only ON sluice.error FOR SELECT USING (pipeline_id IN (SELECT id FROM sluice.pipeline));
+CREATE POLICY owner_only ON sluice.reject FOR SELECT USING (pipeline_id IN (SELECT id FROM sluice.pipeline));
+CREATE POLICY owner_only ON sluice.kafka_offset FOR SELECT USING (pipeline_id IN (SELECT id FROM sluice.pipeline));
+
+GRANT USAGE ON SCHEMA sluice TO PUBLIC;
+GRANT SELECT ON sluice.pipeline, sluice.batch, sluice.file, sluice.error, sluice.reject, sluice.kafka_offset TO PUBLIC;
+-- readable for pg_dump --enable-row-security by users, who see their own rows
+GRANT SELECT ON SEQUENCE sluice.pipeline_id_seq, sluice.error_id_seq, sluice.reject_id_seq TO PUBLIC;
+
+-- pg_dump keeps the pipelines, their offsets and their logs
+SELECT pg_catalog.pg_extension_config_dump('sluice.pipeline', '');
+SELECT pg_catalog.pg_extension_config_dump('sluice.pipeline_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('sluice.batch', '');
+SELECT pg_catalog.pg_extension_config_dump('sluice.file', '');
+SELECT pg_catalog.pg_extension_config_dump('sluice.error', '');
+SELECT pg_catalog.pg_extension_config_dump('sluice.error_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('sluice.reject', '');
+SELECT pg_catalog.pg_extension_config_dump('sluice.reject_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('sluice.kafka_offset', '');
+
+-- Internal helpers written in C.
+
+CREATE FUNCTION sluice._parse_columns(columns text, OUT name text, OUT type text)
+RETURNS SETOF record LANGUAGE C STRICT STABLE
+AS 'MODULE_PATHNAME', 'sluice_parse_columns';
+
+CREATE FUNCTION sluice._check_csv_options(header boolean, delimiter text, quote text,
+                                          escape text, null_string text, encoding text)
+RETURNS void LANGUAGE C STABLE
+AS 'MODULE_PATHNAME', 'sluice_check_csv_options';
+
+CREATE FUNCTION sluice._check_query(query text)
+RETURNS void LANGUAGE C STRICT IMMUTABLE
+AS 'MODULE_PATHNAME', 'sluice_check_query';
+
+CREATE FUNCTION sluice._check_directory(dir text)
+RETURNS void LANGUAGE C STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'sluice_check_directory';
+
+CREATE FUNCTION sluice._list_files(dir text, pattern text,
+                                   OUT path text, OUT size bigint, OUT mtime timestamptz)
+RETURNS SETOF record LANGUAGE C STRICT VOLATILE
+AS 'MODULE_PATHNAME', 'sluice_list_files';
+
+CREATE FUNCTION sluice._wake()
+RETURNS void LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'sluice_wake';
+
+CREATE FUNCTION sluice._workers(OUT pipeline_id int, OUT pid int, OUT batches bigint,
+                                OUT current_batch bigint)
+RETURNS SETOF record LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'sluice_workers';
+
+-- what a pipeline's source had left at its last plan (shared memory)
+CREATE FUNCTION sluice._backlog(pipeline_id int)
+RETURNS bigint LANGUAGE C VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'sluice_backlog';
+
+-- a table a pipeline writes into cannot be dropped while the pipeline exists
+CREATE FUNCTION sluice._on_drop()
+RETURNS event_trigger LANGUAGE C
+AS 'MODULE_PATHNAME', 'sluice_on_drop';
+
+CREATE EVENT TRIGGER sluice_on_drop ON sql_drop EXECUTE FUNCTION sluice._on_drop();
+
+-- the staging table "batch" of a source, as the worker makes it
+CREATE FUNCTION sluice._create_stage(source jsonb)
+RETURNS regclass LANGUAGE C VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'sluice_create_stage';
+
+-- the slice of a batch, as its source describes it
+CREATE FUNCTION sluice._batch_offsets(pipeline_id int, batch_id bigint)
+RETURNS jsonb LANGUAGE C STABLE STRICT
+AS 'MODULE_PATHNAME', 'sluice_batch_offsets';
+
+-- a pipeline's sink as the sink functions describe it, from its typed columns
+CREATE FUNCTION sluice._sink(p sluice.pipeline)
+RETURNS jsonb LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT p.sink || jsonb_strip_nulls(jsonb_build_object(
+        'target', p.target::text, 'relid', p.target::oid,
+        'late_rows', p.late_rows::text, 'late_relid', p.late_rows::oid,
+        'function', p.sink_function, 'fnoid', to_regprocedure(p.sink_function)::oid))
+$$;
+
+-- Sources and sinks: descriptions as jsonb, checked where they can be.
+
+CREATE FUNCTION sluice.csv_source(
+    dir text,
+    columns text,
+    header boolean DEFAULT true,
+    delimiter text DEFAULT ',',
+    pattern text DEFAULT '*.csv',
+    max_files_per_trigger int DEFAULT NULL,
+    quote text DEFAULT '"',
+    escape text DEFAULT NULL,
+    null_string text DEFAULT NULL,
+    encoding text DEFAULT NULL,
+    on_error text DEFAULT 'fail',
+    after text DEFAULT 'keep',
+    archive_dir text DEFAULT NULL,
+    settle_time interval DEFAULT '0 seconds',
+    max_bytes_per_trigger bigint DEFAULT NULL)
+RETURNS jsonb LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cols jsonb;
+BEGIN
+    IF dir IS NULL OR columns IS NULL OR header IS NULL OR pattern IS NULL THEN
+        RAISE EXCEPTION 'dir, columns, header and pattern of a CSV source must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF dir !~ '^/' THEN
+        RAISE EXCEPTION 'directory "%" is not an absolute path', dir
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF max_files_per_trigger < 1 THEN
+        RAISE EXCEPTION 'max_files_per_trigger must be at least 1, not %', max_files_per_trigger
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF max_bytes_per_trigger < 1 THEN
+        RAISE EXCEPTION 'max_bytes_per_trigger must be at least 1, not %', max_bytes_per_trigger
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF on_error IS NULL OR on_error NOT IN ('fail', 'reject', 'skip') THEN
+        RAISE EXCEPTION 'invalid on_error "%"', on_error
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use ''fail'' (the batch rolls back), ''reject'' (bad rows go to sluice.rejects) or ''skip'' (bad rows are counted).';
+    END IF;
+    IF after IS NULL OR after NOT IN ('keep', 'delete', 'archive') THEN
+        RAISE EXCEPTION 'invalid after "%"', after
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use ''keep'', ''delete'' or ''archive''.';
+    END IF;
+    IF (after = 'archive') <> (archive_dir IS NOT NULL) THEN
+        RAISE EXCEPTION 'archive_dir must be given exactly when after is ''archive'''
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF archive_dir !~ '^/' THEN
+        RAISE EXCEPTION 'directory "%" is not an absolute path', archive_dir
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF settle_time IS NULL OR settle_time < '0'::interval THEN
+        RAISE EXCEPTION 'settle_time must not be negative or null'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM sluice._check_csv_options(header, delimiter, quote, escape, null_string, encoding);
+    SELECT jsonb_agg(jsonb_build_object('name', c.name, 'type', c.type))
+      INTO cols FROM sluice._parse_columns(columns) AS c;
+    RETURN jsonb_build_object(
+        'type', 'csv',
+        'dir', CASE WHEN dir = '/' THEN dir ELSE rtrim(dir, '/') END,
+        'columns', cols,
+        'header', header,
+        'delimiter', delimiter,
+        'quote', quote,
+        'escape', escape,
+        'null', null_string,
+        'encoding', encoding,
+        'pattern', pattern,
+        'max_files_per_trigger', max_files_per_trigger,
+        'max_bytes_per_trigger', max_bytes_per_trigger,
+        'on_error', on_error,
+        'after', after,
+        'archive_dir', CASE WHEN archive_dir = '/' THEN archive_dir ELSE rtrim(archive_dir, '/') END,
+        'settle_ms', (extract(epoch FROM settle_time) * 1000)::bigint);
+END
+$$;
+COMMENT ON FUNCTION sluice.csv_source IS 'a source reading the CSV files of a server directory, oldest first';
+
+-- what a Kafka source needs checked in C: its librdkafka options, and the
+-- brokers and the topic, reached within a few seconds; returns the topic's
+-- partition count
+CREATE FUNCTION sluice._kafka_check(brokers text, topic text, options jsonb)
+RETURNS int LANGUAGE C VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'sluice_kafka_check';
+
+CREATE FUNCTION sluice.kafka_source(
+    brokers text,
+    topic text,
+    columns text,
+    format text DEFAULT 'csv',
+    delimiter text DEFAULT ',',
+    starting_offsets text DEFAULT 'earliest',
+    max_offsets_per_trigger bigint DEFAULT NULL,
+    partitions int[] DEFAULT NULL,
+    options jsonb DEFAULT '{}',
+    on_error text DEFAULT 'fail',
+    fail_on_data_loss boolean DEFAULT true,
+    include_metadata boolean DEFAULT false,
+    max_rate_per_partition int DEFAULT NULL,
+    min_offsets_per_trigger bigint DEFAULT NULL,
+    max_trigger_delay interval DEFAULT '15 minutes')
+RETURNS jsonb LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    meta constant text[] := ARRAY['kafka_topic', 'kafka_partition', 'kafka_offset', 'kafka_timestamp', 'kafka_key'];
+    cols jsonb;
+    starting jsonb;
+    npart int;
+    k text;
+BEGIN
+    IF brokers IS NULL OR topic IS NULL OR columns IS NULL OR format IS NULL OR starting_offsets IS NULL
+       OR options IS NULL OR fail_on_data_loss IS NULL OR include_metadata IS NULL OR max_trigger_delay IS NULL THEN
+        RAISE EXCEPTION 'brokers, topic, columns, format, starting_offsets, options, fail_on_data_loss, include_metadata and max_trigger_delay of a Kafka source must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF brokers !~ '\S' THEN
+        RAISE EXCEPTION 'brokers of a Kafka source must not be empty'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Give host:port of one or more brokers, separated by commas.';
+    END IF;
+    IF topic !~ '^[A-Za-z0-9._-]{1,249}$' OR topic IN ('.', '..') THEN
+        RAISE EXCEPTION 'invalid Kafka topic name "%"', topic
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A topic name has 1 to 249 letters, digits, ".", "_" or "-".';
+    END IF;
+    IF format NOT IN ('csv', 'json', 'text') THEN
+        RAISE EXCEPTION 'invalid format "%" of a Kafka source', format
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use ''csv'' (each message one CSV record), ''json'' (each message a JSON object whose keys are the columns) or ''text'' (each message one text column).';
+    END IF;
+    IF on_error IS NULL OR on_error NOT IN ('fail', 'reject', 'skip') THEN
+        RAISE EXCEPTION 'invalid on_error "%"', on_error
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use ''fail'' (the batch rolls back), ''reject'' (bad rows go to sluice.rejects) or ''skip'' (bad rows are counted).';
+    END IF;
+    IF max_offsets_per_trigger < 1 THEN
+        RAISE EXCEPTION 'max_offsets_per_trigger must be at least 1, not %', max_offsets_per_trigger
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF max_rate_per_partition < 1 THEN
+        RAISE EXCEPTION 'max_rate_per_partition must be at least 1, not %', max_rate_per_partition
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'It is messages a second per partition; a batch takes at most that many times the trigger interval in seconds.';
+    END IF;
+    IF min_offsets_per_trigger < 1 THEN
+        RAISE EXCEPTION 'min_offsets_per_trigger must be at least 1, not %', min_offsets_per_trigger
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF max_trigger_delay < '0'::interval OR max_trigger_delay > '1 year'::interval THEN
+        RAISE EXCEPTION 'max_trigger_delay must be between 0 and 1 year, not %', max_trigger_delay
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF array_position(partitions, NULL) IS NOT NULL OR EXISTS (SELECT 1 FROM unnest(partitions) AS n WHERE n < 0)
+       OR cardinality(partitions) = 0
+       OR (SELECT count(DISTINCT n) FROM unnest(partitions) AS n) <> cardinality(partitions) THEN
+        RAISE EXCEPTION 'invalid partitions %', partitions
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'Give distinct partition numbers, 0 or more, or NULL for all partitions.';
+    END IF;
+    IF jsonb_typeof(options) <> 'object'
+       OR EXISTS (SELECT 1 FROM jsonb_each(options) AS o WHERE jsonb_typeof(o.value) NOT IN ('string', 'number', 'boolean')) THEN
+        RAISE EXCEPTION 'invalid options of a Kafka source'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'Give a JSON object of librdkafka settings whose values are strings, numbers or booleans.',
+                  HINT = 'For example ''{"security.protocol": "sasl_ssl", "sasl.mechanism": "PLAIN"}''.';
+    END IF;
+
+    -- the columns, and what fills them
+    SELECT jsonb_agg(jsonb_build_object('name', c.name, 'type', c.type))
+      INTO cols FROM sluice._parse_columns(columns) AS c;
+    IF format = 'text' AND (jsonb_array_length(cols) <> 1 OR cols->0->>'type' <> 'text') THEN
+        RAISE EXCEPTION 'a Kafka source of format ''text'' has one column, of type text'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('The columns are %s.', columns);
+    END IF;
+    IF format = 'csv' THEN
+        PERFORM sluice._check_csv_options(false, delimiter, NULL, NULL, NULL, NULL);
+    END IF;
+    IF include_metadata THEN
+        SELECT c->>'name' INTO k FROM jsonb_array_elements(cols) AS c WHERE c->>'name' = ANY (meta) LIMIT 1;
+        IF k IS NOT NULL THEN
+            RAISE EXCEPTION 'column "%" is one of the metadata columns of a Kafka source', k
+                USING ERRCODE = 'duplicate_column',
+                      HINT = 'Rename the column, or leave include_metadata false.';
+        END IF;
+        cols := cols || '[{"name": "kafka_topic", "type": "text"}, {"name": "kafka_partition", "type": "integer"},
+                          {"name": "kafka_offset", "type": "bigint"},
+                          {"name": "kafka_timestamp", "type": "timestamp with time zone"},
+                          {"name": "kafka_key", "type": "text"}]'::jsonb;
+    END IF;
+
+    -- 'earliest', 'latest', or an offset per partition as in Spark (-2 earliest, -1 latest)
+    IF starting_offsets IN ('earliest', 'latest') THEN
+        starting := to_jsonb(starting_offsets);
+    ELSE
+        BEGIN
+            starting := starting_offsets::jsonb;
+        EXCEPTION WHEN OTHERS THEN
+            starting := NULL;
+        END;
+        IF jsonb_typeof(starting) IS DISTINCT FROM 'object' OR starting = '{}'
+           OR EXISTS (SELECT 1 FROM jsonb_each(starting) AS o
+                       WHERE o.key !~ '^[0-9]{1,9}$' OR jsonb_typeof(o.value) <> 'number'
+                          OR o.value::text !~ '^-?[0-9]{1,18}$' OR o.value::text::bigint < -2) THEN
+            RAISE EXCEPTION 'invalid starting_offsets "%"', starting_offsets
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Use ''earliest'', ''latest'' or a JSON object of an offset per partition, as in ''{"0": 42, "1": -2}'' (-2: earliest, -1: latest).';
+        END IF;
+        starting := (SELECT jsonb_object_agg(o.key::int::text, o.value) FROM jsonb_each(starting) AS o);
+    END IF;
+
+    npart := sluice._kafka_check(brokers, topic, options);
+    SELECT n INTO k FROM unnest(partitions) AS n WHERE n >= npart LIMIT 1;
+    IF k IS NOT NULL THEN
+        RAISE EXCEPTION 'Kafka topic "%" has no partition %', topic, k
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('It has %s partitions, numbered from 0.', npart);
+    END IF;
+    IF jsonb_typeof(starting) = 'object' THEN
+        SELECT o.key INTO k FROM jsonb_each(starting) AS o
+         WHERE o.key::int >= npart OR NOT (partitions IS NULL OR o.key::int = ANY (partitions)) LIMIT 1;
+        IF k IS NOT NULL THEN
+            RAISE EXCEPTION 'starting_offsets names partition %, which the pipeline does not read', k
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = format('Topic "%s" has %s partitions%s.', topic, npart,
+                                      CASE WHEN partitions IS NOT NULL
+                                           THEN format('; the pipeline reads %s', array_to_string(partitions, ', ')) END);
+        END IF;
+        SELECT n INTO k FROM generate_series(0, npart - 1) AS n
+         WHERE (partitions IS NULL OR n = ANY (partitions)) AND NOT starting ? n::text LIMIT 1;
+        IF k IS NOT NULL THEN
+            RAISE EXCEPTION 'starting_offsets gives no offset for partition %', k
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Give an offset for every partition the pipeline reads (-2: earliest, -1: latest); partitions added later start at the earliest.';
+        END IF;
+    END IF;
+
+    RETURN jsonb_build_object(
+        'type', 'kafka',
+        'brokers', brokers,
+        'topic', topic,
+        'columns', cols,
+        'format', format,
+        'delimiter', CASE WHEN format = 'csv' THEN delimiter END,
+        'starting_offsets', starting,
+        'max_offsets_per_trigger', max_offsets_per_trigger,
+        'partitions', (SELECT jsonb_agg(n ORDER BY n) FROM unnest(partitions) AS n),
+        'options', options,
+        'on_error', on_error,
+        'fail_on_data_loss', fail_on_data_loss,
+        'include_metadata', include_metadata,
+        'max_rate_per_partition', max_rate_per_partition,
+        'min_offsets_per_trigger', min_offsets_per_trigger,
+        'max_trigger_delay_ms', (extract(epoch FROM max_trigger_delay) * 1000)::bigint);
+END
+$$;
+COMMENT ON FUNCTION sluice.kafka_source IS 'a source reading a Kafka topic, exactly once: its offsets commit with each batch';
+-- connecting the server to brokers is granted, as reading its files is
+REVOKE EXECUTE ON FUNCTION sluice.kafka_source FROM PUBLIC;
+
+CREATE FUNCTION sluice.append_sink(target regclass)
+RETURNS jsonb LANGUAGE sql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT jsonb_build_object('type', 'append', 'target', target::text, 'relid', target::oid)
+$$;
+COMMENT ON FUNCTION sluice.append_sink IS 'a sink appending every row to a table, exactly once';
+
+CREATE FUNCTION sluice.merge_sink(target regclass, key text[], on_match text DEFAULT 'update')
+RETURNS jsonb LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF target IS NULL OR key IS NULL OR on_match IS NULL THEN
+        RAISE EXCEPTION 'target, key and on_match of a merge sink must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF cardinality(key) = 0 OR array_position(key, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'the key of a merge sink needs at least one column, and no null'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF on_match NOT IN ('update', 'ignore') THEN
+        RAISE EXCEPTION 'invalid on_match "%"', on_match
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use ''update'' (the latest row wins) or ''ignore'' (a row already in the target stays as it is).';
+    END IF;
+    RETURN jsonb_build_object('type', 'merge', 'target', target::text, 'relid', target::oid,
+                              'key', to_jsonb(key), 'on_match', on_match);
+END
+$$;
+COMMENT ON FUNCTION sluice.merge_sink IS 'a sink upserting rows by key with MERGE; replays and duplicates change nothing';
+
+CREATE FUNCTION sluice.function_sink(fn regprocedure)
+RETURNS jsonb LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT coalesce((SELECT prokind = 'f' AND pronargs = 2 AND proargtypes[0] = 'bigint'::regtype
+                   AND proargtypes[1] = 'regclass'::regtype
+              FROM pg_proc WHERE oid = fn), false) THEN
+        RAISE EXCEPTION 'function % cannot be a function sink', fn
+            USING ERRCODE = 'wrong_object_type',
+                  DETAIL = 'A function sink is a function (not a procedure) taking (batch_id bigint, batch regclass).';
+    END IF;
+    RETURN jsonb_build_object('type', 'function', 'function', fn::text, 'fnoid', fn::oid);
+END
+$$;
+COMMENT ON FUNCTION sluice.function_sink IS 'a sink calling fn(batch_id bigint, batch regclass) in the batch transaction';
+
+-- null keys never match in MERGE, so a replay would insert them again: the
+-- merge statement refuses them, row by row, with this
+CREATE FUNCTION sluice._null_key(key_column text)
+RETURNS boolean LANGUAGE plpgsql VOLATILE COST 1
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION 'null value in key column "%" of a merge sink', key_column
+        USING ERRCODE = 'not_null_violation',
+              DETAIL = 'A merge sink matches rows by key, and a null key never matches.';
+END
+$$;
+
+
+-- Event-time windows (see README "Windows and watermarks").
+
+CREATE FUNCTION sluice.window_sink(target regclass, size interval, slide interval DEFAULT NULL,
+                                   group_by text[] DEFAULT '{}',
+                                   aggregates text[] DEFAULT '{count(*) AS count}',
+                                   output_mode text DEFAULT 'append',
+                                   late_rows regclass DEFAULT NULL)
+RETURNS jsonb LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    a text;
+    m text[];
+    aggs jsonb := '[]';
+    fn text;
+    arg text;
+BEGIN
+    IF target IS NULL OR size IS NULL OR group_by IS NULL OR aggregates IS NULL OR output_mode IS NULL THEN
+        RAISE EXCEPTION 'target, size, group_by, aggregates and output_mode of a window sink must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF size <= '0'::interval OR slide <= '0'::interval OR slide > size THEN
+        RAISE EXCEPTION 'invalid window size % or slide %', size, slide
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The size must be positive, and a slide positive and at most the size.';
+    END IF;
+    IF extract(epoch FROM size) <> extract(epoch FROM justify_hours(size))
+       OR size > '1 day'::interval AND size::text ~ '(mon|year)' THEN
+        RAISE EXCEPTION 'window size % is not a fixed duration', size
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Give it in days, hours, minutes or seconds.';
+    END IF;
+    IF output_mode NOT IN ('append', 'update', 'complete') THEN
+        RAISE EXCEPTION 'invalid output_mode "%"', output_mode
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use ''append'', ''update'' or ''complete''.';
+    END IF;
+    IF cardinality(aggregates) = 0 THEN
+        RAISE EXCEPTION 'a window sink needs at least one aggregate' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOREACH a IN ARRAY aggregates LOOP
+        m := regexp_match(a, '^\s*(\w+)\s*\(\s*(\*|"[^"]+"|\w+)\s*\)\s+as\s+("[^"]+"|\w+)\s*$', 'i');
+        IF m IS NULL THEN
+            RAISE EXCEPTION 'invalid aggregate "%"', a
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Write each aggregate as function(column) AS name, as in ''sum(amount) AS total''.';
+        END IF;
+        fn := lower(m[1]);
+        IF fn NOT IN ('count', 'sum', 'min', 'max', 'avg') THEN
+            RAISE EXCEPTION 'aggregate function "%" is not supported by window sinks', m[1]
+                USING ERRCODE = 'feature_not_supported',
+                      DETAIL = 'Window sinks support count, sum, min, max and avg, whose partial results merge exactly.';
+        END IF;
+        IF m[2] = '*' AND fn <> 'count' THEN
+            RAISE EXCEPTION 'invalid aggregate "%"', a
+                USING ERRCODE = 'invalid_parameter_value', DETAIL = 'Only count takes *.';
+        END IF;
+        arg := CASE WHEN m[2] = '*' THEN NULL WHEN m[2] ~ '^"' THEN btrim(m[2], '"') ELSE lower(m[2]) END;
+        aggs := aggs || jsonb_build_object('fn', fn, 'arg', arg,
+                                           'alias', CASE WHEN m[3] ~ '^"' THEN btrim(m[3], '"') ELSE lower(m[3]) END);
+    END LOOP;
+    RETURN jsonb_build_object('type', 'window', 'target', target::text, 'relid', target::oid,
+                              'size', size::text, 'slide', coalesce(slide, size)::text,
+                              'size_s', extract(epoch FROM size), 'slide_s', extract(epoch FROM coalesce(slide, size)),
+                              'group_by', to_jsonb(group_by), 'aggregates', aggs,
+                              'output_mode', output_mode,
+                              'late_rows', late_rows::text, 'late_relid', late_rows::oid);
+END
+$$;
+COMMENT ON FUNCTION sluice.window_sink IS 'a sink aggregating event-time windows with a watermark';
+
+-- the window sink must find its columns in what it receives, and its target
+-- the window's, the groups' and the aggregates'
+CREATE FUNCTION sluice._check_window(pipeline_name text, sink jsonb, cols jsonb, event_time text,
+                                     watermark_delay interval)
+RETURNS void LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    relid oid := (sink->>'relid')::oid;
+    c text;
+    agg jsonb;
+    t regtype;
+BEGIN
+    IF event_time IS NULL THEN
+        RAISE EXCEPTION 'the window sink of pipeline "%" needs an event time', pipeline_name
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Give create_pipeline an event_time => ''column''.';
+    END IF;
+    IF watermark_delay < '0'::interval THEN
+        RAISE EXCEPTION 'watermark_delay must not be negative' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF watermark_delay IS NULL AND sink->>'output_mode' = 'append' THEN
+        RAISE EXCEPTION 'output mode append of pipeline "%" needs a watermark_delay', pipeline_name
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'Without a watermark no window ever closes.',
+                  HINT = 'Give a watermark_delay, or use output mode update or complete (whose state then grows without bound).';
+    END IF;
+    t := (SELECT (x->>'type')::regtype FROM jsonb_array_elements(cols) x WHERE x->>'name' = event_time);
+    IF t IS NULL OR t NOT IN ('timestamptz'::regtype, 'timestamp'::regtype) THEN
+        RAISE EXCEPTION 'event time column "%" of pipeline "%" is not a timestamp among the columns it receives',
+                        event_time, pipeline_name
+            USING ERRCODE = 'undefined_column';
+    END IF;
+    FOR c IN SELECT jsonb_array_elements_text(sink->'group_by')
+             UNION ALL SELECT a->>'arg' FROM jsonb_array_elements(sink->'aggregates') a WHERE a->>'arg' IS NOT NULL LOOP
+        IF NOT EXISTS (SELECT 1 FROM jsonb_array_elements(cols) x WHERE x->>'name' = c) THEN
+            RAISE EXCEPTION 'column "%" of the window sink of pipeline "%" is not among the columns it receives',
+                            c, pipeline_name
+                USING ERRCODE = 'undefined_column';
+        END IF;
+    END LOOP;
+    FOR agg IN SELECT jsonb_array_elements(sink->'aggregates') LOOP
+        IF agg->>'fn' IN ('sum', 'avg') AND (SELECT (x->>'type')::regtype FROM jsonb_array_elements(cols) x
+                                              WHERE x->>'name' = agg->>'arg')
+               NOT IN ('smallint'::regtype, 'integer'::regtype, 'bigint'::regtype, 'numeric'::regtype,
+                       'real'::regtype, 'double precision'::regtype) THEN
+            RAISE EXCEPTION '%(%) needs a number', agg->>'fn', agg->>'arg' USING ERRCODE = 'datatype_mismatch';
+        END IF;
+    END LOOP;
+    IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = relid AND relkind IN ('r', 'p')) THEN
+        RAISE EXCEPTION 'target % of pipeline "%" is not a table', sink->>'target', pipeline_name
+            USING ERRCODE = 'wrong_object_type';
+    END IF;
+    FOR c IN SELECT unnest(ARRAY['window_start', 'window_end'])
+             UNION ALL SELECT jsonb_array_elements_text(sink->'group_by')
+             UNION ALL SELECT a->>'alias' FROM jsonb_array_elements(sink->'aggregates') a LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = relid AND attname = c AND attnum > 0
+                                                    AND NOT attisdropped) THEN
+            RAISE EXCEPTION 'column "%" of the window sink of pipeline "%" does not exist in table %',
+                            c, pipeline_name, relid::regclass
+                USING ERRCODE = 'undefined_column',
+                      HINT = 'A window target has window_start, window_end, the group_by columns and one column per aggregate.';
+        END IF;
+    END LOOP;
+    IF NOT has_table_privilege(relid, 'INSERT, SELECT, UPDATE, DELETE') THEN
+        RAISE EXCEPTION 'permission denied for table %', relid::regclass
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = format('Pipeline "%s" writes into it as %I.', pipeline_name, current_user);
+    END IF;
+    IF sink->>'late_relid' IS NOT NULL THEN
+        IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = (sink->>'late_relid')::oid AND relkind IN ('r', 'p'))
+           OR NOT has_table_privilege((sink->>'late_relid')::oid, 'INSERT') THEN
+            RAISE EXCEPTION 'late_rows % of pipeline "%" is not a table it may insert into', sink->>'late_rows', pipeline_name
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = (sink->>'late_relid')::oid AND attname = 'batch_id')
+           OR NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = (sink->>'late_relid')::oid AND attname = 'watermark') THEN
+            RAISE EXCEPTION 'late_rows table % of pipeline "%" needs columns batch_id and watermark',
+                            sink->>'late_rows', pipeline_name
+                USING ERRCODE = 'undefined_column';
+        END IF;
+    END IF;
+END
+$$;
+
+-- partial-aggregate columns of the state table (typed by the received
+-- columns cols), their names, how to compute, merge and finish them
+CREATE FUNCTION sluice._window_aggs(sink jsonb, cols jsonb,
+    OUT state_cols text, OUT part_names text, OUT partials text, OUT merges text,
+    OUT combines text, OUT finals text, OUT names text)
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT string_agg(CASE a->>'fn'
+                      WHEN 'count' THEN format('a%s_n bigint', o)
+                      WHEN 'avg' THEN format('a%s_s numeric, a%s_n bigint', o, o)
+                      WHEN 'sum' THEN format('a%s_s numeric', o)
+                      ELSE format('a%s_v %s', o, (SELECT x->>'type' FROM jsonb_array_elements(cols) x
+                                                  WHERE x->>'name' = a->>'arg')) END, ', ' ORDER BY o),
+           string_agg(CASE a->>'fn'
+                      WHEN 'count' THEN format('a%s_n', o)
+                      WHEN 'avg' THEN format('a%s_s, a%s_n', o, o)
+                      WHEN 'sum' THEN format('a%s_s', o)
+                      ELSE format('a%s_v', o) END, ', ' ORDER BY o),
+           string_agg(CASE a->>'fn'
+                      WHEN 'count' THEN format('count(%s)', coalesce(quote_ident(a->>'arg'), '*'))
+                      WHEN 'avg' THEN format('sum(%I)::numeric, count(%1$I)', a->>'arg')
+                      WHEN 'sum' THEN format('sum(%I)::numeric', a->>'arg')
+                      ELSE format('%s(%I)', a->>'fn', a->>'arg') END, ', ' ORDER BY o),
+           string_agg(CASE a->>'fn'
+                      WHEN 'count' THEN format('a%s_n = s.a%1$s_n + excluded.a%1$s_n', o)
+                      WHEN 'avg' THEN format('a%s_s = coalesce(s.a%1$s_s + excluded.a%1$s_s, s.a%1$s_s, excluded.a%1$s_s),'
+                                             ' a%1$s_n = s.a%1$s_n + excluded.a%1$s_n', o)
+                      WHEN 'sum' THEN format('a%s_s = coalesce(s.a%1$s_s + excluded.a%1$s_s, s.a%1$s_s, excluded.a%1$s_s)', o)
+                      WHEN 'min' THEN format('a%s_v = least(s.a%1$s_v, excluded.a%1$s_v)', o)
+                      ELSE format('a%s_v = greatest(s.a%1$s_v, excluded.a%1$s_v)', o) END, ', ' ORDER BY o),
+           string_agg(CASE a->>'fn'
+                      WHEN 'count' THEN format('sum(a%s_n)::bigint', o)
+                      WHEN 'avg' THEN format('sum(a%s_s), sum(a%1$s_n)::bigint', o)
+                      WHEN 'sum' THEN format('sum(a%s_s)', o)
+                      ELSE format('%s(a%s_v)', a->>'fn', o) END, ', ' ORDER BY o),
+           string_agg(CASE a->>'fn'
+                      WHEN 'count' THEN format('a%s_n', o)
+                      WHEN 'avg' THEN format('a%s_s / nullif(a%1$s_n, 0)', o)
+                      WHEN 'sum' THEN format('a%s_s', o)
+                      ELSE format('a%s_v', o) END, ', ' ORDER BY o),
+           string_agg(quote_ident(a->>'alias'), ', ' ORDER BY o)
+      FROM jsonb_array_elements(sink->'aggregates') WITH ORDINALITY AS x(a, o)
+$$;
+
+-- the state table of a window pipeline, beside its target: one row per
+-- window and group, holding partial aggregates
+CREATE FUNCTION sluice._window_create_state(pipeline_id int, pipeline_name text, sink jsonb, cols jsonb)
+RETURNS regclass LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    tbl text := format('%I.%I', (SELECT nspname FROM pg_namespace n JOIN pg_class c ON c.relnamespace = n.oid
+                                  WHERE c.oid = (sink->>'relid')::oid),
+                   CASE WHEN octet_length('sluice_state_' || pipeline_name) <= 63 THEN 'sluice_state_' || pipeline_name
+                        ELSE format('sluice_state_%s_%s', left(pipeline_name, 30), pipeline_id) END);
+    groups text := (SELECT string_agg(format('%I %s, ', g, (SELECT x->>'type' FROM jsonb_array_elements(cols) x
+                                                               WHERE x->>'name' = g)), '' ORDER BY o)
+                      FROM jsonb_array_elements_text(sink->'group_by') WITH ORDINALITY AS y(g, o));
+    keys text := (SELECT string_agg(', ' || quote_ident(g), '' ORDER BY o)
+                    FROM jsonb_array_elements_text(sink->'group_by') WITH ORDINALITY AS y(g, o));
+BEGIN
+    EXECUTE format('CREATE TABLE %s (window_start timestamptz NOT NULL, window_end timestamptz NOT NULL, %s'
+                   ' %s, sluice_batch bigint NOT NULL,'
+                   ' UNIQUE NULLS NOT DISTINCT (window_start, window_end %s))',
+                   tbl, coalesce(groups, ''), (sluice._window_aggs(sink, cols)).state_cols, coalesce(keys, ''));
+    RETURN tbl::regclass;
+END
+$$;
+
+-- One batch into a window sink, in the batch transaction: drop late
+-- (row, window) pairs, merge the rest into the state, move the watermark,
+-- write the output mode's windows and evict state the watermark passed.
+-- Runs as the pipeline's owner and writes no catalog row: the worker, which
+-- holds the pipeline's row lock, stores what this returns.
+CREATE FUNCTION sluice._window_write(batch_no bigint, sk jsonb, state_table regclass, event_time text,
+                                     watermark_delay interval, w timestamptz, input regclass,
+                                     OUT written bigint, OUT new_w timestamptz,
+                                     OUT et_min timestamptz, OUT et_max timestamptz, OUT dropped bigint,
+                                     OUT total bigint, OUT updated bigint, OUT removed bigint)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    a record;
+    et text;
+    mode text;
+    groups text;
+    gsel text;
+    gjoin text;
+    late text;
+    late_cols text;
+    size_iv text;
+    pairs text;
+    agg text;
+    lr text;
+    closes text;
+BEGIN
+    removed := 0;
+    written := 0;
+    mode := sk->>'output_mode';
+    -- a fixed duration: '1 day' in a time zone with daylight saving is not 24 hours
+    size_iv := (sk->>'size_s') || ' seconds';
+    et := format('%I::timestamptz', event_time);
+    a := sluice._window_aggs(sk, NULL);
+    SELECT string_agg(quote_ident(g), ', '), string_agg(format('t.%I IS NOT DISTINCT FROM s.%1$I', g), ' AND ')
+      INTO groups, gjoin FROM jsonb_array_elements_text(sk->'group_by') AS g;
+    gsel := coalesce(groups || ', ', '');
+    late := CASE WHEN w IS NULL OR mode = 'complete' THEN 'sluice_ws IS NULL'
+                 ELSE format('(sluice_ws IS NULL OR sluice_ws + %L::interval <= %L::timestamptz)', size_iv, w) END;
+
+    SELECT string_agg(', ' || quote_ident(l.attname), '') INTO late_cols
+      FROM pg_attribute l
+     WHERE l.attrelid = (sk->>'late_relid')::oid AND l.attnum > 0 AND NOT l.attisdropped
+       AND l.attname NOT IN ('batch_id', 'watermark')
+       AND l.attname IN (SELECT attname FROM pg_attribute WHERE attrelid = input AND attnum > 0);
+
+    -- the watermark the batch leaves, first: append mode writes the windows
+    -- it closes straight to the target instead of through the state
+    EXECUTE format('SELECT min(%1$s), max(%1$s) FROM %2$s', et, input) INTO et_min, et_max;
+    new_w := CASE WHEN watermark_delay IS NULL THEN w
+                  ELSE greatest(w, et_max - watermark_delay) END;
+
+    -- (row, window) pairs: one window per row when tumbling
+    pairs := format('pairs AS MATERIALIZED (SELECT b.*, b.ctid AS sluice_ctid, w.ws AS sluice_ws FROM %s AS b, %s)',
+                    input,
+                    CASE WHEN sk->>'slide_s' = sk->>'size_s'
+                         THEN format('LATERAL (SELECT to_timestamp(floor(extract(epoch FROM %s) / %s) * %2$s) AS ws) AS w',
+                                     et, sk->>'size_s')
+                         ELSE format('LATERAL (SELECT (SELECT NULL::timestamptz WHERE %1$s IS NULL) AS ws'
+                                     ' UNION ALL SELECT to_timestamp((floor(extract(epoch FROM %1$s) / %2$s) - k) * %2$s)'
+                                     ' FROM generate_series(0, ceil(%3$s / %2$s)::int - 1) AS k'
+                                     ' WHERE to_timestamp((floor(extract(epoch FROM %1$s) / %2$s) - k) * %2$s) + %4$L::interval > %1$s) AS w'
+                                     ' WHERE w.ws IS NOT NULL OR %1$s IS NULL',
+                                     et, sk->>'slide_s', sk->>'size_s', size_iv) END);
+    agg := format('agg (window_start, window_end, %1$s %2$s) AS (SELECT sluice_ws, sluice_ws + %3$L::interval, %1$s %4$s'
+                  ' FROM pairs WHERE NOT %5$s GROUP BY sluice_ws %6$s)',
+                  gsel, a.part_names, size_iv, a.partials, late, coalesce(', ' || groups, ''));
+    lr := CASE WHEN sk->>'late_relid' IS NULL THEN ''
+               ELSE format(', lr AS (INSERT INTO %s (batch_id, watermark %s)'
+                           ' SELECT DISTINCT ON (sluice_ctid) %s, %L::timestamptz %s FROM pairs WHERE %s RETURNING 1)',
+                           (sk->>'late_relid')::oid::regclass, coalesce(late_cols, ''), batch_no, w,
+                           coalesce(late_cols, ''), late) END;
+    closes := format('window_end <= %L::timestamptz', new_w);
+
+    IF mode = 'append' THEN
+        -- windows closing now: this batch's, merged with their state; the rest
+        -- go to the state
+        EXECUTE format(
+            'WITH %1$s, %2$s,'
+            ' old AS (DELETE FROM %3$s WHERE %4$s RETURNING window_start, window_end, %5$s %6$s),'
+            ' closing (window_start, window_end, %5$s %6$s) AS (SELECT window_start, window_end, %5$s %7$s FROM'
+            '   (SELECT * FROM agg WHERE %4$s UNION ALL SELECT * FROM old) AS u GROUP BY window_start, window_end %8$s),'
+            ' emit AS (INSERT INTO %9$s (window_start, window_end, %5$s %10$s)'
+            '   SELECT window_start, window_end, %5$s %11$s FROM closing RETURNING 1),'
+            ' up AS (INSERT INTO %3$s AS s (window_start, window_end, %5$s %6$s, sluice_batch)'
+            '   SELECT window_start, window_end, %5$s %6$s, %12$s FROM agg WHERE NOT coalesce(%4$s, false)'
+            '   ON CONFLICT (window_start, window_end %8$s) DO UPDATE SET %13$s, sluice_batch = excluded.sluice_batch'
+            '   RETURNING 1)'
+            ' %14$s'
+            ' SELECT (SELECT count(*) FROM pairs WHERE %15$s), (SELECT count(*) FROM agg), (SELECT count(*) FROM emit)',
+            pairs, agg, state_table, closes, gsel, a.part_names, a.combines, coalesce(', ' || groups, ''),
+            (sk->>'relid')::oid::regclass, a.names, a.finals, batch_no, a.merges, lr, late)
+          INTO dropped, updated, written;
+        removed := written;
+    ELSE
+        EXECUTE format(
+            'WITH %1$s, %2$s,'
+            ' up AS (INSERT INTO %3$s AS s (window_start, window_end, %4$s %5$s, sluice_batch)'
+            '   SELECT window_start, window_end, %4$s %5$s, %6$s FROM agg'
+            '   ON CONFLICT (window_start, window_end %7$s) DO UPDATE SET %8$s, sluice_batch = excluded.sluice_batch'
+            '   RETURNING 1)'
+            ' %9$s'
+            ' SELECT (SELECT count(*) FROM pairs WHERE %10$s), (SELECT count(*) FROM up)',
+            pairs, agg, state_table, gsel, a.part_names, batch_no, coalesce(', ' || groups, ''), a.merges,
+            lr, late)
+          INTO dropped, updated;
+    END IF;
+
+    IF mode = 'update' THEN
+        EXECUTE format('MERGE INTO %1$s AS t USING (SELECT window_start, window_end, %2$s %3$s FROM %4$s WHERE sluice_batch = %5$s)'
+                       ' AS s(window_start, window_end, %2$s %6$s)'
+                       ' ON t.window_start = s.window_start AND t.window_end = s.window_end %7$s'
+                       ' WHEN MATCHED THEN UPDATE SET %8$s'
+                       ' WHEN NOT MATCHED THEN INSERT (window_start, window_end, %2$s %6$s)'
+                       ' VALUES (s.window_start, s.window_end, %9$s %10$s)',
+                       (sk->>'relid')::oid::regclass, gsel, a.finals, state_table, batch_no, a.names,
+                       coalesce(' AND ' || gjoin, ''),
+                       (SELECT string_agg(format('%s = s.%1$s', n), ', ') FROM regexp_split_to_table(a.names, ', ') n),
+                       (SELECT coalesce(string_agg('s.' || quote_ident(g) || ', ', ''), '')
+                          FROM jsonb_array_elements_text(sk->'group_by') g),
+                       (SELECT string_agg('s.' || n, ', ') FROM regexp_split_to_table(a.names, ', ') n));
+        GET DIAGNOSTICS written = ROW_COUNT;
+        IF new_w IS NOT NULL THEN
+            EXECUTE format('DELETE FROM %s WHERE window_end <= %L::timestamptz', state_table, new_w);
+            GET DIAGNOSTICS removed = ROW_COUNT;
+        END IF;
+    ELSIF mode = 'complete' THEN
+        EXECUTE format('DELETE FROM %s', (sk->>'relid')::oid::regclass);
+        EXECUTE format('INSERT INTO %s (window_start, window_end, %s %s) SELECT window_start, window_end, %s %s FROM %s',
+                       (sk->>'relid')::oid::regclass, gsel, a.names, gsel, a.finals, state_table);
+        GET DIAGNOSTICS written = ROW_COUNT;
+    END IF;
+
+    EXECUTE format('SELECT count(*) FROM %s', state_table) INTO total;
+END
+$$;
+
+-- Pipelines.
+
+-- the columns a transform returns, found by planning it over an empty
+-- "batch"; the temporary tables go away with the block's subtransaction
+CREATE FUNCTION sluice._transform_columns(pipeline_name text, source jsonb, transform text)
+RETURNS jsonb LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cols jsonb;
+    msg text;
+    det text;
+BEGIN
+    BEGIN
+        PERFORM sluice._check_query(transform);
+        PERFORM sluice._create_stage(source);
+        msg := format('CREATE TEMP TABLE batch_out ON COMMIT DROP AS SELECT * FROM (%s) AS q LIMIT 0', transform);
+        -- the worker runs the transform with the owner's default search_path,
+        -- pg_temp first so that "batch" is the staging table; only the
+        -- transform itself: nothing of ours is resolved in between
+        PERFORM pg_catalog.set_config('search_path',
+                                      'pg_temp, ' || (SELECT reset_val FROM pg_settings WHERE name = 'search_path'), true);
+        EXECUTE msg;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+        SELECT jsonb_agg(jsonb_build_object('name', attname, 'type', format_type(atttypid, atttypmod))
+                         ORDER BY attnum) INTO cols
+          FROM pg_attribute
+         WHERE attrelid = 'pg_temp.batch_out'::regclass AND attnum > 0 AND NOT attisdropped;
+        RAISE EXCEPTION USING ERRCODE = 'SLU01';
+    EXCEPTION
+        WHEN SQLSTATE 'SLU01' THEN
+            NULL;
+        WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+            RAISE EXCEPTION 'invalid transform for pipeline "%"', pipeline_name
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = msg,
+                      HINT = 'A transform is a query over the relation "batch", which has the source''s columns.';
+    END;
+    RETURN cols;
+END
+$$;
+
+-- the target of an append or merge sink must take the columns it receives
+CREATE FUNCTION sluice._check_target(pipeline_name text, sink jsonb, cols jsonb)
+RETURNS void LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    relid oid := (sink->>'relid')::oid;
+    col record;
+    att record;
+    k text;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = relid AND relkind IN ('r', 'p')) THEN
+        RAISE EXCEPTION 'target % of pipeline "%" is not a table', sink->>'target', pipeline_name
+            USING ERRCODE = 'wrong_object_type';
+    END IF;
+    IF NOT has_table_privilege(relid, 'INSERT')
+       OR (sink->>'type' = 'merge' AND NOT has_table_privilege(relid, 'SELECT, UPDATE')) THEN
+        RAISE EXCEPTION 'permission denied for table %', relid::regclass
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = format('Pipeline "%s" writes into it as %I.', pipeline_name, current_user);
+    END IF;
+    FOR col IN SELECT c->>'name' AS name, (c->>'type')::regtype AS type
+                 FROM jsonb_array_elements(cols) AS c LOOP
+        SELECT a.atttypid::regtype AS type, a.attgenerated INTO att
+          FROM pg_attribute a
+         WHERE a.attrelid = relid AND a.attname = col.name AND a.attnum > 0 AND NOT a.attisdropped;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'column "%" of the source of pipeline "%" does not exist in table %',
+                            col.name, pipeline_name, relid::regclass
+                USING ERRCODE = 'undefined_column';
+        ELSIF att.attgenerated <> '' THEN
+            RAISE EXCEPTION 'column "%" of table % is generated and cannot be written by pipeline "%"',
+                            col.name, relid::regclass, pipeline_name
+                USING ERRCODE = 'generated_always';
+        ELSIF att.type <> col.type AND NOT EXISTS (
+                SELECT 1 FROM pg_cast
+                 WHERE castsource = col.type AND casttarget = att.type AND castcontext IN ('a', 'i')) THEN
+            RAISE EXCEPTION 'column "%" of type % does not fit column "%" of type % of table %',
+                            col.name, col.type, col.name, att.type, relid::regclass
+                USING ERRCODE = 'datatype_mismatch',
+                      DETAIL = format('Pipeline "%s" has no assignment cast from %s to %s.',
+                                      pipeline_name, col.type, att.type),
+                      HINT = 'Cast the column in a transform.';
+        END IF;
+    END LOOP;
+    FOR k IN SELECT jsonb_array_elements_text(sink->'key') LOOP
+        IF NOT EXISTS (SELECT 1 FROM jsonb_array_elements(cols) AS c WHERE c->>'name' = k) THEN
+            RAISE EXCEPTION 'key column "%" of pipeline "%" is not among the columns it receives', k, pipeline_name
+                USING ERRCODE = 'undefined_column';
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- A source description built again by its function, as the caller, with the
+-- checks its kind needs: one written by hand is checked the same.
+CREATE FUNCTION sluice._rebuild_source(name text, source jsonb)
+RETURNS jsonb LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cols jsonb := source->'columns';
+    msg text;
+BEGIN
+    IF source->>'type' IS NULL OR source->>'type' NOT IN ('csv', 'kafka') THEN
+        RAISE EXCEPTION 'invalid source for pipeline "%"', name
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Describe the source with sluice.csv_source() or sluice.kafka_source().';
+    END IF;
+    BEGIN
+        -- a Kafka source's metadata columns come from include_metadata, not from the list
+        msg := (SELECT string_agg(format('%I %s', c->>'name', c->>'type'), ', ')
+                  FROM jsonb_array_elements(cols) AS c
+                 WHERE NOT (source->>'type' = 'kafka' AND (source->>'include_metadata')::boolean
+                            AND c->>'name' IN ('kafka_topic', 'kafka_partition', 'kafka_offset',
+                                               'kafka_timestamp', 'kafka_key')));
+    EXCEPTION WHEN OTHERS THEN
+        msg := NULL;
+    END;
+    IF msg IS NULL THEN
+        RAISE EXCEPTION 'invalid source for pipeline "%"', name
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'The source has no list of columns.',
+                  HINT = 'Describe the source with sluice.csv_source() or sluice.kafka_source().';
+    END IF;
+
+    IF source->>'type' = 'kafka' THEN
+        IF NOT has_function_privilege('sluice.kafka_source(text, text, text, text, text, text, bigint, integer[], jsonb, text, boolean, boolean, integer, bigint, interval)', 'EXECUTE') THEN
+            RAISE EXCEPTION 'permission denied to create pipeline "%"', name
+                USING ERRCODE = 'insufficient_privilege',
+                      DETAIL = 'Reading Kafka topics takes EXECUTE on sluice.kafka_source().',
+                      HINT = format('A superuser can GRANT EXECUTE ON FUNCTION sluice.kafka_source TO %I.', current_user);
+        END IF;
+        RETURN sluice.kafka_source(source->>'brokers', source->>'topic', msg, source->>'format',
+                                   source->>'delimiter', source->>'starting_offsets',
+                                   (source->>'max_offsets_per_trigger')::bigint,
+                                   CASE WHEN jsonb_typeof(source->'partitions') = 'array'
+                                        THEN ARRAY(SELECT jsonb_array_elements_text(source->'partitions'))::int[] END,
+                                   source->'options', source->>'on_error',
+                                   (source->>'fail_on_data_loss')::boolean,
+                                   (source->>'include_metadata')::boolean,
+                                   (source->>'max_rate_per_partition')::int,
+                                   (source->>'min_offsets_per_trigger')::bigint,
+                                   coalesce((source->>'max_trigger_delay_ms')::bigint, 900000) * interval '1 millisecond');
+    END IF;
+
+    source := sluice.csv_source(source->>'dir', msg, (source->>'header')::boolean, source->>'delimiter',
+                                source->>'pattern', (source->>'max_files_per_trigger')::int,
+                                source->>'quote', source->>'escape', source->>'null', source->>'encoding',
+                                source->>'on_error', source->>'after', source->>'archive_dir',
+                                (source->>'settle_ms')::bigint * interval '1 millisecond',
+                                (source->>'max_bytes_per_trigger')::bigint);
+    IF NOT pg_has_role(current_user, 'pg_read_server_files', 'USAGE') THEN
+        RAISE EXCEPTION 'permission denied to create pipeline "%"', name
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'Reading server files takes the privileges of the pg_read_server_files role.',
+                  HINT = format('A superuser can GRANT pg_read_server_files TO %I.', current_user);
+    END IF;
+    PERFORM sluice._check_directory(source->>'dir');
+    IF source->>'after' IN ('delete', 'archive')
+       AND NOT pg_has_role(current_user, 'pg_write_server_files', 'USAGE') THEN
+        RAISE EXCEPTION 'permission denied to create pipeline "%"', name
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'Deleting or moving processed files takes the privileges of the pg_write_server_files role.',
+                  HINT = format('A superuser can GRANT pg_write_server_files TO %I.', current_user);
+    END IF;
+    IF source->>'after' = 'archive' THEN
+        PERFORM sluice._check_directory(source->>'archive_dir');
+    END IF;
+    RETURN source;
+END
+$$;
+
+-- Checks a new pipeline as its caller would create it, and returns the
+-- catalog values for it; writes nothing.  sluice.create_pipeline() (in C)
+-- stores them as the extension's owner.  A source or sink description is
+-- built again by its function, so one written by hand is checked the same.
+CREATE FUNCTION sluice._pipeline_row(name text, source jsonb, sink jsonb, trigger text, transform text,
+                                     event_time text, watermark_delay interval,
+                                     OUT new_source jsonb, OUT new_sink jsonb, OUT target regclass,
+                                     OUT late_rows regclass, OUT sink_function text, OUT cols jsonb)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+BEGIN
+    IF name IS NULL OR source IS NULL OR sink IS NULL OR trigger IS NULL THEN
+        RAISE EXCEPTION 'name, source, sink and trigger of a pipeline must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF name = '' OR length(name) > 63 THEN
+        RAISE EXCEPTION 'invalid pipeline name "%"', name
+            USING ERRCODE = 'invalid_name',
+                  DETAIL = 'A pipeline name has 1 to 63 characters.';
+    END IF;
+    IF current_database() <> current_setting('sluice.database') THEN
+        RAISE EXCEPTION 'sluice pipelines run only in database "%"', current_setting('sluice.database')
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Set sluice.database in postgresql.conf and restart the server.';
+    END IF;
+    IF NOT (SELECT rolcanlogin FROM pg_roles WHERE rolname = current_user) THEN
+        RAISE EXCEPTION 'role "%" cannot own a pipeline because it cannot log in', current_user
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'Pipeline workers connect as the pipeline''s owner.',
+                  HINT = 'Create the pipeline as a role with LOGIN.';
+    END IF;
+    IF trigger <> 'available_now' THEN
+        BEGIN
+            IF trigger::interval < '0'::interval THEN
+                RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE EXCEPTION 'invalid trigger "%" for pipeline "%"', trigger, name
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Give an interval such as ''10 seconds'', or ''available_now''.';
+        END;
+    END IF;
+
+    source := sluice._rebuild_source(name, source);
+    cols := source->'columns';
+
+    IF transform IS NOT NULL THEN
+        cols := sluice._transform_columns(name, source, transform);
+    END IF;
+
+    sink := CASE
+        WHEN sink->>'type' = 'append' AND sink ? 'relid' THEN
+            sluice.append_sink((sink->>'relid')::oid::regclass)
+        WHEN sink->>'type' = 'merge' AND sink ? 'relid' AND jsonb_typeof(sink->'key') = 'array' THEN
+            sluice.merge_sink((sink->>'relid')::oid::regclass, ARRAY(SELECT jsonb_array_elements_text(sink->'key')),
+                              sink->>'on_match')
+        WHEN sink->>'type' = 'function' AND sink ? 'fnoid' THEN
+            sluice.function_sink((sink->>'fnoid')::oid::regprocedure)
+        WHEN sink->>'type' = 'window' AND sink ? 'relid' AND jsonb_typeof(sink->'group_by') = 'array'
+             AND jsonb_typeof(sink->'aggregates') = 'array' THEN
+            sluice.window_sink((sink->>'relid')::oid::regclass, (sink->>'size')::interval, (sink->>'slide')::interval,
+                               ARRAY(SELECT jsonb_array_elements_text(sink->'group_by')),
+                               ARRAY(SELECT format('%s(%s) AS %I', a->>'fn', coalesce(quote_ident(a->>'arg'), '*'),
+                                                   a->>'alias')
+                                       FROM jsonb_array_elements(sink->'aggregates') AS a),
+                               sink->>'output_mode', (sink->>'late_relid')::oid::regclass) END;
+
+    CASE
+    WHEN sink->>'type' = 'append' AND sink ? 'relid'
+      OR sink->>'type' = 'merge' AND sink ? 'relid' AND jsonb_typeof(sink->'key') = 'array' THEN
+        PERFORM sluice._check_target(name, sink, cols);
+    WHEN sink->>'type' = 'window' AND sink ? 'relid' THEN
+        PERFORM sluice._check_window(name, sink, cols, event_time, watermark_delay);
+    WHEN sink->>'type' = 'function' AND sink ? 'fnoid' THEN
+        IF NOT has_function_privilege((sink->>'fnoid')::oid, 'EXECUTE') THEN
+            RAISE EXCEPTION 'permission denied for function %', sink->>'function'
+                USING ERRCODE = 'insufficient_privilege',
+                      DETAIL = format('Pipeline "%s" calls it as %I.', name, current_user);
+        END IF;
+    ELSE
+        RAISE EXCEPTION 'invalid sink for pipeline "%"', name
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Describe the sink with sluice.append_sink(), sluice.merge_sink(), sluice.function_sink() or sluice.window_sink().';
+    END CASE;
+    IF (event_time IS NOT NULL OR watermark_delay IS NOT NULL) AND sink->>'type' IS DISTINCT FROM 'window' THEN
+        RAISE EXCEPTION 'event_time and watermark_delay of pipeline "%" need a window sink', name
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    new_source := source;
+    target := (sink->>'relid')::oid::regclass;
+    late_rows := (sink->>'late_relid')::oid::regclass;
+    sink_function := (sink->>'fnoid')::oid::regprocedure::text;
+    new_sink := sink - ARRAY['target', 'relid', 'late_rows', 'late_relid', 'function', 'fnoid'];
+END
+$$;
+
+CREATE FUNCTION sluice.create_pipeline(name text, source jsonb, sink jsonb,
+                                       trigger text DEFAULT '1 second',
+                                       transform text DEFAULT NULL,
+                                       event_time text DEFAULT NULL,
+                                       watermark_delay interval DEFAULT NULL)
+RETURNS void LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'sluice_create_pipeline';
+COMMENT ON FUNCTION sluice.create_pipeline IS 'create a stopped pipeline from a source, through an optional transform, to a sink';
+
+-- set a pipeline's state (NULL: drop it) and wake the launcher at commit
+CREATE FUNCTION sluice._set_state(pipeline_name text, new_state text)
+RETURNS void LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'sluice_set_state';
+
+CREATE FUNCTION sluice.drop_pipeline(name text)
+RETURNS void LANGUAGE sql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT sluice._set_state(name, NULL) $$;
+COMMENT ON FUNCTION sluice.drop_pipeline IS 'stop a pipeline and forget it, with its batches, files and errors';
+
+CREATE FUNCTION sluice.start(name text)
+RETURNS void LANGUAGE sql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT sluice._set_state(name, 'running') $$;
+COMMENT ON FUNCTION sluice.start IS 'run a pipeline in a background worker from the next commit on; retries a failed one';
+
+CREATE FUNCTION sluice.stop(name text)
+RETURNS void LANGUAGE sql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT sluice._set_state(name, 'stopped') $$;
+COMMENT ON FUNCTION sluice.stop IS 'stop a pipeline''s worker after commit; a batch in flight rolls back and is replayed later';
+
+CREATE FUNCTION sluice.run_once(name text)
+RETURNS bigint LANGUAGE C VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'sluice_run_once';
+COMMENT ON FUNCTION sluice.run_once IS 'process everything available now in a worker, wait for it, and return the number of batches committed';
+
+-- Monitoring.
+
+CREATE VIEW sluice.pipelines WITH (security_invoker = true) AS
+SELECT p.name,
+       p.owner::regrole AS owner,
+       p.state,
+       p.trigger,
+       p.source->>'type' AS source_type,
+       sluice._sink(p)->>'target' AS target,
+       p.watermark,
+       w.pid AS worker_pid,
+       w.current_batch AS batch_in_flight,
+       last.batch_id AS last_batch_id,
+       last.committed_at AS last_batch_at,
+       last.input_rows AS last_input_rows,
+       round(last.input_rows * 1000.0 / nullif((last.durations->>'total')::numeric, 0), 1)
+           AS last_rows_per_second,
+       total.batches,
+       total.input_rows,
+       sluice._backlog(p.id) AS files_pending,
+       err.message AS last_error,
+       err.at AS last_error_at
+  FROM sluice.pipeline AS p
+  LEFT JOIN sluice._workers() AS w ON w.pipeline_id = p.id
+  LEFT JOIN LATERAL (SELECT b.batch_id, b.committed_at, b.input_rows, b.durations
+                       FROM sluice.batch AS b
+                      WHERE b.pipeline_id = p.id AND b.status = 'committed'
+                      ORDER BY b.batch_id DESC LIMIT 1) AS last ON true
+  LEFT JOIN LATERAL (SELECT count(*) AS batches, coalesce(sum(b.input_rows), 0) AS input_rows
+                       FROM sluice.batch AS b
+                      WHERE b.pipeline_id = p.id AND b.status = 'committed') AS total ON true
+  LEFT JOIN LATERAL (SELECT e.message, e.at FROM sluice.error AS e
+                      WHERE e.pipeline_id = p.id AND e.sqlstate NOT LIKE '01%'
+                      ORDER BY e.id DESC LIMIT 1) AS err ON true;
+COMMENT ON VIEW sluice.pipelines IS 'one row per pipeline: state, worker, last batch, backlog, last failure';
+
+CREATE VIEW sluice.errors WITH (security_invoker = true) AS
+SELECT p.name AS pipeline, e.batch_id, e.sqlstate, e.message, e.detail, e.hint, e.context,
+       e.at AS time
+  FROM sluice.error AS e JOIN sluice.pipeline AS p ON p.id = e.pipeline_id;
+GRANT SELECT ON sluice.pipelines, sluice.errors TO PUBLIC;
+COMMENT ON VIEW sluice.errors IS 'failures and warnings of pipelines, newest last';
+
+CREATE VIEW sluice.rejects WITH (security_invoker = true) AS
+SELECT p.name AS pipeline, r.batch_id, r.file, r.line, r.raw_line, r.sqlstate, r.message, r.at AS time,
+       r.position
+  FROM sluice.reject AS r JOIN sluice.pipeline AS p ON p.id = r.pipeline_id;
+GRANT SELECT ON sluice.rejects TO PUBLIC;
+COMMENT ON VIEW sluice.rejects IS 'rows set aside by pipelines with on_error => ''reject''';
+
+CREATE FUNCTION sluice.progress(name text, n int DEFAULT 10)
+RETURNS TABLE (batch_id bigint, status text, attempts int, files int, input_rows bigint,
+               sink_rows bigint, rejected_rows bigint, bytes bigint,
+               num_rows_dropped_by_watermark bigint, watermark timestamptz,
+               next_watermark timestamptz, event_time_min timestamptz, event_time_max timestamptz,
+               state_rows_total bigint, state_rows_updated bigint, state_rows_removed bigint, rows_per_second numeric, duration_ms jsonb,
+               start_offset jsonb, end_offset jsonb,
+               planned_at timestamptz, committed_at timestamptz)
+LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    pid int;
+BEGIN
+    SELECT p.id INTO pid FROM sluice.pipeline AS p WHERE p.name = progress.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pipeline "%" does not exist', progress.name USING ERRCODE = 'undefined_object';
+    END IF;
+    RETURN QUERY
+    SELECT b.batch_id, b.status, b.attempts, b.files, b.input_rows, b.sink_rows, b.rejected_rows, b.bytes,
+           b.num_rows_dropped_by_watermark, b.watermark, b.next_watermark, b.event_time_min, b.event_time_max,
+           b.state_rows_total, b.state_rows_updated, b.state_rows_removed,
+           round(b.input_rows * 1000.0 / nullif((b.durations->>'total')::numeric, 0), 1),
+           b.durations,
+           coalesce(b.slice->'start', jsonb_build_object('log_offset', b.batch_id - 1)),
+           sluice._batch_offsets(b.pipeline_id, b.batch_id),
+           b.planned_at, b.committed_at
+      FROM sluice.batch AS b
+     WHERE b.pipeline_id = pid
+     ORDER BY b.batch_id DESC
+     LIMIT progress.n;
+END
+$$;
+COMMENT ON FUNCTION sluice.progress IS 'the last n batches of a pipeline, newest first, with Spark-like progress fields';
