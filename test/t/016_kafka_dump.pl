@@ -75,7 +75,7 @@ my $nb = sluice_node('kdump_b');
 $nb->safe_psql('postgres', 'DROP EXTENSION sluice');
 $nb->psql('postgres', undef, extra_params => [ '-q', '-f', $globals ]);
 $nb->command_ok([ 'pg_restore', '--exit-on-error', '-d', 'postgres', $dump ], 'pg_restore into B');
-is($nb->safe_psql('postgres', "SELECT has_function_privilege('kuser', 'sluice.kafka_source(text, text, text, text, text, text, bigint, integer[], jsonb, text, boolean, boolean)', 'EXECUTE')"),
+is($nb->safe_psql('postgres', "SELECT has_function_privilege('kuser', 'sluice.kafka_source'::regproc, 'EXECUTE')"),
 	't', 'B: kuser may still execute kafka_source()');
 is($nb->safe_psql('postgres', $offsets), $at_dump, 'B: the offsets are those of the dump');
 produce_rows(250);
