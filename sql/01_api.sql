@@ -149,7 +149,8 @@ SELECT sluice.create_pipeline('api2',
     sluice.append_sink('api_target2'), '100 milliseconds');
 SELECT sluice.start('api2');
 SELECT state FROM sluice.pipelines WHERE name = 'api2';
-SELECT wait_until($$(SELECT worker_pid IS NOT NULL AND batches = 1 FROM sluice.pipelines WHERE name = 'api2')$$);
+-- (backpressure takes the two files one at a time: the first batch of a backlog takes one)
+SELECT wait_until($$(SELECT worker_pid IS NOT NULL AND batches = 2 FROM sluice.pipelines WHERE name = 'api2')$$);
 SELECT count(*) FROM api_target2;
 SELECT backend_type, application_name FROM pg_stat_activity
  WHERE pid = (SELECT worker_pid FROM sluice.pipelines WHERE name = 'api2');

@@ -1,20 +1,29 @@
 \echo Use "ALTER EXTENSION sluice UPDATE TO '0.4'" to load this file. \quit
 
--- 0.3 -> 0.4: limits per trigger.  csv_source() takes max_bytes_per_trigger;
--- kafka_source() takes max_rate_per_partition, min_offsets_per_trigger and
--- max_trigger_delay.  New parameters make new functions: the old ones are
+-- 0.3 -> 0.4: limits per trigger and backpressure.  csv_source() takes
+-- max_bytes_per_trigger; kafka_source() takes max_rate_per_partition,
+-- min_offsets_per_trigger and max_trigger_delay; create_pipeline() takes
+-- backpressure, and progress() shows each batch's size_limit.  New
+-- parameters and result columns make new functions: the old ones are
 -- dropped, and what was granted on them (kafka_source() is granted by a
 -- superuser) is given to the new ones as it was.  The ACL is copied rather
 -- than granted again: a GRANT in an extension script would count as the
 -- extension's own initial privilege, and pg_dump would then leave it out.
 
+ALTER TABLE sluice.pipeline ADD COLUMN backpressure boolean NOT NULL DEFAULT true;
+ALTER TABLE sluice.batch ADD COLUMN size_limit bigint;
+
 CREATE TEMPORARY TABLE pg_temp.sluice_acl AS
 SELECT p.proname, p.proacl FROM pg_catalog.pg_proc AS p
  WHERE p.oid IN ('sluice.csv_source(text, text, boolean, text, text, integer, text, text, text, text, text, text, text, interval)'::pg_catalog.regprocedure,
-                 'sluice.kafka_source(text, text, text, text, text, text, bigint, integer[], jsonb, text, boolean, boolean)'::pg_catalog.regprocedure);
+                 'sluice.kafka_source(text, text, text, text, text, text, bigint, integer[], jsonb, text, boolean, boolean)'::pg_catalog.regprocedure,
+                 'sluice.create_pipeline(text, jsonb, jsonb, text, text, text, interval)'::pg_catalog.regprocedure,
+                 'sluice.progress(text, integer)'::pg_catalog.regprocedure);
 
 DROP FUNCTION sluice.csv_source(text, text, boolean, text, text, integer, text, text, text, text, text, text, text, interval);
 DROP FUNCTION sluice.kafka_source(text, text, text, text, text, text, bigint, integer[], jsonb, text, boolean, boolean);
+DROP FUNCTION sluice.create_pipeline(text, jsonb, jsonb, text, text, text, interval);
+DROP FUNCTION sluice.progress(text, integer);
 
 CREATE FUNCTION sluice.csv_source(
     dir text,
@@ -276,10 +285,56 @@ COMMENT ON FUNCTION sluice.kafka_source IS 'a source reading a Kafka topic, exac
 -- connecting the server to brokers is granted, as reading its files is
 REVOKE EXECUTE ON FUNCTION sluice.kafka_source FROM PUBLIC;
 
+CREATE FUNCTION sluice.create_pipeline(name text, source jsonb, sink jsonb,
+                                       trigger text DEFAULT '1 second',
+                                       transform text DEFAULT NULL,
+                                       event_time text DEFAULT NULL,
+                                       watermark_delay interval DEFAULT NULL,
+                                       backpressure boolean DEFAULT true)
+RETURNS void LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'sluice_create_pipeline';
+COMMENT ON FUNCTION sluice.create_pipeline IS 'create a stopped pipeline from a source, through an optional transform, to a sink';
+
+CREATE FUNCTION sluice.progress(name text, n int DEFAULT 10)
+RETURNS TABLE (batch_id bigint, status text, attempts int, files int, input_rows bigint,
+               sink_rows bigint, rejected_rows bigint, bytes bigint,
+               num_rows_dropped_by_watermark bigint, watermark timestamptz,
+               next_watermark timestamptz, event_time_min timestamptz, event_time_max timestamptz,
+               state_rows_total bigint, state_rows_updated bigint, state_rows_removed bigint, rows_per_second numeric, duration_ms jsonb,
+               start_offset jsonb, end_offset jsonb,
+               planned_at timestamptz, committed_at timestamptz, size_limit bigint)
+LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    pid int;
+BEGIN
+    SELECT p.id INTO pid FROM sluice.pipeline AS p WHERE p.name = progress.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pipeline "%" does not exist', progress.name USING ERRCODE = 'undefined_object';
+    END IF;
+    RETURN QUERY
+    SELECT b.batch_id, b.status, b.attempts, b.files, b.input_rows, b.sink_rows, b.rejected_rows, b.bytes,
+           b.num_rows_dropped_by_watermark, b.watermark, b.next_watermark, b.event_time_min, b.event_time_max,
+           b.state_rows_total, b.state_rows_updated, b.state_rows_removed,
+           round(b.input_rows * 1000.0 / nullif((b.durations->>'total')::numeric, 0), 1),
+           b.durations,
+           coalesce(b.slice->'start', jsonb_build_object('log_offset', b.batch_id - 1)),
+           sluice._batch_offsets(b.pipeline_id, b.batch_id),
+           b.planned_at, b.committed_at, b.size_limit
+      FROM sluice.batch AS b
+     WHERE b.pipeline_id = pid
+     ORDER BY b.batch_id DESC
+     LIMIT progress.n;
+END
+$$;
+COMMENT ON FUNCTION sluice.progress IS 'the last n batches of a pipeline, newest first, with Spark-like progress fields';
+
 UPDATE pg_catalog.pg_proc AS p SET proacl = a.proacl
   FROM pg_temp.sluice_acl AS a
  WHERE p.pronamespace = 'sluice'::pg_catalog.regnamespace AND p.proname = a.proname
-   AND p.proname IN ('csv_source', 'kafka_source');
+   AND p.proname IN ('csv_source', 'kafka_source', 'create_pipeline', 'progress');
 DROP TABLE pg_temp.sluice_acl;
 
 -- the new parameters

@@ -41,7 +41,8 @@ CREATE TABLE sluice.pipeline (
     committed_batch bigint NOT NULL DEFAULT 0,  -- the last batch committed, to tell a catalog
                                                 -- pg_restore has not finished loading
     state       text NOT NULL DEFAULT 'stopped' CHECK (state IN ('running', 'stopped', 'failed')),
-    created_at  timestamptz NOT NULL DEFAULT now()
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    backpressure boolean NOT NULL DEFAULT true   -- batches sized from the last ones' speed
 );
 COMMENT ON TABLE sluice.pipeline IS 'sluice pipelines; state is the desired state, or failed';
 
@@ -69,6 +70,7 @@ CREATE TABLE sluice.batch (
     state_rows_removed bigint,
     durations    jsonb,
     slice        jsonb,              -- what the batch reads, for sources that keep it here
+    size_limit   bigint,             -- what backpressure let it take (bytes of files, Kafka offsets)
     PRIMARY KEY (pipeline_id, batch_id)
 );
 CREATE INDEX batch_planned ON sluice.batch (pipeline_id, batch_id) WHERE status = 'planned';
@@ -1193,7 +1195,8 @@ CREATE FUNCTION sluice.create_pipeline(name text, source jsonb, sink jsonb,
                                        trigger text DEFAULT '1 second',
                                        transform text DEFAULT NULL,
                                        event_time text DEFAULT NULL,
-                                       watermark_delay interval DEFAULT NULL)
+                                       watermark_delay interval DEFAULT NULL,
+                                       backpressure boolean DEFAULT true)
 RETURNS void LANGUAGE C VOLATILE
 AS 'MODULE_PATHNAME', 'sluice_create_pipeline';
 COMMENT ON FUNCTION sluice.create_pipeline IS 'create a stopped pipeline from a source, through an optional transform, to a sink';
@@ -1284,7 +1287,7 @@ RETURNS TABLE (batch_id bigint, status text, attempts int, files int, input_rows
                next_watermark timestamptz, event_time_min timestamptz, event_time_max timestamptz,
                state_rows_total bigint, state_rows_updated bigint, state_rows_removed bigint, rows_per_second numeric, duration_ms jsonb,
                start_offset jsonb, end_offset jsonb,
-               planned_at timestamptz, committed_at timestamptz)
+               planned_at timestamptz, committed_at timestamptz, size_limit bigint)
 LANGUAGE plpgsql STABLE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -1304,7 +1307,7 @@ BEGIN
            b.durations,
            coalesce(b.slice->'start', jsonb_build_object('log_offset', b.batch_id - 1)),
            sluice._batch_offsets(b.pipeline_id, b.batch_id),
-           b.planned_at, b.committed_at
+           b.planned_at, b.committed_at, b.size_limit
       FROM sluice.batch AS b
      WHERE b.pipeline_id = pid
      ORDER BY b.batch_id DESC

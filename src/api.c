@@ -64,7 +64,7 @@ check_database(void)
 
 /*
  * sluice.create_pipeline(name, source, sink, trigger, transform, event_time,
- *		watermark_delay) returns void
+ *		watermark_delay, backpressure) returns void
  *
  * sluice._pipeline_row() checks everything as the caller and returns the
  * catalog values; we store them as the extension's owner, with the caller
@@ -77,16 +77,21 @@ sluice_create_pipeline(PG_FUNCTION_ARGS)
 	Oid			argtypes[7] = {TEXTOID, JSONBOID, JSONBOID, TEXTOID, TEXTOID, TEXTOID, INTERVALOID};
 	Datum		args[7];
 	char		argnulls[7];
-	Oid			rowtypes[11] = {TEXTOID, REGROLEOID, JSONBOID, JSONBOID, REGCLASSOID, REGCLASSOID, TEXTOID,
-		TEXTOID, TEXTOID, TEXTOID, INTERVALOID};
-	Datum		row[11];
-	char		rownulls[11];
+	Oid			rowtypes[12] = {TEXTOID, REGROLEOID, JSONBOID, JSONBOID, REGCLASSOID, REGCLASSOID, TEXTOID,
+		TEXTOID, TEXTOID, TEXTOID, INTERVALOID, BOOLOID};
+	Datum		row[12];
+	char		rownulls[12];
 	bool		isnull;
 	bool		window;
 	Datum		cols;
 	int32		id;
 
 	check_database();
+	/* the SQL function of an older version has fewer arguments */
+	if (PG_NARGS() > 7 && PG_ARGISNULL(7))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("backpressure of a pipeline must not be null")));
 	for (int i = 0; i < 7; i++)
 	{
 		args[i] = PG_GETARG_DATUM(i);
@@ -113,6 +118,7 @@ sluice_create_pipeline(PG_FUNCTION_ARGS)
 		row[7 + i] = args[3 + i];
 		rownulls[7 + i] = argnulls[3 + i];
 	}
+	row[11] = BoolGetDatum(PG_NARGS() > 7 ? PG_GETARG_BOOL(7) : true);
 	cols = spi_datum(0, 6, &isnull);	/* the columns the sink receives */
 	window = DatumGetBool(spi_datum(0, 7, &isnull));
 
@@ -122,9 +128,9 @@ sluice_create_pipeline(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("pipeline \"%s\" already exists", TextDatumGetCString(args[0]))));
 	catalog_exec("INSERT INTO sluice.pipeline (name, owner, source, sink, target, late_rows, sink_function,"
-				 "  trigger, transform, event_time, watermark_delay)"
-				 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
-				 11, rowtypes, row, rownulls, SPI_OK_INSERT_RETURNING);
+				 "  trigger, transform, event_time, watermark_delay, backpressure)"
+				 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+				 12, rowtypes, row, rownulls, SPI_OK_INSERT_RETURNING);
 	id = DatumGetInt32(spi_datum(0, 1, &isnull));
 	owners_add(GetUserId());
 	sluice_wake_launcher();		/* which keeps the owners from the catalog */

@@ -162,7 +162,7 @@ pipeline_load(int32 id)
 					 "  CASE WHEN p.trigger = 'available_now' THEN 0"
 					 "       ELSE (extract(epoch FROM p.trigger::interval) * 1000)::int8 END,"
 					 "  p.source, sluice._sink(p), p.target::oid, p.transform,"
-					 "  p.source->>'type', p.sink->>'type'"
+					 "  p.source->>'type', p.sink->>'type', p.backpressure"
 					 " FROM sluice.pipeline AS p WHERE p.id = $1",
 					 1, (Oid[]) {INT4OID}, &value, NULL, SPI_OK_SELECT) == 0)
 		return NULL;
@@ -184,6 +184,7 @@ pipeline_load(int32 id)
 	on_error = jsonb_get_text(p->source, "on_error");
 	p->isolate_rows = on_error != NULL && strcmp(on_error, "fail") != 0;
 	p->keep_rejects = on_error != NULL && strcmp(on_error, "reject") == 0;
+	p->backpressure = DatumGetBool(spi_datum(0, 10, &isnull));
 	return p;
 }
 
@@ -235,12 +236,13 @@ source_open(PipelineRun *run, Pipeline *p)
 static int64
 batch_plan(PipelineRun *run, int *attempts)
 {
-	Oid			types[3] = {INT4OID, INT8OID, JSONBOID};
-	Datum		values[3];
+	Oid			types[4] = {INT4OID, INT8OID, JSONBOID, INT8OID};
+	Datum		values[4];
 	Pipeline   *p;
 	int64		batch_id;
 	int64		backlog = 0;
 	int64		claimed;
+	int64		limit;
 	Jsonb	   *slice = NULL;
 
 	values[0] = Int32GetDatum(run->id);
@@ -253,6 +255,7 @@ batch_plan(PipelineRun *run, int *attempts)
 		return -1;
 	run->trigger_ms = p->trigger_ms;
 	run->isolate_rows = p->isolate_rows;
+	run->backpressure = p->backpressure;
 	batch_check_catalog(run, p);
 
 	/* a planned batch comes first: replay it, same id, same slice */
@@ -282,7 +285,8 @@ batch_plan(PipelineRun *run, int *attempts)
 				 1, types, values, NULL, SPI_OK_SELECT);
 	batch_id = spi_int64(0, 1);
 
-	claimed = p->source_routine->plan(run->source_state, p, batch_id, &backlog, &slice);
+	limit = flow_limit(run, p->source_routine);
+	claimed = p->source_routine->plan(run->source_state, p, batch_id, limit, &backlog, &slice);
 
 	stats_set_backlog(run->id, backlog);
 	run->backlog = backlog - claimed;	/* once this batch commits */
@@ -292,9 +296,11 @@ batch_plan(PipelineRun *run, int *attempts)
 
 	values[1] = Int64GetDatum(batch_id);
 	values[2] = slice ? JsonbPGetDatum(slice) : (Datum) 0;
-	catalog_exec("INSERT INTO sluice.batch (pipeline_id, batch_id, status, attempts, planned_at, slice)"
-				 " VALUES ($1, $2, 'planned', 1, now(), $3)",
-				 3, types, values, slice ? NULL : "  n", SPI_OK_INSERT);
+	values[3] = Int64GetDatum(limit);
+	catalog_exec("INSERT INTO sluice.batch (pipeline_id, batch_id, status, attempts, planned_at, slice, size_limit)"
+				 " VALUES ($1, $2, 'planned', 1, now(), $3, $4)",
+				 4, types, values, slice ? (limit ? "    " : "   n") : (limit ? "  n " : "  nn"),
+				 SPI_OK_INSERT);
 	*attempts = 1;
 	return batch_id;
 }
@@ -500,6 +506,11 @@ batch_try(PipelineRun *run, bool careful, int64 *batch_id_out, ErrorData **edata
 			xact_end();			/* if not ours, nothing was written */
 			if (ours)
 			{
+				instr_time	took;
+
+				INSTR_TIME_SET_CURRENT(took);
+				INSTR_TIME_SUBTRACT(took, start);
+				flow_observe(run, b.size, INSTR_TIME_GET_MILLISEC(took), run->backlog);
 				crash_point("after_commit", b.attempts);
 				if (run->backlog >= 0)
 					stats_set_backlog(run->id, run->backlog);

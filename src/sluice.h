@@ -180,6 +180,7 @@ typedef struct Pipeline
 	List	   *columns;		/* of SourceColumn */
 	bool		isolate_rows;	/* on_error is 'reject' or 'skip' */
 	bool		keep_rejects;	/* on_error is 'reject' */
+	bool		backpressure;	/* batches sized from the last ones' speed (flow.c) */
 	const struct SourceRoutine *source_routine;
 	const struct SinkRoutine *sink_routine;
 } Pipeline;
@@ -194,6 +195,7 @@ typedef struct Batch
 	int64		bytes;
 	int32		units;			/* files, partitions */
 	const char *unit;			/* what is being read, for the error context */
+	int64		size;			/* in the source's measure (flow.c), set by its read */
 } Batch;
 
 typedef struct PipelineRun
@@ -210,11 +212,18 @@ typedef struct PipelineRun
 	void	   *source_state;
 	int64		backlog;		/* the source's backlog once the batch in flight commits */
 	bool		catalog_whole;	/* checked before the first batch (pg_restore) */
+	bool		backpressure;
+	int64		size_limit;		/* the next batch's, in the source's measure; 0 until known */
 	/* the source's after_commit, once a batch committed (the catalog is gone by then) */
 	void		(*after_commit) (void *state, Batch *b);
 } PipelineRun;
 
 extern BatchOutcome batch_run(PipelineRun *run);
+
+/* flow.c */
+struct SourceRoutine;
+extern int64 flow_limit(PipelineRun *run, const struct SourceRoutine *source);
+extern void flow_observe(PipelineRun *run, int64 size, double ms, int64 backlog);
 extern void crash_point(const char *stage, int attempts);
 extern Oid	temp_relid(const char *name);
 extern Oid	create_stage(List *columns);

@@ -14,7 +14,10 @@
  *				way to hear of it (not for run_once, which drains and exits)
  *	plan		in the plan transaction, under the pipeline's plan lock: claim
  *				the next slice for batch_id within the source's limits and
- *				record it (write-ahead), as the extension's owner; returns
+ *				within limit (in the source's measure of size, see
+ *				initial_size; 0 for none, and at least one file or message
+ *				whatever it is), and record it (write-ahead), as the
+ *				extension's owner; returns
  *				how many units (files, messages) it claimed, 0 when idle, and
  *				sets *backlog to what it has not read yet, the slice just
  *				claimed included; a source that keeps its slice in the
@@ -24,7 +27,8 @@
  *				partitions, whose starting offsets it records).
  *	read		in the batch transaction, as the pipeline's owner: read the
  *				slice of the batch into the relation "into", columns in
- *				source order; with rj, set bad rows aside instead of failing
+ *				source order, setting b->size; with rj, set bad rows aside
+ *				instead of failing
  *	commit		in the batch transaction, after the sink: advance the offsets
  *	after_commit	after the batch transaction committed, outside any
  *				transaction (may be NULL)
@@ -35,6 +39,9 @@
  *	owner_refused	why the owner may no longer run the source (NULL if
  *				it may), with a hint; asked by the launcher before it starts
  *				a worker
+ *	initial_size	the limit of a worker's first batch under backpressure,
+ *				in the source's measure of a batch's size (bytes of files,
+ *				Kafka offsets), which plan's limit and b->size use too
  */
 #ifndef SLUICE_SOURCE_H
 #define SLUICE_SOURCE_H
@@ -47,13 +54,15 @@ typedef struct SourceRoutine
 {
 	const char *type;
 	void	   *(*open) (Pipeline *p, MemoryContext cxt, bool waits);
-	int64		(*plan) (void *state, Pipeline *p, int64 batch_id, int64 *backlog, Jsonb **slice);
+	int64		(*plan) (void *state, Pipeline *p, int64 batch_id, int64 limit, int64 *backlog,
+						 Jsonb **slice);
 	void		(*read) (void *state, Pipeline *p, Batch *b, Oid into, Rejects *rj);
 	void		(*commit) (void *state, Pipeline *p, Batch *b);
 	void		(*after_commit) (void *state, Batch *b);
 	Jsonb	   *(*describe) (int32 pipeline_id, int64 batch_id);
 	bool		(*offsets_missing) (int32 pipeline_id);
 	char	   *(*owner_refused) (Oid owner, const char **hint);
+	int64		initial_size;
 } SourceRoutine;
 
 extern const SourceRoutine *source_routine(const char *type);

@@ -663,20 +663,22 @@ csv_keep_name(CsvState *st, List *names, const char *path)
 
 /*
  * Claim the files not yet in the file log for the batch, oldest first, up
- * to max_files_per_trigger and max_bytes_per_trigger (but always one file,
- * however large, as Spark's maxBytesPerTrigger).  Files younger than
+ * to max_files_per_trigger and max_bytes_per_trigger, and to the limit of
+ * backpressure, in bytes (but always one file, however large, as Spark's
+ * maxBytesPerTrigger).  Files younger than
  * settle_time wait.  The
  * backlog is the files not yet in the log, the ones claimed now and the
  * young ones included.
  */
 static int64
-csv_plan(void *state, Pipeline *p, int64 batch_id, int64 *backlog, Jsonb **slice)
+csv_plan(void *state, Pipeline *p, int64 batch_id, int64 limit, int64 *backlog, Jsonb **slice)
 {
 	CsvState   *st = state;
 	Oid			types[8] = {INT4OID, TEXTARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, INT8OID, INT4OID,
 	TEXTARRAYOID, INT8OID};
 	Datum		values[8];
 	char		nulls[8] = "        ";
+	int64		max_bytes = st->max_bytes > 0 && (limit == 0 || st->max_bytes < limit) ? st->max_bytes : limit;
 	TimestampTz listed_at;
 	List	   *files;
 	List	   *young = NIL;
@@ -716,8 +718,8 @@ csv_plan(void *state, Pipeline *p, int64 batch_id, int64 *backlog, Jsonb **slice
 		if (st->max_files == 0)
 			nulls[5] = 'n';
 		values[6] = files_array(young, 0);
-		values[7] = Int64GetDatum(st->max_bytes);
-		if (st->max_bytes == 0)
+		values[7] = Int64GetDatum(max_bytes);
+		if (max_bytes == 0)
 			nulls[7] = 'n';
 		/* the files not in the log yet, and whether this batch claimed them */
 		*backlog = catalog_exec("WITH c AS ("
@@ -841,6 +843,7 @@ csv_read(void *state, Pipeline *p, Batch *b, Oid into, Rejects *rj)
 		}
 		b->rows += csv_read_file(st, f, into, rj);
 		b->bytes += f->size;
+		b->size += f->size;
 		b->units++;
 		if (foreach_current_index(lc) == 0)
 			crash_point("after_read", b->attempts);
@@ -892,4 +895,5 @@ const SourceRoutine csv_source_routine = {
 	.after_commit = NULL,
 	.describe = csv_describe,
 	.owner_refused = csv_owner_refused,
+	.initial_size = 1,			/* bytes: one file */
 };

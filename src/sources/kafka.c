@@ -633,14 +633,14 @@ kafka_waited_enough(KafkaState *st, Pipeline *p)
 /*
  * Plan the next slice: for each partition read, from its next offset to
  * where it stands now, capped by max_rate_per_partition times the trigger
- * interval, then by max_offsets_per_trigger spread over the partitions by
- * their lag, as Spark does; with min_offsets_per_trigger, nothing until
+ * interval, then by max_offsets_per_trigger (or backpressure's limit, in
+ * offsets, if lower) spread over the partitions by their lag, as Spark does; with min_offsets_per_trigger, nothing until
  * that many are there or max_trigger_delay has passed.  A partition seen for the first
  * time starts where starting_offsets says (later partitions: the
  * earliest); its row is written now, so a later plan starts there too.
  */
 static int64
-kafka_plan(void *state, Pipeline *p, int64 batch_id, int64 *backlog, Jsonb **slice)
+kafka_plan(void *state, Pipeline *p, int64 batch_id, int64 limit, int64 *backlog, Jsonb **slice)
 {
 	KafkaState *st = state;
 	int			count;
@@ -657,6 +657,7 @@ kafka_plan(void *state, Pipeline *p, int64 batch_id, int64 *backlog, Jsonb **sli
 	Datum		values[4] = {Int32GetDatum(p->id), CStringGetTextDatum(st->topic)};
 	StringInfoData start_json;
 	StringInfoData end_json;
+	int64		max_offsets = st->max_offsets > 0 && (limit == 0 || st->max_offsets < limit) ? st->max_offsets : limit;
 
 	kafka_check_privilege();
 	(void) kafka_check_options(st->brokers, st->options);	/* the owner may have lost pg_read_server_files */
@@ -782,9 +783,9 @@ kafka_plan(void *state, Pipeline *p, int64 batch_id, int64 *backlog, Jsonb **sli
 	{
 		int64		size = parts[i].end - parts[i].start;
 
-		if (st->max_offsets > 0 && lag > st->max_offsets && size > 0)
+		if (max_offsets > 0 && lag > max_offsets && size > 0)
 		{
-			double		prorate = (double) st->max_offsets * size / lag;
+			double		prorate = (double) max_offsets * size / lag;
 			int64		take = prorate < 1 ? (int64) ceil(prorate) : (int64) floor(prorate);
 
 			parts[i].end = parts[i].start + Min(take, size);
@@ -1303,6 +1304,8 @@ kafka_read(void *state, Pipeline *p, Batch *b, Oid into, Rejects *rj)
 
 	kafka_check_privilege();
 	kafka_load_slice(st, p, b);
+	for (int i = 0; i < st->nparts; i++)
+		b->size += st->parts[i].end - st->parts[i].start;
 	st->rj = rj;
 	st->nset_aside = 0;
 	st->ndone = 0;
@@ -1412,4 +1415,5 @@ const SourceRoutine kafka_source_routine = {
 	.describe = kafka_describe,
 	.offsets_missing = kafka_offsets_missing,
 	.owner_refused = kafka_owner_refused,
+	.initial_size = 100,		/* offsets */
 };
