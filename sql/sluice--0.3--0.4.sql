@@ -414,3 +414,43 @@ BEGIN
     RETURN source;
 END
 $$;
+
+-- why backpressure held a pipeline back at its last plan (shared memory)
+CREATE FUNCTION sluice._throttled_by(pipeline_id int)
+RETURNS text LANGUAGE C VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'sluice_throttled_by';
+
+-- which sluice.pipelines shows
+CREATE OR REPLACE VIEW sluice.pipelines WITH (security_invoker = true) AS
+SELECT p.name,
+       p.owner::regrole AS owner,
+       p.state,
+       p.trigger,
+       p.source->>'type' AS source_type,
+       sluice._sink(p)->>'target' AS target,
+       p.watermark,
+       w.pid AS worker_pid,
+       w.current_batch AS batch_in_flight,
+       last.batch_id AS last_batch_id,
+       last.committed_at AS last_batch_at,
+       last.input_rows AS last_input_rows,
+       round(last.input_rows * 1000.0 / nullif((last.durations->>'total')::numeric, 0), 1)
+           AS last_rows_per_second,
+       total.batches,
+       total.input_rows,
+       sluice._backlog(p.id) AS files_pending,
+       err.message AS last_error,
+       err.at AS last_error_at,
+       sluice._throttled_by(p.id) AS throttled_by
+  FROM sluice.pipeline AS p
+  LEFT JOIN sluice._workers() AS w ON w.pipeline_id = p.id
+  LEFT JOIN LATERAL (SELECT b.batch_id, b.committed_at, b.input_rows, b.durations
+                       FROM sluice.batch AS b
+                      WHERE b.pipeline_id = p.id AND b.status = 'committed'
+                      ORDER BY b.batch_id DESC LIMIT 1) AS last ON true
+  LEFT JOIN LATERAL (SELECT count(*) AS batches, coalesce(sum(b.input_rows), 0) AS input_rows
+                       FROM sluice.batch AS b
+                      WHERE b.pipeline_id = p.id AND b.status = 'committed') AS total ON true
+  LEFT JOIN LATERAL (SELECT e.message, e.at FROM sluice.error AS e
+                      WHERE e.pipeline_id = p.id AND e.sqlstate NOT LIKE '01%'
+                      ORDER BY e.id DESC LIMIT 1) AS err ON true;

@@ -193,6 +193,11 @@ CREATE FUNCTION sluice._backlog(pipeline_id int)
 RETURNS bigint LANGUAGE C VOLATILE STRICT
 AS 'MODULE_PATHNAME', 'sluice_backlog';
 
+-- why backpressure held a pipeline back at its last plan (shared memory)
+CREATE FUNCTION sluice._throttled_by(pipeline_id int)
+RETURNS text LANGUAGE C VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'sluice_throttled_by';
+
 -- a table a pipeline writes into cannot be dropped while the pipeline exists
 CREATE FUNCTION sluice._on_drop()
 RETURNS event_trigger LANGUAGE C
@@ -1251,7 +1256,8 @@ SELECT p.name,
        total.input_rows,
        sluice._backlog(p.id) AS files_pending,
        err.message AS last_error,
-       err.at AS last_error_at
+       err.at AS last_error_at,
+       sluice._throttled_by(p.id) AS throttled_by
   FROM sluice.pipeline AS p
   LEFT JOIN sluice._workers() AS w ON w.pipeline_id = p.id
   LEFT JOIN LATERAL (SELECT b.batch_id, b.committed_at, b.input_rows, b.durations

@@ -288,11 +288,33 @@ Datum
 sluice_backlog(PG_FUNCTION_ARGS)
 {
 	int64		backlog;
+	char		throttled_by[128];
 	Oid			owner;
 
-	if (!stats_get_backlog(PG_GETARG_INT32(0), &backlog, &owner) || !may_see_pipeline(owner))
+	if (!stats_get(PG_GETARG_INT32(0), &backlog, throttled_by, &owner) || !may_see_pipeline(owner))
 		PG_RETURN_NULL();
 	PG_RETURN_INT64(backlog);
+}
+
+/*
+ * sluice._throttled_by(pipeline_id int) returns text
+ *
+ * Why backpressure holds the pipeline's batches back at its last plan (the
+ * database under pressure), from shared memory; NULL when nothing does, or
+ * when the caller may not see the pipeline.
+ */
+PG_FUNCTION_INFO_V1(sluice_throttled_by);
+Datum
+sluice_throttled_by(PG_FUNCTION_ARGS)
+{
+	int64		backlog;
+	char		throttled_by[128];
+	Oid			owner;
+
+	if (!stats_get(PG_GETARG_INT32(0), &backlog, throttled_by, &owner) || !may_see_pipeline(owner) ||
+		throttled_by[0] == '\0')
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text(throttled_by));
 }
 
 /*

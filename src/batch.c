@@ -243,6 +243,7 @@ batch_plan(PipelineRun *run, int *attempts)
 	int64		backlog = 0;
 	int64		claimed;
 	int64		limit;
+	char	   *throttled_by;
 	Jsonb	   *slice = NULL;
 
 	values[0] = Int32GetDatum(run->id);
@@ -285,10 +286,11 @@ batch_plan(PipelineRun *run, int *attempts)
 				 1, types, values, NULL, SPI_OK_SELECT);
 	batch_id = spi_int64(0, 1);
 
-	limit = flow_limit(run, p->source_routine);
+	limit = flow_limit(run, p->source_routine, &throttled_by);
 	claimed = p->source_routine->plan(run->source_state, p, batch_id, limit, &backlog, &slice);
 
 	stats_set_backlog(run->id, backlog);
+	stats_set_throttled(run->id, throttled_by);
 	run->backlog = backlog - claimed;	/* once this batch commits */
 
 	if (claimed == 0)

@@ -103,16 +103,15 @@ slot_pipeline_busy(int32 pipeline_id)
 }
 
 /*
- * Remember a pipeline's backlog, as its worker (connected as the owner)
- * saw it.  When the table is full, the pipeline looked at longest ago makes
- * room.
+ * A pipeline's live values, as its worker (connected as the owner) saw
+ * them, under the lock held exclusively.  When the table is full, the
+ * pipeline looked at longest ago makes room.
  */
-void
-stats_set_backlog(int32 pipeline_id, int64 backlog)
+static SluicePipelineStats *
+stats_entry(int32 pipeline_id)
 {
 	SluicePipelineStats *entry = NULL;
 
-	LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
 	for (int i = 0; i < SLUICE_MAX_PIPELINE_STATS; i++)
 	{
 		SluicePipelineStats *s = &sluice_shared->stats[i];
@@ -126,15 +125,35 @@ stats_set_backlog(int32 pipeline_id, int64 backlog)
 							  (s->pipeline_id == 0 || s->updated_at < entry->updated_at)))
 			entry = s;
 	}
-	entry->pipeline_id = pipeline_id;
+	if (entry->pipeline_id != pipeline_id)
+	{
+		memset(entry, 0, sizeof(*entry));
+		entry->pipeline_id = pipeline_id;
+	}
 	entry->owner = GetSessionUserId();
-	entry->backlog = backlog;
 	entry->updated_at = GetCurrentTimestamp();
+	return entry;
+}
+
+void
+stats_set_backlog(int32 pipeline_id, int64 backlog)
+{
+	LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
+	stats_entry(pipeline_id)->backlog = backlog;
 	LWLockRelease(sluice_shared->lock);
 }
 
+void
+stats_set_throttled(int32 pipeline_id, const char *why)
+{
+	LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
+	strlcpy(stats_entry(pipeline_id)->throttled_by, why ? why : "", sizeof(((SluicePipelineStats *) 0)->throttled_by));
+	LWLockRelease(sluice_shared->lock);
+}
+
+/* A pipeline's live values (throttled_by: 128 bytes); false if no worker looked. */
 bool
-stats_get_backlog(int32 pipeline_id, int64 *backlog, Oid *owner)
+stats_get(int32 pipeline_id, int64 *backlog, char *throttled_by, Oid *owner)
 {
 	bool		found = false;
 
@@ -143,6 +162,7 @@ stats_get_backlog(int32 pipeline_id, int64 *backlog, Oid *owner)
 		if (sluice_shared->stats[i].pipeline_id == pipeline_id)
 		{
 			*backlog = sluice_shared->stats[i].backlog;
+			strlcpy(throttled_by, sluice_shared->stats[i].throttled_by, sizeof(sluice_shared->stats[i].throttled_by));
 			*owner = sluice_shared->stats[i].owner;
 			found = true;
 		}

@@ -22,6 +22,8 @@ int			sluice_max_workers = 4;
 int			sluice_launcher_naptime = 10;
 int			sluice_restart_delay = 5;
 int			sluice_rescan_interval = 300;
+int			sluice_max_replica_lag = -1;
+double		sluice_wal_pressure = 0.8;
 char	   *sluice_crash_at = NULL;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
@@ -112,6 +114,16 @@ _PG_init(void)
 							"In between, an inotify watch names the files that appeared or changed.",
 							&sluice_rescan_interval, 300, 1, 86400,
 							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("sluice.max_replica_lag",
+							"Replication lag past which running pipelines slow down.",
+							"The most WAL a replica of pg_stat_replication may have left to replay; -1 for no limit.",
+							&sluice_max_replica_lag, -1, -1, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_KB, NULL, NULL, NULL);
+	DefineCustomRealVariable("sluice.wal_pressure",
+							 "Fraction of max_wal_size past which running pipelines slow down.",
+							 "The WAL written since the last checkpoint began, over max_wal_size; 0 for never.",
+							 &sluice_wal_pressure, 0.8, 0.0, 1.0,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("sluice.crash_at",
 							   "Testing only: a worker kills itself with SIGKILL at this stage of the first attempt of each batch.",
 							   "One of after_plan, after_read, after_sink, before_commit, after_commit; empty for never.",

@@ -23,6 +23,8 @@ extern int	sluice_max_workers;
 extern int	sluice_launcher_naptime;
 extern int	sluice_restart_delay;
 extern int	sluice_rescan_interval;
+extern int	sluice_max_replica_lag;
+extern double sluice_wal_pressure;
 extern char *sluice_crash_at;
 
 #define SLUICE_MSG_LEN 1024
@@ -65,6 +67,7 @@ typedef struct SluicePipelineStats
 	int32		pipeline_id;	/* 0 when unused */
 	Oid			owner;			/* who may see it (and pg_read_all_stats) */
 	int64		backlog;
+	char		throttled_by[128];	/* why backpressure holds it back, "" if nothing */
 	TimestampTz updated_at;
 } SluicePipelineStats;
 
@@ -103,7 +106,8 @@ extern void slot_release(int slotno, uint64 generation);
 extern bool slot_pipeline_busy(int32 pipeline_id);
 extern bool slot_never_connected(int slotno, uint64 generation);
 extern void stats_set_backlog(int32 pipeline_id, int64 backlog);
-extern bool stats_get_backlog(int32 pipeline_id, int64 *backlog, Oid *owner);
+extern void stats_set_throttled(int32 pipeline_id, const char *why);
+extern bool stats_get(int32 pipeline_id, int64 *backlog, char *throttled_by, Oid *owner);
 extern void owners_set(List *owners);
 extern void owners_add(Oid owner);
 extern bool owners_contains(Oid owner);
@@ -214,6 +218,7 @@ typedef struct PipelineRun
 	bool		catalog_whole;	/* checked before the first batch (pg_restore) */
 	bool		backpressure;
 	int64		size_limit;		/* the next batch's, in the source's measure; 0 until known */
+	bool		throttled;		/* the database's pressure held the last plan back */
 	/* the source's after_commit, once a batch committed (the catalog is gone by then) */
 	void		(*after_commit) (void *state, Batch *b);
 } PipelineRun;
@@ -222,7 +227,7 @@ extern BatchOutcome batch_run(PipelineRun *run);
 
 /* flow.c */
 struct SourceRoutine;
-extern int64 flow_limit(PipelineRun *run, const struct SourceRoutine *source);
+extern int64 flow_limit(PipelineRun *run, const struct SourceRoutine *source, char **throttled_by);
 extern void flow_observe(PipelineRun *run, int64 size, double ms, int64 backlog);
 extern void crash_point(const char *stage, int attempts);
 extern Oid	temp_relid(const char *name);

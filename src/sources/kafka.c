@@ -657,8 +657,12 @@ kafka_plan(void *state, Pipeline *p, int64 batch_id, int64 limit, int64 *backlog
 	Datum		values[4] = {Int32GetDatum(p->id), CStringGetTextDatum(st->topic)};
 	StringInfoData start_json;
 	StringInfoData end_json;
-	int64		max_offsets = st->max_offsets > 0 && (limit == 0 || st->max_offsets < limit) ? st->max_offsets : limit;
+	int64		max_offsets;
 
+	/* what backpressure allows is never below min_offsets_per_trigger */
+	if (limit > 0 && limit < st->min_offsets)
+		limit = st->min_offsets;
+	max_offsets = st->max_offsets > 0 && (limit == 0 || st->max_offsets < limit) ? st->max_offsets : limit;
 	kafka_check_privilege();
 	(void) kafka_check_options(st->brokers, st->options);	/* the owner may have lost pg_read_server_files */
 	count = kafka_partition_count(st->rk, st->brokers, st->topic, KAFKA_REQUEST_TIMEOUT_MS, st->last_error);

@@ -19,8 +19,9 @@ SELECT is((SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'sluice la
 
 SELECT lives_ok(format($$SELECT sluice.create_pipeline('pgtap_running',
                              sluice.csv_source(%L, 'id int, f text', max_files_per_trigger => 2),
-                             sluice.append_sink('pgtap_running_target'), '200 milliseconds')$$, :'in'),
-                'create_pipeline with max_files_per_trigger 2');
+                             sluice.append_sink('pgtap_running_target'), '200 milliseconds',
+                             backpressure => false)$$, :'in'),
+                'create_pipeline with max_files_per_trigger 2 (and no backpressure, whose first batch would take one)');
 SELECT lives_ok($$SELECT sluice.start('pgtap_running')$$, 'start()');
 SELECT ok(test_util.wait_until($$(SELECT worker_pid IS NOT NULL FROM sluice.pipelines WHERE name = 'pgtap_running')$$),
           'the launcher starts a worker');

@@ -59,7 +59,8 @@ SELECT ok((SELECT count(*) FROM expected) BETWEEN 30 AND 60
 SELECT lives_ok(format($$SELECT sluice.create_pipeline('pgtap_loans',
                              sluice.csv_source(%L, 'loan_id int, status text, balance numeric, updated_at timestamptz',
                                                max_files_per_trigger => 2),
-                             sluice.merge_sink('pgtap_loans', '{loan_id}'), '200 milliseconds')$$, :'dir' || '/in'),
+                             sluice.merge_sink('pgtap_loans', '{loan_id}'), '200 milliseconds',
+                             backpressure => false)$$, :'dir' || '/in'),
                 'create_pipeline with a merge sink on loan_id');
 SELECT lives_ok($$SELECT sluice.start('pgtap_loans')$$, 'start()');
 SELECT ok(test_util.wait_until($$(SELECT worker_pid IS NOT NULL FROM sluice.pipelines WHERE name = 'pgtap_loans')$$),

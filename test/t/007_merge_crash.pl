@@ -136,7 +136,7 @@ for my $i (0 .. $#stages)
 CREATE TABLE m_$stage (id int $pk, v text, amount numeric(12,2), loaded_at timestamptz DEFAULT clock_timestamp());
 SELECT sluice.create_pipeline('m_$stage', sluice.csv_source('$dir', 'id int, v text, amount numeric',
                                                             max_files_per_trigger => $per_batch),
-                              sluice.merge_sink('m_$stage', '{id}'), '200 milliseconds');
+                              sluice.merge_sink('m_$stage', '{id}'), '200 milliseconds', backpressure => false);
 CREATE TABLE flog_$stage (batch_id bigint, n bigint, total numeric, at timestamptz DEFAULT clock_timestamp());
 CREATE FUNCTION fsink_$stage(batch_id bigint, batch regclass) RETURNS void LANGUAGE plpgsql AS \$\$
 DECLARE
@@ -149,7 +149,8 @@ END
 \$\$;
 SELECT sluice.create_pipeline('f_$stage', sluice.csv_source('$dir', 'id int, v text, amount numeric',
                                                             max_files_per_trigger => $per_batch),
-                              sluice.function_sink('fsink_$stage(bigint, regclass)'), '200 milliseconds');
+                              sluice.function_sink('fsink_$stage(bigint, regclass)'), '200 milliseconds',
+                              backpressure => false);
 });
 	set_crash_at($node, $stage);
 

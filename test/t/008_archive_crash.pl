@@ -142,7 +142,7 @@ SELECT sluice.start('p_arch');
 CREATE TABLE $table (id bigint, customer int, amount numeric(12,2) CHECK (amount >= 0), ts timestamptz);
 SELECT sluice.create_pipeline('$name',
   sluice.csv_source('$in', '$cols', max_files_per_trigger => 2, on_error => 'reject'),
-  sluice.append_sink('$table'), '200 milliseconds');
+  sluice.append_sink('$table'), '200 milliseconds', backpressure => false);
 SELECT sluice.start('$name');
 });
 		wait_for_log_count($node, qr/kills itself at stage "\Q$crash\E"/, 2, $offset);

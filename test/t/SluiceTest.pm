@@ -35,12 +35,13 @@ BEGIN
 
 our $COLUMNS = 'id bigint, customer int, amount numeric(12,2), ts timestamptz';
 
-# A started node with sluice preloaded and CREATE EXTENSION done.
+# A started node with sluice preloaded and CREATE EXTENSION done; %init
+# goes to Cluster's init() (allows_streaming => 1 for a primary).
 sub sluice_node
 {
-	my ($name, $extra_conf) = @_;
+	my ($name, $extra_conf, %init) = @_;
 	my $node = PostgreSQL::Test::Cluster->new($name);
-	$node->init;
+	$node->init(%init);
 	$node->append_conf(
 		'postgresql.conf', qq{
 shared_preload_libraries = 'sluice'
@@ -169,12 +170,15 @@ sub create_csv_pipeline
 	my ($node, $name, $dir, $table, %o) = @_;
 	my $max = defined $o{max_files} ? $o{max_files} : 'NULL';
 	my $trigger = $o{trigger} // '1 second';
+	# the tests count batches: backpressure (018) would make the first of a
+	# worker small
+	my $bp = $o{backpressure} ? 'true' : 'false';
 	$node->safe_psql(
 		'postgres', qq{
 CREATE TABLE $table (id bigint, customer int, amount numeric(12,2), ts timestamptz);
 SELECT sluice.create_pipeline('$name',
   sluice.csv_source('$dir', '$COLUMNS', max_files_per_trigger => $max),
-  sluice.append_sink('$table'), '$trigger');
+  sluice.append_sink('$table'), '$trigger', backpressure => $bp);
 });
 	return;
 }
@@ -645,7 +649,7 @@ SELECT sluice.create_pipeline('$name',
   sluice.csv_source('$dir', '$WIN_COLUMNS', max_files_per_trigger => 1),
   sluice.window_sink('${name}_out', '$o{size_s} seconds', $slide, '{customer_id}', '$WIN_AGGS',
                      '$o{mode}', '${name}_late'),
-  '$trigger', event_time => 'ts', watermark_delay => $delay);
+  '$trigger', event_time => 'ts', watermark_delay => $delay, backpressure => false);
 });
 	return;
 }
