@@ -1101,6 +1101,26 @@ $$;
 -- catalog values for it; writes nothing.  sluice.create_pipeline() (in C)
 -- stores them as the extension's owner.  A source or sink description is
 -- built again by its function, so one written by hand is checked the same.
+-- an interval of 0 or more, or 'available_now'
+CREATE FUNCTION sluice._check_trigger(name text, trigger text)
+RETURNS void LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF trigger <> 'available_now' THEN
+        BEGIN
+            IF trigger::interval < '0'::interval THEN
+                RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE EXCEPTION 'invalid trigger "%" for pipeline "%"', trigger, name
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Give an interval such as ''10 seconds'', or ''available_now''.';
+        END;
+    END IF;
+END
+$$;
+
 CREATE FUNCTION sluice._pipeline_row(name text, source jsonb, sink jsonb, trigger text, transform text,
                                      event_time text, watermark_delay interval,
                                      OUT new_source jsonb, OUT new_sink jsonb, OUT target regclass,
@@ -1130,17 +1150,7 @@ BEGIN
                   DETAIL = 'Pipeline workers connect as the pipeline''s owner.',
                   HINT = 'Create the pipeline as a role with LOGIN.';
     END IF;
-    IF trigger <> 'available_now' THEN
-        BEGIN
-            IF trigger::interval < '0'::interval THEN
-                RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value';
-            END IF;
-        EXCEPTION WHEN OTHERS THEN
-            RAISE EXCEPTION 'invalid trigger "%" for pipeline "%"', trigger, name
-                USING ERRCODE = 'invalid_parameter_value',
-                      HINT = 'Give an interval such as ''10 seconds'', or ''available_now''.';
-        END;
-    END IF;
+    PERFORM sluice._check_trigger(name, trigger);
 
     source := sluice._rebuild_source(name, source);
     cols := source->'columns';
@@ -1205,6 +1215,134 @@ CREATE FUNCTION sluice.create_pipeline(name text, source jsonb, sink jsonb,
 RETURNS void LANGUAGE C VOLATILE
 AS 'MODULE_PATHNAME', 'sluice_create_pipeline';
 COMMENT ON FUNCTION sluice.create_pipeline IS 'create a stopped pipeline from a source, through an optional transform, to a sink';
+
+-- What alter_pipeline() may change, checked as the caller, who must own the
+-- pipeline: Spark's rules for a restarted query.  Limits per trigger, the
+-- trigger, backpressure and a transform with the same output columns may
+-- change; the source (its offsets are that source's), the sink, the event
+-- time and the watermark delay (window state depends on them) may not.
+-- Returns the row's new values.
+CREATE FUNCTION sluice._alter_row(pipeline_name text, new_trigger text, new_transform text,
+                                  new_backpressure boolean, max_files_per_trigger int,
+                                  max_bytes_per_trigger bigint, max_offsets_per_trigger bigint,
+                                  max_rate_per_partition int, min_offsets_per_trigger bigint,
+                                  max_trigger_delay interval, new_source jsonb, new_sink jsonb,
+                                  new_event_time text, new_watermark_delay interval,
+                                  OUT id int, OUT source jsonb, OUT trigger text, OUT transform text,
+                                  OUT backpressure boolean)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p sluice.pipeline;
+    limits constant text[] := ARRAY['max_files_per_trigger', 'max_bytes_per_trigger', 'max_offsets_per_trigger',
+                                    'max_rate_per_partition', 'min_offsets_per_trigger', 'max_trigger_delay_ms'];
+    csv_only constant text[] := ARRAY['max_files_per_trigger', 'max_bytes_per_trigger'];
+    given jsonb;
+    k text;
+    old_cols jsonb;
+    new_cols jsonb;
+BEGIN
+    IF pipeline_name IS NULL THEN
+        RAISE EXCEPTION 'the name of a pipeline must not be null' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    -- row-level security: the caller's own pipelines only
+    SELECT * INTO p FROM sluice.pipeline AS x WHERE x.name = pipeline_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pipeline "%" does not exist', pipeline_name USING ERRCODE = 'undefined_object';
+    END IF;
+
+    -- what may not change
+    IF new_source IS NOT NULL AND (new_source - limits) IS DISTINCT FROM (p.source - limits) THEN
+        RAISE EXCEPTION 'the source of pipeline "%" cannot change', pipeline_name
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'Its offsets are positions in this source; only its limits per trigger may change.',
+                  HINT = 'Create a new pipeline for the new source.';
+    END IF;
+    IF new_sink IS NOT NULL AND new_sink IS DISTINCT FROM sluice._sink(p) THEN
+        RAISE EXCEPTION 'the sink of pipeline "%" cannot change', pipeline_name
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'What its committed batches wrote, and any window state, belong to this sink.',
+                  HINT = 'Create a new pipeline for the new sink.';
+    END IF;
+    IF new_event_time IS NOT NULL AND new_event_time IS DISTINCT FROM p.event_time
+       OR new_watermark_delay IS NOT NULL AND new_watermark_delay IS DISTINCT FROM p.watermark_delay THEN
+        RAISE EXCEPTION 'the event time and the watermark delay of pipeline "%" cannot change', pipeline_name
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'Its watermark and window state were made with them.',
+                  HINT = 'Create a new pipeline.';
+    END IF;
+
+    -- limits per trigger: from the given source, then the parameters (0: no limit)
+    source := p.source;
+    IF new_source IS NOT NULL THEN
+        source := source || (SELECT coalesce(jsonb_object_agg(l, new_source->l), '{}')
+                               FROM unnest(limits) AS l WHERE new_source ? l);
+    END IF;
+    given := jsonb_strip_nulls(jsonb_build_object(
+        'max_files_per_trigger', max_files_per_trigger, 'max_bytes_per_trigger', max_bytes_per_trigger,
+        'max_offsets_per_trigger', max_offsets_per_trigger, 'max_rate_per_partition', max_rate_per_partition,
+        'min_offsets_per_trigger', min_offsets_per_trigger,
+        'max_trigger_delay_ms', (extract(epoch FROM max_trigger_delay) * 1000)::bigint));
+    FOR k IN SELECT jsonb_object_keys(given) LOOP
+        IF (k = ANY (csv_only)) <> (p.source->>'type' = 'csv') THEN
+            RAISE EXCEPTION '% is not a limit of a % source', k, p.source->>'type'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF (given->>k)::bigint < 0 THEN
+            RAISE EXCEPTION '% must not be negative', k USING ERRCODE = 'invalid_parameter_value',
+                  HINT = '0 takes the limit away.';
+        END IF;
+        source := jsonb_set(source, ARRAY[k], CASE WHEN (given->>k)::bigint = 0 AND k <> 'max_trigger_delay_ms'
+                                                   THEN 'null' ELSE given->k END);
+    END LOOP;
+    -- checked by the source's constructor, as create_pipeline() does
+    source := sluice._rebuild_source(pipeline_name, source);
+
+    trigger := coalesce(new_trigger, p.trigger);
+    PERFORM sluice._check_trigger(pipeline_name, trigger);
+    backpressure := coalesce(new_backpressure, p.backpressure);
+
+    -- a transform that gives the sink the same columns ('' for none)
+    transform := CASE WHEN new_transform IS NULL THEN p.transform WHEN new_transform = '' THEN NULL
+                      ELSE new_transform END;
+    IF transform IS DISTINCT FROM p.transform THEN
+        old_cols := CASE WHEN p.transform IS NULL THEN p.source->'columns'
+                         ELSE sluice._transform_columns(pipeline_name, p.source, p.transform) END;
+        new_cols := CASE WHEN transform IS NULL THEN source->'columns'
+                         ELSE sluice._transform_columns(pipeline_name, source, transform) END;
+        IF new_cols IS DISTINCT FROM old_cols THEN
+            RAISE EXCEPTION 'a new transform of pipeline "%" must give the sink the same columns', pipeline_name
+                USING ERRCODE = 'feature_not_supported',
+                      DETAIL = format('The sink receives %s; the transform gives %s.',
+                                      (SELECT string_agg(format('%I %s', c->>'name', c->>'type'), ', ')
+                                         FROM jsonb_array_elements(old_cols) AS c),
+                                      (SELECT string_agg(format('%I %s', c->>'name', c->>'type'), ', ')
+                                         FROM jsonb_array_elements(new_cols) AS c)),
+                      HINT = 'Create a new pipeline for other columns.';
+        END IF;
+    END IF;
+    id := p.id;
+END
+$$;
+
+CREATE FUNCTION sluice.alter_pipeline(name text,
+                                      trigger text DEFAULT NULL,
+                                      transform text DEFAULT NULL,
+                                      backpressure boolean DEFAULT NULL,
+                                      max_files_per_trigger int DEFAULT NULL,
+                                      max_bytes_per_trigger bigint DEFAULT NULL,
+                                      max_offsets_per_trigger bigint DEFAULT NULL,
+                                      max_rate_per_partition int DEFAULT NULL,
+                                      min_offsets_per_trigger bigint DEFAULT NULL,
+                                      max_trigger_delay interval DEFAULT NULL,
+                                      source jsonb DEFAULT NULL,
+                                      sink jsonb DEFAULT NULL,
+                                      event_time text DEFAULT NULL,
+                                      watermark_delay interval DEFAULT NULL)
+RETURNS void LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'sluice_alter_pipeline';
+COMMENT ON FUNCTION sluice.alter_pipeline IS 'change what a pipeline may change (NULL: unchanged): limits per trigger, trigger, backpressure, a same-shape transform';
 
 -- set a pipeline's state (NULL: drop it) and wake the launcher at commit
 CREATE FUNCTION sluice._set_state(pipeline_name text, new_state text)

@@ -154,6 +154,48 @@ sluice_create_pipeline(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+/*
+ * sluice.alter_pipeline(name, trigger, transform, backpressure, limits...,
+ *		source, sink, event_time, watermark_delay) returns void
+ *
+ * sluice._alter_row() checks the change as the caller, who must own the
+ * pipeline, and returns the new values; we store them as the extension's
+ * owner.  A running worker takes them at its next plan.
+ */
+PG_FUNCTION_INFO_V1(sluice_alter_pipeline);
+Datum
+sluice_alter_pipeline(PG_FUNCTION_ARGS)
+{
+	Oid			argtypes[14] = {TEXTOID, TEXTOID, TEXTOID, BOOLOID, INT4OID, INT8OID, INT8OID, INT4OID,
+		INT8OID, INTERVALOID, JSONBOID, JSONBOID, TEXTOID, INTERVALOID};
+	Datum		args[14];
+	char		argnulls[14];
+	Datum		row[5];
+	char		rownulls[5];
+	bool		isnull;
+
+	check_database();
+	for (int i = 0; i < 14; i++)
+	{
+		args[i] = PG_ARGISNULL(i) ? (Datum) 0 : PG_GETARG_DATUM(i);
+		argnulls[i] = PG_ARGISNULL(i) ? 'n' : ' ';
+	}
+	SPI_connect();
+	pinned_exec("SELECT r.id, r.source, r.trigger, r.transform, r.backpressure"
+				" FROM sluice._alter_row($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) AS r",
+				14, argtypes, args, argnulls, SPI_OK_SELECT);
+	for (int i = 0; i < 5; i++)
+	{
+		row[i] = spi_datum(0, 1 + i, &isnull);
+		rownulls[i] = isnull ? 'n' : ' ';
+	}
+	catalog_exec("UPDATE sluice.pipeline SET source = $2, trigger = $3, transform = $4, backpressure = $5"
+				 " WHERE id = $1",
+				 5, (Oid[]) {INT4OID, JSONBOID, TEXTOID, TEXTOID, BOOLOID}, row, rownulls, SPI_OK_UPDATE);
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
 /* Drop a pipeline's state table, as the caller, who must be able to. */
 static void
 drop_state_table(Oid relid)

@@ -470,8 +470,6 @@ csv_open(Pipeline *p, MemoryContext cxt, bool waits)
 
 	st->dir = jsonb_get_text(p->source, "dir");
 	st->pattern = jsonb_get_text(p->source, "pattern");
-	st->max_files = (int) jsonb_get_int64(p->source, "max_files_per_trigger", 0);
-	st->max_bytes = jsonb_get_int64(p->source, "max_bytes_per_trigger", 0);
 	st->options = csv_copy_options(header && strcmp(header, "true") == 0,
 								   jsonb_get_text(p->source, "delimiter"),
 								   jsonb_get_text(p->source, "quote"),
@@ -678,13 +676,18 @@ csv_plan(void *state, Pipeline *p, int64 batch_id, int64 limit, int64 *backlog, 
 	TEXTARRAYOID, INT8OID};
 	Datum		values[8];
 	char		nulls[8] = "        ";
-	int64		max_bytes = st->max_bytes > 0 && (limit == 0 || st->max_bytes < limit) ? st->max_bytes : limit;
+	int64		max_bytes;
 	TimestampTz listed_at;
 	List	   *files;
 	List	   *young = NIL;
 	List	   *waiting = NIL;
 	int64		claimed = 0;
 	ListCell   *lc;
+
+	/* the limits as they are now: alter_pipeline() may change them */
+	st->max_files = (int) jsonb_get_int64(p->source, "max_files_per_trigger", 0);
+	st->max_bytes = jsonb_get_int64(p->source, "max_bytes_per_trigger", 0);
+	max_bytes = st->max_bytes > 0 && (limit == 0 || st->max_bytes < limit) ? st->max_bytes : limit;
 
 	files = csv_discover(st);
 	/* if the rest of this plan fails, what we knew is lost: list the directory next time */

@@ -505,10 +505,6 @@ kafka_open(Pipeline *p, MemoryContext cxt, bool waits)
 		: strcmp(format, "json") == 0 ? KAFKA_JSON : KAFKA_TEXT;
 	st->include_metadata = jsonb_get_bool(p->source, "include_metadata", false);
 	st->fail_on_data_loss = jsonb_get_bool(p->source, "fail_on_data_loss", true);
-	st->max_offsets = jsonb_get_int64(p->source, "max_offsets_per_trigger", 0);
-	st->max_rate = jsonb_get_int64(p->source, "max_rate_per_partition", 0);
-	st->min_offsets = jsonb_get_int64(p->source, "min_offsets_per_trigger", 0);
-	st->max_delay_ms = jsonb_get_int64(p->source, "max_trigger_delay_ms", 900000);
 	st->waits = waits;
 	if (getKeyJsonValueFromContainer(&p->source->root, "options", 7, &v) && v.type == jbvBinary)
 		st->options = JsonbValueToJsonb(&v);
@@ -659,6 +655,11 @@ kafka_plan(void *state, Pipeline *p, int64 batch_id, int64 limit, int64 *backlog
 	StringInfoData end_json;
 	int64		max_offsets;
 
+	/* the limits as they are now: alter_pipeline() may change them */
+	st->max_offsets = jsonb_get_int64(p->source, "max_offsets_per_trigger", 0);
+	st->max_rate = jsonb_get_int64(p->source, "max_rate_per_partition", 0);
+	st->min_offsets = jsonb_get_int64(p->source, "min_offsets_per_trigger", 0);
+	st->max_delay_ms = jsonb_get_int64(p->source, "max_trigger_delay_ms", 900000);
 	/* what backpressure allows is never below min_offsets_per_trigger */
 	if (limit > 0 && limit < st->min_offsets)
 		limit = st->min_offsets;

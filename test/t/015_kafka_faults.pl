@@ -211,10 +211,14 @@ $node2->stop;
 # partitions: its proxy hides the third partition of the topic from the
 # clients until it is "added".
 
+# the pipelines of the sections above give their workers back first
+$node->safe_psql('postgres', 'SELECT sluice.stop(name) FROM sluice.pipeline');
+wait_until($node, 'SELECT count(worker_pid) FROM sluice.pipelines', '0', 'every earlier worker gone');
 my $grow = KafkaMock->new($node->basedir, '-p');
 $grow->cmd('topic grow 3');
 $grow->cmd('partitions grow 2');
-$kafka = $grow;    # produce_ids produces here now
+my $first = $kafka;    # still up until the end
+$kafka = $grow;        # produce_ids produces here now
 $brokers = $grow->brokers;
 produce_ids('grow', $_, 500) for 0 .. 1;    # before the start: skipped ('latest')
 create_kafka_pipeline($node, 'k_grow', 'grow', starting_offsets => "'latest'");
@@ -241,4 +245,5 @@ is($node->safe_psql('postgres', "SELECT count(*) FROM sluice.progress('k_grow', 
 
 $node->stop;
 $grow->stop;
+$first->stop;
 done_testing();

@@ -111,6 +111,16 @@ is($node->safe_psql('postgres', "SELECT count(*) >= 30 FROM sluice.progress('rat
 is($node->safe_psql('postgres', 'SELECT count(*), count(DISTINCT id) FROM t_rate'),
 	'600|600', 'rate: every message once');
 
+# alter_pipeline(): the running worker takes a new rate at its next plan
+$node->safe_psql('postgres', "SELECT sluice.alter_pipeline('rate', max_rate_per_partition => 500)");
+my $last = $node->safe_psql('postgres', "SELECT max(batch_id) FROM sluice.progress('rate', 1)");
+produce_ids('rate', $_, 300) for 0 .. 1;
+wait_until($node, "$offsets 'rate'", '1200', 'rate: the new messages read');
+is($node->safe_psql('postgres', "$per_partition AND b.batch_id > $last"), '100',
+	'rate: after alter_pipeline a batch takes up to 100 messages of a partition (500 a second, 200 ms)');
+is($node->safe_psql('postgres', 'SELECT count(*), count(DISTINCT id) FROM t_rate'),
+	'1200|1200', 'rate: every message once');
+
 # ---------------------------------------------------------------------------
 # 3. min_offsets_per_trigger with max_trigger_delay
 
