@@ -10,7 +10,9 @@
 -- than granted again: a GRANT in an extension script would count as the
 -- extension's own initial privilege, and pg_dump would then leave it out.
 
-ALTER TABLE sluice.pipeline ADD COLUMN backpressure boolean NOT NULL DEFAULT true;
+-- pipelines made before keep taking what is there at once; new ones get backpressure
+ALTER TABLE sluice.pipeline ADD COLUMN backpressure boolean NOT NULL DEFAULT false;
+ALTER TABLE sluice.pipeline ALTER COLUMN backpressure SET DEFAULT true;
 ALTER TABLE sluice.batch ADD COLUMN size_limit bigint;
 
 CREATE TEMPORARY TABLE pg_temp.sluice_acl AS

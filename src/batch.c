@@ -227,6 +227,7 @@ source_open(PipelineRun *run, Pipeline *p)
 {
 	run->source_state = p->source_routine->open(p, run->run_cxt, !run->available_now);
 	run->after_commit = p->source_routine->after_commit;
+	run->source = p->source_routine;
 }
 
 /*
@@ -512,7 +513,7 @@ batch_try(PipelineRun *run, bool careful, int64 *batch_id_out, ErrorData **edata
 
 				INSTR_TIME_SET_CURRENT(took);
 				INSTR_TIME_SUBTRACT(took, start);
-				flow_observe(run, b.size, INSTR_TIME_GET_MILLISEC(took), run->backlog);
+				flow_observe(run, run->source, b.size, INSTR_TIME_GET_MILLISEC(took), run->backlog);
 				crash_point("after_commit", b.attempts);
 				if (run->backlog >= 0)
 					stats_set_backlog(run->id, run->backlog);

@@ -10,7 +10,10 @@
  * After each batch that left a backlog, the limit becomes what the batch's
  * rate would do in one trigger interval: size * interval / duration, at most
  * four times what the batch took, so that one fast batch cannot open the
- * gates wide.  A batch that took everything there was leaves the limit
+ * gates wide, and never below the initial size (as Spark's PID estimator
+ * has a minimum rate): when a batch's fixed cost alone exceeds the
+ * interval, smaller batches would not be shorter, only fewer rows a
+ * second.  A batch that took everything there was leaves the limit
  * alone: a quiet stream says nothing about speed.  This is the
  * proportional part of Spark's PIDRateEstimator; the fixed cost of a batch
  * makes the estimate err on the small side.
@@ -90,7 +93,7 @@ flow_limit(PipelineRun *run, const SourceRoutine *source, char **throttled_by)
  * backlog units (files, offsets) waiting (-1 if unknown).
  */
 void
-flow_observe(PipelineRun *run, int64 size, double ms, int64 backlog)
+flow_observe(PipelineRun *run, const SourceRoutine *source, int64 size, double ms, int64 backlog)
 {
 	double		interval = run->trigger_ms > 0 ? run->trigger_ms : 1000;
 	double		next;
@@ -99,5 +102,5 @@ flow_observe(PipelineRun *run, int64 size, double ms, int64 backlog)
 		backlog == 0)
 		return;
 	next = Min((double) size * interval / ms, (double) size * FLOW_MAX_GROWTH);
-	run->size_limit = (int64) Max(1.0, Min(next, (double) PG_INT64_MAX / 2));
+	run->size_limit = (int64) Max((double) source->initial_size, Min(next, (double) PG_INT64_MAX / 2));
 }

@@ -31,6 +31,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
@@ -533,6 +534,9 @@ proxy_accept(void *arg)
 			free(c);
 			continue;
 		}
+		/* a frame is written as its length, then its body: no Nagle delay in between */
+		setsockopt(c->client, IPPROTO_TCP, TCP_NODELAY, &(int) {1}, sizeof(int));
+		setsockopt(c->broker, IPPROTO_TCP, TCP_NODELAY, &(int) {1}, sizeof(int));
 		pthread_create(&t, NULL, proxy_requests, c);
 		pthread_detach(t);
 		pthread_create(&t, NULL, proxy_responses, c);

@@ -209,6 +209,8 @@ is($update->errors, '', 'ALTER EXTENSION sluice UPDATE succeeded');
 $update->quit;
 is($node->safe_psql('postgres', "SELECT extversion FROM pg_extension WHERE extname = 'sluice'"), $version,
 	"sluice is $version, the control file's version");
+is($node->safe_psql('postgres', "SELECT count(*) || ' ' || count(*) FILTER (WHERE backpressure) FROM sluice.pipeline"),
+	scalar(@pipelines) . ' 0', 'the pipelines made before the update keep running without backpressure');
 
 # ---------------------------------------------------------------------------
 # After the update
