@@ -226,7 +226,6 @@ static void
 source_open(PipelineRun *run, Pipeline *p)
 {
 	run->source_state = p->source_routine->open(p, run->run_cxt, !run->available_now);
-	run->after_commit = p->source_routine->after_commit;
 	run->source = p->source_routine;
 }
 
@@ -287,8 +286,8 @@ batch_plan(PipelineRun *run, int *attempts)
 				 1, types, values, NULL, SPI_OK_SELECT);
 	batch_id = spi_int64(0, 1);
 
-	limit = flow_limit(run, p->source_routine, &throttled_by);
-	claimed = p->source_routine->plan(run->source_state, p, batch_id, limit, &backlog, &slice);
+	limit = flow_limit(run, &throttled_by);
+	claimed = p->source_routine->plan(run->source_state, p, batch_id, &limit, &backlog, &slice);
 
 	stats_set_backlog(run->id, backlog);
 	stats_set_throttled(run->id, throttled_by);
@@ -513,12 +512,12 @@ batch_try(PipelineRun *run, bool careful, int64 *batch_id_out, ErrorData **edata
 
 				INSTR_TIME_SET_CURRENT(took);
 				INSTR_TIME_SUBTRACT(took, start);
-				flow_observe(run, run->source, b.size, INSTR_TIME_GET_MILLISEC(took), run->backlog);
+				flow_observe(run, b.size, INSTR_TIME_GET_MILLISEC(took), run->backlog);
 				crash_point("after_commit", b.attempts);
 				if (run->backlog >= 0)
 					stats_set_backlog(run->id, run->backlog);
-				if (run->after_commit)
-					run->after_commit(run->source_state, &b);
+				if (run->source->after_commit)
+					run->source->after_commit(run->source_state, &b);
 			}
 			LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
 			if (ours)

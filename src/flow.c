@@ -72,14 +72,14 @@ flow_pressure(void)
  * Sets *throttled_by to why the database's pressure holds it back, or NULL.
  */
 int64
-flow_limit(PipelineRun *run, const SourceRoutine *source, char **throttled_by)
+flow_limit(PipelineRun *run, char **throttled_by)
 {
 	*throttled_by = NULL;
 	run->throttled = false;
 	if (!run->backpressure || run->available_now)
 		return 0;
 	if (run->size_limit == 0)
-		run->size_limit = source->initial_size;
+		run->size_limit = run->source->initial_size;
 	if ((*throttled_by = flow_pressure()) != NULL)
 	{
 		run->throttled = true;
@@ -93,7 +93,7 @@ flow_limit(PipelineRun *run, const SourceRoutine *source, char **throttled_by)
  * backlog units (files, offsets) waiting (-1 if unknown).
  */
 void
-flow_observe(PipelineRun *run, const SourceRoutine *source, int64 size, double ms, int64 backlog)
+flow_observe(PipelineRun *run, int64 size, double ms, int64 backlog)
 {
 	double		interval = run->trigger_ms > 0 ? run->trigger_ms : 1000;
 	double		next;
@@ -102,5 +102,5 @@ flow_observe(PipelineRun *run, const SourceRoutine *source, int64 size, double m
 		backlog == 0)
 		return;
 	next = Min((double) size * interval / ms, (double) size * FLOW_MAX_GROWTH);
-	run->size_limit = (int64) Max((double) source->initial_size, Min(next, (double) PG_INT64_MAX / 2));
+	run->size_limit = (int64) Max((double) run->source->initial_size, Min(next, (double) PG_INT64_MAX / 2));
 }

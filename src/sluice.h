@@ -219,18 +219,15 @@ typedef struct PipelineRun
 	bool		backpressure;
 	int64		size_limit;		/* the next batch's, in the source's measure; 0 until known */
 	bool		throttled;		/* the database's pressure held the last plan back */
-	const struct SourceRoutine *source;	/* once the source is open */
-	/* the source's after_commit, once a batch committed (the catalog is gone by then) */
-	void		(*after_commit) (void *state, Batch *b);
+	/* the source's routine, once it is open (kept: after a commit the catalog is gone) */
+	const struct SourceRoutine *source;
 } PipelineRun;
 
 extern BatchOutcome batch_run(PipelineRun *run);
 
 /* flow.c */
-struct SourceRoutine;
-extern int64 flow_limit(PipelineRun *run, const struct SourceRoutine *source, char **throttled_by);
-extern void flow_observe(PipelineRun *run, const struct SourceRoutine *source, int64 size, double ms,
-						 int64 backlog);
+extern int64 flow_limit(PipelineRun *run, char **throttled_by);
+extern void flow_observe(PipelineRun *run, int64 size, double ms, int64 backlog);
 extern void crash_point(const char *stage, int attempts);
 extern Oid	temp_relid(const char *name);
 extern Oid	create_stage(List *columns);

@@ -14,9 +14,10 @@
  *				way to hear of it (not for run_once, which drains and exits)
  *	plan		in the plan transaction, under the pipeline's plan lock: claim
  *				the next slice for batch_id within the source's limits and
- *				within limit (in the source's measure of size, see
- *				initial_size; 0 for none, and at least one file or message
- *				whatever it is), and record it (write-ahead), as the
+ *				within *limit (backpressure's, in the source's measure of
+ *				size, see initial_size; 0 for none, and at least one file or
+ *				message whatever it is; the source may raise it, and leaves
+ *				there what it applied), and record it (write-ahead), as the
  *				extension's owner; returns
  *				how many units (files, messages) it claimed, 0 when idle, and
  *				sets *backlog to what it has not read yet, the slice just
@@ -54,7 +55,7 @@ typedef struct SourceRoutine
 {
 	const char *type;
 	void	   *(*open) (Pipeline *p, MemoryContext cxt, bool waits);
-	int64		(*plan) (void *state, Pipeline *p, int64 batch_id, int64 limit, int64 *backlog,
+	int64		(*plan) (void *state, Pipeline *p, int64 batch_id, int64 *limit, int64 *backlog,
 						 Jsonb **slice);
 	void		(*read) (void *state, Pipeline *p, Batch *b, Oid into, Rejects *rj);
 	void		(*commit) (void *state, Pipeline *p, Batch *b);

@@ -62,8 +62,6 @@ typedef struct CsvState
 {
 	char	   *dir;
 	char	   *pattern;
-	int			max_files;		/* 0 for no limit */
-	int64		max_bytes;		/* 0 for no limit */
 	List	   *options;		/* for COPY */
 	List	   *attnames;
 	char	   *after;			/* keep, delete or archive */
@@ -669,14 +667,16 @@ csv_keep_name(CsvState *st, List *names, const char *path)
  * young ones included.
  */
 static int64
-csv_plan(void *state, Pipeline *p, int64 batch_id, int64 limit, int64 *backlog, Jsonb **slice)
+csv_plan(void *state, Pipeline *p, int64 batch_id, int64 *limit, int64 *backlog, Jsonb **slice)
 {
 	CsvState   *st = state;
 	Oid			types[8] = {INT4OID, TEXTARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, INT8OID, INT4OID,
 	TEXTARRAYOID, INT8OID};
 	Datum		values[8];
 	char		nulls[8] = "        ";
-	int64		max_bytes;
+	/* the limits as they are now: alter_pipeline() may change them */
+	int64		max_files = jsonb_get_int64(p->source, "max_files_per_trigger", 0);
+	int64		max_bytes = jsonb_get_int64(p->source, "max_bytes_per_trigger", 0);
 	TimestampTz listed_at;
 	List	   *files;
 	List	   *young = NIL;
@@ -684,10 +684,8 @@ csv_plan(void *state, Pipeline *p, int64 batch_id, int64 limit, int64 *backlog, 
 	int64		claimed = 0;
 	ListCell   *lc;
 
-	/* the limits as they are now: alter_pipeline() may change them */
-	st->max_files = (int) jsonb_get_int64(p->source, "max_files_per_trigger", 0);
-	st->max_bytes = jsonb_get_int64(p->source, "max_bytes_per_trigger", 0);
-	max_bytes = st->max_bytes > 0 && (limit == 0 || st->max_bytes < limit) ? st->max_bytes : limit;
+	if (*limit > 0 && (max_bytes == 0 || *limit < max_bytes))
+		max_bytes = *limit;		/* backpressure's, in bytes */
 
 	files = csv_discover(st);
 	/* if the rest of this plan fails, what we knew is lost: list the directory next time */
@@ -717,8 +715,8 @@ csv_plan(void *state, Pipeline *p, int64 batch_id, int64 limit, int64 *backlog, 
 		values[2] = files_array(files, 1);
 		values[3] = files_array(files, 2);
 		values[4] = Int64GetDatum(batch_id);
-		values[5] = Int32GetDatum(st->max_files);
-		if (st->max_files == 0)
+		values[5] = Int32GetDatum((int32) max_files);
+		if (max_files == 0)
 			nulls[5] = 'n';
 		values[6] = files_array(young, 0);
 		values[7] = Int64GetDatum(max_bytes);

@@ -120,10 +120,6 @@ typedef struct KafkaState
 	char	  **value_names;
 	bool		include_metadata;
 	bool		fail_on_data_loss;
-	int64		max_offsets;	/* 0 for no limit */
-	int64		max_rate;		/* messages a second per partition, 0 for no limit */
-	int64		min_offsets;	/* 0 for none */
-	int64		max_delay_ms;	/* how long a batch waits for min_offsets */
 	TimestampTz short_since;	/* since when the plans found fewer than min_offsets */
 	bool		waits;			/* not run_once: min_offsets applies */
 	bool		start_latest;	/* starting_offsets 'latest' */
@@ -605,7 +601,7 @@ append_partition_json(StringInfo buf, const char *topic, KafkaPartition *parts, 
  * run_once drains what is there and never waits.
  */
 static bool
-kafka_waited_enough(KafkaState *st, Pipeline *p)
+kafka_waited_enough(KafkaState *st, Pipeline *p, int64 max_delay_ms)
 {
 	Datum		values[1] = {Int32GetDatum(p->id)};
 	TimestampTz now = GetCurrentTimestamp();
@@ -623,7 +619,7 @@ kafka_waited_enough(KafkaState *st, Pipeline *p)
 			st->short_since = now;
 		since = st->short_since;
 	}
-	return now - since >= st->max_delay_ms * 1000;
+	return now - since >= max_delay_ms * 1000;
 }
 
 /*
@@ -636,7 +632,7 @@ kafka_waited_enough(KafkaState *st, Pipeline *p)
  * earliest); its row is written now, so a later plan starts there too.
  */
 static int64
-kafka_plan(void *state, Pipeline *p, int64 batch_id, int64 limit, int64 *backlog, Jsonb **slice)
+kafka_plan(void *state, Pipeline *p, int64 batch_id, int64 *limit, int64 *backlog, Jsonb **slice)
 {
 	KafkaState *st = state;
 	int			count;
@@ -653,17 +649,16 @@ kafka_plan(void *state, Pipeline *p, int64 batch_id, int64 limit, int64 *backlog
 	Datum		values[4] = {Int32GetDatum(p->id), CStringGetTextDatum(st->topic)};
 	StringInfoData start_json;
 	StringInfoData end_json;
-	int64		max_offsets;
-
 	/* the limits as they are now: alter_pipeline() may change them */
-	st->max_offsets = jsonb_get_int64(p->source, "max_offsets_per_trigger", 0);
-	st->max_rate = jsonb_get_int64(p->source, "max_rate_per_partition", 0);
-	st->min_offsets = jsonb_get_int64(p->source, "min_offsets_per_trigger", 0);
-	st->max_delay_ms = jsonb_get_int64(p->source, "max_trigger_delay_ms", 900000);
+	int64		max_offsets = jsonb_get_int64(p->source, "max_offsets_per_trigger", 0);
+	int64		max_rate = jsonb_get_int64(p->source, "max_rate_per_partition", 0);
+	int64		min_offsets = jsonb_get_int64(p->source, "min_offsets_per_trigger", 0);
+
 	/* what backpressure allows is never below min_offsets_per_trigger */
-	if (limit > 0 && limit < st->min_offsets)
-		limit = st->min_offsets;
-	max_offsets = st->max_offsets > 0 && (limit == 0 || st->max_offsets < limit) ? st->max_offsets : limit;
+	if (*limit > 0 && *limit < min_offsets)
+		*limit = min_offsets;
+	if (*limit > 0 && (max_offsets == 0 || *limit < max_offsets))
+		max_offsets = *limit;
 	kafka_check_privilege();
 	(void) kafka_check_options(st->brokers, st->options);	/* the owner may have lost pg_read_server_files */
 	count = kafka_partition_count(st->rk, st->brokers, st->topic, KAFKA_REQUEST_TIMEOUT_MS, st->last_error);
@@ -767,14 +762,15 @@ kafka_plan(void *state, Pipeline *p, int64 batch_id, int64 limit, int64 *backlog
 	}
 
 	*backlog = lag;
-	if (lag == 0 || (st->min_offsets > 0 && lag < st->min_offsets && !kafka_waited_enough(st, p)))
+	if (lag == 0 || (min_offsets > 0 && lag < min_offsets &&
+					 !kafka_waited_enough(st, p, jsonb_get_int64(p->source, "max_trigger_delay_ms", 900000))))
 		return 0;
 	st->short_since = 0;
 
 	/* max_rate_per_partition: messages a second, times the trigger interval (a second for none) */
-	if (st->max_rate > 0)
+	if (max_rate > 0)
 	{
-		double		cap = Max(1.0, floor((double) st->max_rate * (p->trigger_ms > 0 ? p->trigger_ms : 1000) / 1000));
+		double		cap = Max(1.0, floor((double) max_rate * (p->trigger_ms > 0 ? p->trigger_ms : 1000) / 1000));
 
 		lag = 0;
 		for (int i = 0; i < n; i++)

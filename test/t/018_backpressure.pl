@@ -133,6 +133,44 @@ is(scalar(grep { $_ > 500 } @sizes), 0, 'fast: no batch takes more than max_offs
 cmp_ok($node->safe_psql('postgres', "SELECT max(size_limit) FROM sluice.progress('fast', 1000)"), '>', 500,
 	'fast: backpressure alone would have allowed more');
 
+# ---------------------------------------------------------------------------
+# 5. A sink whose cost is fixed (300 ms a batch, whatever its size) against a
+# 100 ms trigger: smaller batches would not be shorter, so no batch is
+# allowed less than the initial 100 offsets; and min_offsets_per_trigger
+# raises what backpressure allows
+
+# the pipelines above give their workers back first (sluice.max_workers is 4)
+$node->safe_psql('postgres', 'SELECT sluice.stop(name) FROM sluice.pipeline');
+wait_until($node, 'SELECT count(worker_pid) FROM sluice.pipelines', '0', 'every earlier worker gone');
+$node->safe_psql('postgres', q{
+CREATE FUNCTION fixed_sink(batch_id bigint, batch regclass) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('INSERT INTO slow_rows SELECT current_setting(''application_name''), %s, id FROM %s',
+                   batch_id, batch);
+    PERFORM pg_sleep(0.3);
+END $$;
+});
+for my $topic (qw(fixed least))
+{
+	$kafka->cmd("topic $topic 1");
+	my $base = $topic eq 'fixed' ? 400_000 : 500_000;
+	my @lines = map { my $id = $base + $_; "$id,7,1.50,2024-01-01 00:00:00+00" } 1 .. 600;
+	is($kafka->produce($topic, 0, \@lines), 600, "$topic: 600 messages");
+}
+$node->safe_psql('postgres', qq{
+SELECT sluice.create_pipeline('fixed', sluice.kafka_source('$brokers', 'fixed', '$cols'),
+  sluice.function_sink('fixed_sink(bigint, regclass)'), '100 milliseconds');
+SELECT sluice.create_pipeline('least', sluice.kafka_source('$brokers', 'least', '$cols', min_offsets_per_trigger => 300),
+  sluice.function_sink('fixed_sink(bigint, regclass)'), '100 milliseconds');
+SELECT sluice.start('fixed'), sluice.start('least');
+});
+wait_until($node, "SELECT count(*) FROM slow_rows WHERE pipeline = 'fixed'", '600', 'fixed: every message');
+is($node->safe_psql('postgres', "SELECT min(size_limit) || ' ' || min(input_rows) FROM sluice.progress('fixed', 1000)"),
+	'100 100', 'fixed: no batch was allowed less than 100 offsets, though each took 3 trigger intervals');
+wait_until($node, "SELECT count(*) FROM slow_rows WHERE pipeline = 'least'", '600', 'least: every message');
+is($node->safe_psql('postgres', "SELECT string_agg(size_limit || ':' || input_rows, ' ' ORDER BY batch_id) FROM sluice.progress('least', 1000)"),
+	'300:300 300:300', 'least: backpressure allows no batch less than min_offsets_per_trigger (300, not 100)');
+
 $node->stop;
 $kafka->stop;
 done_testing();

@@ -60,9 +60,9 @@ like($why, qr/^\d+ [kM]B of WAL since the last checkpoint began, more than sluic
 wait_until($node, sprintf($five, "'wal'"), 't', 'wal: five batches');
 is($node->safe_psql('postgres', "SELECT max(files) || ' ' || max(size_limit) FROM sluice.progress('wal', 10000)"),
 	'1 1', 'wal: under pressure every batch takes one file');
-set_conf('sluice.wal_pressure = 0.8');
+set_conf('sluice.wal_pressure = 0');    # never
 wait_until($node, "SELECT throttled_by IS NULL FROM sluice.pipelines WHERE name = 'wal'", 't',
-	'wal: the pressure is gone after the reload');
+	'wal: sluice.wal_pressure = 0 ends it after the reload');
 wait_until($node, "SELECT max(files) > 1 FROM sluice.progress('wal', 10000)", 't', 'wal: batches grow again');
 wait_until($node, 'SELECT count(*) FROM t_wal', '40000', 'wal: every row');
 is($node->safe_psql('postgres', 'SELECT count(DISTINCT id) FROM t_wal'), '40000', 'wal: every row once');
