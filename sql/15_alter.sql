@@ -1,7 +1,7 @@
 --
 -- 15_alter: alter_pipeline() changes what Spark lets a restarted query
 -- change (limits per trigger, the trigger, backpressure, a transform that
--- gives the sink the same columns), refuses the rest with an error that says
+-- gives the sink the same columns, the worker counts), refuses the rest with an error that says
 -- to create a new pipeline, and is its owner's alone.
 --
 SET client_min_messages = warning;
@@ -18,9 +18,16 @@ SELECT sluice.create_pipeline('alt', sluice.csv_source(:'dir', 'id int, v text',
                               sluice.append_sink('alter_t'), '1 second');
 CREATE VIEW alter_row AS
 SELECT trigger, source->'max_files_per_trigger' AS max_files, source->'max_bytes_per_trigger' AS max_bytes,
-       backpressure, transform
+       backpressure, transform, min_workers, max_workers
   FROM sluice.pipeline WHERE name = 'alt';
 TABLE alter_row;
+-- create_pipeline() checks worker counts as alter_pipeline() does
+SELECT sluice.create_pipeline('alt2', sluice.csv_source(:'dir', 'id int, v text'), sluice.append_sink('alter_t'),
+                              min_workers => 0);
+SELECT sluice.create_pipeline('alt2', sluice.csv_source(:'dir', 'id int, v text'), sluice.append_sink('alter_t'),
+                              min_workers => 3, max_workers => 2);
+SELECT sluice.create_pipeline('alt2', sluice.csv_source(:'dir', 'id int, v text'), sluice.append_sink('alter_t'),
+                              max_workers => NULL);
 
 -- what may change; NULL leaves a value as it was
 SELECT sluice.alter_pipeline('alt', trigger => '200 milliseconds', max_files_per_trigger => 2,
@@ -51,6 +58,14 @@ SELECT sluice.alter_pipeline('alt', max_offsets_per_trigger => 10);
 SELECT sluice.alter_pipeline('alt', max_files_per_trigger => -1);
 SELECT sluice.alter_pipeline('alt', trigger => 'soon');
 SELECT sluice.alter_pipeline('alt', backpressure => NULL);  -- NULL: unchanged
+-- worker counts: 1 <= min_workers <= max_workers <= sluice.max_workers
+SELECT sluice.alter_pipeline('alt', max_workers => 3);
+SELECT sluice.alter_pipeline('alt', min_workers => 2);
+SELECT min_workers, max_workers FROM alter_row;
+SELECT sluice.alter_pipeline('alt', min_workers => 0);
+SELECT sluice.alter_pipeline('alt', max_workers => 1);  -- below min_workers 2
+SELECT sluice.alter_pipeline('alt', max_workers => current_setting('sluice.max_workers')::int + 1);
+SELECT sluice.alter_pipeline('alt', min_workers => 1, max_workers => 1);
 SELECT sluice.alter_pipeline('no_such_pipeline', trigger => '1 second');
 SELECT sluice.alter_pipeline(NULL);
 TABLE alter_row;

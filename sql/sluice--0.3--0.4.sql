@@ -1,6 +1,6 @@
 \echo Use "ALTER EXTENSION sluice UPDATE TO '0.4'" to load this file. \quit
 
--- 0.3 -> 0.4: limits per trigger and backpressure.  csv_source() takes
+-- 0.3 -> 0.4: limits per trigger, backpressure and autoscaling.  csv_source() takes
 -- max_bytes_per_trigger; kafka_source() takes max_rate_per_partition,
 -- min_offsets_per_trigger and max_trigger_delay; create_pipeline() takes
 -- backpressure, and progress() shows each batch's size_limit.  New
@@ -14,6 +14,10 @@
 ALTER TABLE sluice.pipeline ADD COLUMN backpressure boolean NOT NULL DEFAULT false;
 ALTER TABLE sluice.pipeline ALTER COLUMN backpressure SET DEFAULT true;
 ALTER TABLE sluice.batch ADD COLUMN size_limit bigint;
+-- workers that follow the backlog, one as before unless asked
+ALTER TABLE sluice.pipeline ADD COLUMN min_workers int NOT NULL DEFAULT 1,
+                            ADD COLUMN max_workers int NOT NULL DEFAULT 1,
+                            ADD CHECK (min_workers >= 1 AND max_workers >= min_workers);
 
 CREATE TEMPORARY TABLE pg_temp.sluice_acl AS
 SELECT p.proname, p.proacl FROM pg_catalog.pg_proc AS p
@@ -292,7 +296,9 @@ CREATE FUNCTION sluice.create_pipeline(name text, source jsonb, sink jsonb,
                                        transform text DEFAULT NULL,
                                        event_time text DEFAULT NULL,
                                        watermark_delay interval DEFAULT NULL,
-                                       backpressure boolean DEFAULT true)
+                                       backpressure boolean DEFAULT true,
+                                       min_workers int DEFAULT 1,
+                                       max_workers int DEFAULT 1)
 RETURNS void LANGUAGE C VOLATILE
 AS 'MODULE_PATHNAME', 'sluice_create_pipeline';
 COMMENT ON FUNCTION sluice.create_pipeline IS 'create a stopped pipeline from a source, through an optional transform, to a sink';
@@ -422,6 +428,11 @@ CREATE FUNCTION sluice._throttled_by(pipeline_id int)
 RETURNS text LANGUAGE C VOLATILE STRICT
 AS 'MODULE_PATHNAME', 'sluice_throttled_by';
 
+-- how many workers the launcher's autoscaler wants a pipeline to have (shared memory)
+CREATE FUNCTION sluice._desired_workers(pipeline_id int)
+RETURNS int LANGUAGE C VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'sluice_desired_workers';
+
 -- which sluice.pipelines shows
 CREATE OR REPLACE VIEW sluice.pipelines WITH (security_invoker = true) AS
 SELECT p.name,
@@ -443,9 +454,12 @@ SELECT p.name,
        sluice._backlog(p.id) AS files_pending,
        err.message AS last_error,
        err.at AS last_error_at,
-       sluice._throttled_by(p.id) AS throttled_by
+       sluice._throttled_by(p.id) AS throttled_by,
+       w.workers,
+       sluice._desired_workers(p.id) AS desired_workers
   FROM sluice.pipeline AS p
-  LEFT JOIN sluice._workers() AS w ON w.pipeline_id = p.id
+  LEFT JOIN LATERAL (SELECT min(w.pid) AS pid, min(w.current_batch) AS current_batch, count(*) AS workers
+                       FROM sluice._workers() AS w WHERE w.pipeline_id = p.id) AS w ON true
   LEFT JOIN LATERAL (SELECT b.batch_id, b.committed_at, b.input_rows, b.durations
                        FROM sluice.batch AS b
                       WHERE b.pipeline_id = p.id AND b.status = 'committed'
@@ -454,7 +468,7 @@ SELECT p.name,
                        FROM sluice.batch AS b
                       WHERE b.pipeline_id = p.id AND b.status = 'committed') AS total ON true
   LEFT JOIN LATERAL (SELECT e.message, e.at FROM sluice.error AS e
-                      WHERE e.pipeline_id = p.id AND e.sqlstate NOT LIKE '01%'
+                      WHERE e.pipeline_id = p.id AND e.sqlstate NOT LIKE '01%' AND e.sqlstate <> '00000'
                       ORDER BY e.id DESC LIMIT 1) AS err ON true;
 
 -- alter_pipeline(), and the trigger check it shares with create_pipeline()
@@ -575,8 +589,9 @@ CREATE FUNCTION sluice._alter_row(pipeline_name text, new_trigger text, new_tran
                                   max_rate_per_partition int, min_offsets_per_trigger bigint,
                                   max_trigger_delay interval, new_source jsonb, new_sink jsonb,
                                   new_event_time text, new_watermark_delay interval,
+                                  new_min_workers int, new_max_workers int,
                                   OUT id int, OUT source jsonb, OUT trigger text, OUT transform text,
-                                  OUT backpressure boolean)
+                                  OUT backpressure boolean, OUT min_workers int, OUT max_workers int)
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -649,6 +664,8 @@ BEGIN
     trigger := coalesce(new_trigger, p.trigger);
     PERFORM sluice._check_trigger(pipeline_name, trigger);
     backpressure := coalesce(new_backpressure, p.backpressure);
+    min_workers := coalesce(new_min_workers, p.min_workers);   -- checked by alter_pipeline()
+    max_workers := coalesce(new_max_workers, p.max_workers);
 
     -- a transform that gives the sink the same columns ('' for none)
     transform := CASE WHEN new_transform IS NULL THEN p.transform WHEN new_transform = '' THEN NULL
@@ -686,7 +703,9 @@ CREATE FUNCTION sluice.alter_pipeline(name text,
                                       source jsonb DEFAULT NULL,
                                       sink jsonb DEFAULT NULL,
                                       event_time text DEFAULT NULL,
-                                      watermark_delay interval DEFAULT NULL)
+                                      watermark_delay interval DEFAULT NULL,
+                                      min_workers int DEFAULT NULL,
+                                      max_workers int DEFAULT NULL)
 RETURNS void LANGUAGE C VOLATILE
 AS 'MODULE_PATHNAME', 'sluice_alter_pipeline';
-COMMENT ON FUNCTION sluice.alter_pipeline IS 'change what a pipeline may change (NULL: unchanged): limits per trigger, trigger, backpressure, a same-shape transform';
+COMMENT ON FUNCTION sluice.alter_pipeline IS 'change what a pipeline may change (NULL: unchanged): limits per trigger, trigger, backpressure, worker counts, a same-shape transform';

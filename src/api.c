@@ -62,9 +62,35 @@ check_database(void)
 				 errhint("Set sluice.database in postgresql.conf and restart the server.")));
 }
 
+/* A pipeline's worker counts: 1 <= min_workers <= max_workers <= sluice.max_workers. */
+static void
+check_workers(const char *name, bool min_null, int min_workers, bool max_null, int max_workers)
+{
+	if (min_null || max_null)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("min_workers and max_workers of pipeline \"%s\" must not be null", name)));
+	if (min_workers < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("min_workers of pipeline \"%s\" must be at least 1", name)));
+	if (max_workers < min_workers)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_workers of pipeline \"%s\" must not be less than min_workers (%d)", name,
+						min_workers)));
+	if (max_workers > sluice_max_workers)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_workers of pipeline \"%s\" is more than sluice.max_workers (%d)", name,
+						sluice_max_workers),
+				 errdetail("Every worker of every pipeline takes one of the sluice.max_workers slots."),
+				 errhint("Give fewer workers, or raise sluice.max_workers and restart the server.")));
+}
+
 /*
  * sluice.create_pipeline(name, source, sink, trigger, transform, event_time,
- *		watermark_delay, backpressure) returns void
+ *		watermark_delay, backpressure, min_workers, max_workers) returns void
  *
  * sluice._pipeline_row() checks everything as the caller and returns the
  * catalog values; we store them as the extension's owner, with the caller
@@ -77,10 +103,10 @@ sluice_create_pipeline(PG_FUNCTION_ARGS)
 	Oid			argtypes[7] = {TEXTOID, JSONBOID, JSONBOID, TEXTOID, TEXTOID, TEXTOID, INTERVALOID};
 	Datum		args[7];
 	char		argnulls[7];
-	Oid			rowtypes[12] = {TEXTOID, REGROLEOID, JSONBOID, JSONBOID, REGCLASSOID, REGCLASSOID, TEXTOID,
-		TEXTOID, TEXTOID, TEXTOID, INTERVALOID, BOOLOID};
-	Datum		row[12];
-	char		rownulls[12];
+	Oid			rowtypes[14] = {TEXTOID, REGROLEOID, JSONBOID, JSONBOID, REGCLASSOID, REGCLASSOID, TEXTOID,
+		TEXTOID, TEXTOID, TEXTOID, INTERVALOID, BOOLOID, INT4OID, INT4OID};
+	Datum		row[14];
+	char		rownulls[14];
 	bool		isnull;
 	bool		window;
 	Datum		cols;
@@ -119,6 +145,11 @@ sluice_create_pipeline(PG_FUNCTION_ARGS)
 		rownulls[7 + i] = argnulls[3 + i];
 	}
 	row[11] = BoolGetDatum(PG_NARGS() > 7 ? PG_GETARG_BOOL(7) : true);
+	row[12] = Int32GetDatum(PG_NARGS() > 9 ? PG_GETARG_INT32(8) : 1);
+	row[13] = Int32GetDatum(PG_NARGS() > 9 ? PG_GETARG_INT32(9) : 1);
+	if (PG_NARGS() > 9)
+		check_workers(TextDatumGetCString(args[0]), PG_ARGISNULL(8), DatumGetInt32(row[12]),
+					  PG_ARGISNULL(9), DatumGetInt32(row[13]));
 	cols = spi_datum(0, 6, &isnull);	/* the columns the sink receives */
 	window = DatumGetBool(spi_datum(0, 7, &isnull));
 
@@ -128,9 +159,9 @@ sluice_create_pipeline(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("pipeline \"%s\" already exists", TextDatumGetCString(args[0]))));
 	catalog_exec("INSERT INTO sluice.pipeline (name, owner, source, sink, target, late_rows, sink_function,"
-				 "  trigger, transform, event_time, watermark_delay, backpressure)"
-				 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
-				 12, rowtypes, row, rownulls, SPI_OK_INSERT_RETURNING);
+				 "  trigger, transform, event_time, watermark_delay, backpressure, min_workers, max_workers)"
+				 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
+				 14, rowtypes, row, rownulls, SPI_OK_INSERT_RETURNING);
 	id = DatumGetInt32(spi_datum(0, 1, &isnull));
 	owners_add(GetUserId());
 	sluice_wake_launcher();		/* which keeps the owners from the catalog */
@@ -156,43 +187,49 @@ sluice_create_pipeline(PG_FUNCTION_ARGS)
 
 /*
  * sluice.alter_pipeline(name, trigger, transform, backpressure, limits...,
- *		source, sink, event_time, watermark_delay) returns void
+ *		source, sink, event_time, watermark_delay, min_workers, max_workers)
+ *		returns void
  *
  * sluice._alter_row() checks the change as the caller, who must own the
  * pipeline, and returns the new values; we store them as the extension's
- * owner.  A running worker takes them at its next plan.
+ * owner.  A running worker takes them at its next plan; the launcher,
+ * woken at commit, the worker counts.
  */
 PG_FUNCTION_INFO_V1(sluice_alter_pipeline);
 Datum
 sluice_alter_pipeline(PG_FUNCTION_ARGS)
 {
-	Oid			argtypes[14] = {TEXTOID, TEXTOID, TEXTOID, BOOLOID, INT4OID, INT8OID, INT8OID, INT4OID,
-		INT8OID, INTERVALOID, JSONBOID, JSONBOID, TEXTOID, INTERVALOID};
-	Datum		args[14];
-	char		argnulls[14];
-	Datum		row[5];
-	char		rownulls[5];
+	Oid			argtypes[16] = {TEXTOID, TEXTOID, TEXTOID, BOOLOID, INT4OID, INT8OID, INT8OID, INT4OID,
+		INT8OID, INTERVALOID, JSONBOID, JSONBOID, TEXTOID, INTERVALOID, INT4OID, INT4OID};
+	Datum		args[16];
+	char		argnulls[16];
+	Datum		row[7];
+	char		rownulls[7];
 	bool		isnull;
 
 	check_database();
-	for (int i = 0; i < 14; i++)
+	for (int i = 0; i < 16; i++)
 	{
 		args[i] = PG_ARGISNULL(i) ? (Datum) 0 : PG_GETARG_DATUM(i);
 		argnulls[i] = PG_ARGISNULL(i) ? 'n' : ' ';
 	}
 	SPI_connect();
-	pinned_exec("SELECT r.id, r.source, r.trigger, r.transform, r.backpressure"
-				" FROM sluice._alter_row($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) AS r",
-				14, argtypes, args, argnulls, SPI_OK_SELECT);
-	for (int i = 0; i < 5; i++)
+	pinned_exec("SELECT r.id, r.source, r.trigger, r.transform, r.backpressure, r.min_workers, r.max_workers"
+				" FROM sluice._alter_row($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) AS r",
+				16, argtypes, args, argnulls, SPI_OK_SELECT);
+	for (int i = 0; i < 7; i++)
 	{
 		row[i] = spi_datum(0, 1 + i, &isnull);
 		rownulls[i] = isnull ? 'n' : ' ';
 	}
-	catalog_exec("UPDATE sluice.pipeline SET source = $2, trigger = $3, transform = $4, backpressure = $5"
+	check_workers(TextDatumGetCString(args[0]), false, DatumGetInt32(row[5]), false, DatumGetInt32(row[6]));
+	catalog_exec("UPDATE sluice.pipeline SET source = $2, trigger = $3, transform = $4, backpressure = $5,"
+				 "  min_workers = $6, max_workers = $7"
 				 " WHERE id = $1",
-				 5, (Oid[]) {INT4OID, JSONBOID, TEXTOID, TEXTOID, BOOLOID}, row, rownulls, SPI_OK_UPDATE);
+				 7, (Oid[]) {INT4OID, JSONBOID, TEXTOID, TEXTOID, BOOLOID, INT4OID, INT4OID}, row, rownulls,
+				 SPI_OK_UPDATE);
 	SPI_finish();
+	sluice_wake_launcher();		/* which looks at the worker counts */
 	PG_RETURN_VOID();
 }
 
@@ -329,13 +366,11 @@ PG_FUNCTION_INFO_V1(sluice_backlog);
 Datum
 sluice_backlog(PG_FUNCTION_ARGS)
 {
-	int64		backlog;
-	char		throttled_by[128];
-	Oid			owner;
+	SluicePipelineStats s;
 
-	if (!stats_get(PG_GETARG_INT32(0), &backlog, throttled_by, &owner) || !may_see_pipeline(owner))
+	if (!stats_get(PG_GETARG_INT32(0), &s) || !may_see_pipeline(s.owner))
 		PG_RETURN_NULL();
-	PG_RETURN_INT64(backlog);
+	PG_RETURN_INT64(s.backlog);
 }
 
 /*
@@ -349,14 +384,28 @@ PG_FUNCTION_INFO_V1(sluice_throttled_by);
 Datum
 sluice_throttled_by(PG_FUNCTION_ARGS)
 {
-	int64		backlog;
-	char		throttled_by[128];
-	Oid			owner;
+	SluicePipelineStats s;
 
-	if (!stats_get(PG_GETARG_INT32(0), &backlog, throttled_by, &owner) || !may_see_pipeline(owner) ||
-		throttled_by[0] == '\0')
+	if (!stats_get(PG_GETARG_INT32(0), &s) || !may_see_pipeline(s.owner) || s.throttled_by[0] == '\0')
 		PG_RETURN_NULL();
-	PG_RETURN_TEXT_P(cstring_to_text(throttled_by));
+	PG_RETURN_TEXT_P(cstring_to_text(s.throttled_by));
+}
+
+/*
+ * sluice._desired_workers(pipeline_id int) returns int
+ *
+ * How many workers the launcher's autoscaler wants the pipeline to have;
+ * NULL before it chose, or when the caller may not see the pipeline.
+ */
+PG_FUNCTION_INFO_V1(sluice_desired_workers);
+Datum
+sluice_desired_workers(PG_FUNCTION_ARGS)
+{
+	SluicePipelineStats s;
+
+	if (!stats_get(PG_GETARG_INT32(0), &s) || !may_see_pipeline(s.owner) || s.desired_workers == 0)
+		PG_RETURN_NULL();
+	PG_RETURN_INT32(s.desired_workers);
 }
 
 /*
@@ -431,7 +480,7 @@ sluice_run_once(PG_FUNCTION_ARGS)
 	 */
 	for (int waited = 0;; waited += 100)
 	{
-		slotno = slot_reserve(id, owner, MyProcPid, &generation);
+		slotno = slot_reserve(id, owner, MyProcPid, 1, &generation);
 		if (slotno >= 0)
 			break;
 		if (!slot_pipeline_busy(id))

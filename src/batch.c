@@ -15,12 +15,17 @@
  *	   committed, and commit: the sink rows and the offsets become durable
  *	   together through the WAL, or not at all.
  *
- * The batch row is locked first and the final update only succeeds while
- * the batch is still 'planned', so of two workers racing for one batch (a
- * stale worker after a restart) only one commits it: a planner skips a
- * planned batch that another worker holds (SKIP LOCKED), and a worker that
- * already took one up blocks on the row lock, then finds the batch no
- * longer planned and writes nothing.
+ * A pipeline may have several workers.  They plan one at a time, and a
+ * planned batch is leased to its worker (its slot's current_batch), so no
+ * other worker takes it up while that one lives.  Batches are read and
+ * staged side by side, but write their sink and commit in batch order
+ * (batch_wait_turn), so the result is the one worker's.  The batch row is
+ * locked first and the final update only succeeds while the batch is still
+ * 'planned', so of two workers racing for one batch (a stale worker after a
+ * restart) only one commits it: a planner skips a planned batch that
+ * another worker holds (SKIP LOCKED), and a worker that already took one up
+ * blocks on the row lock, then finds the batch no longer planned and writes
+ * nothing.
  *
  * Catalog statements run as the extension's owner (catalog_exec); reading
  * the source and writing the sink run as the pipeline's owner.
@@ -44,6 +49,7 @@
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/resowner.h"
 
 #include "sink.h"
 #include "source.h"
@@ -229,6 +235,89 @@ source_open(PipelineRun *run, Pipeline *p)
 	run->source = p->source_routine;
 }
 
+/* The worker holds batch_id (0: none), as its slot shows. */
+static void
+batch_lease(PipelineRun *run, int64 batch_id)
+{
+	LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
+	run->slot->current_batch = batch_id;
+	LWLockRelease(sluice_shared->lock);
+}
+
+/*
+ * Whether batch_id is still planned once whoever holds its row lock (the
+ * worker processing it) is done: the lock is taken in a subtransaction that
+ * is rolled back, so it is not kept, and the wait is a lock wait, which the
+ * deadlock detector sees.
+ */
+static bool
+batch_planned_after_lock(int32 pipeline_id, int64 batch_id)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	Datum		values[2] = {Int32GetDatum(pipeline_id), Int64GetDatum(batch_id)};
+	bool		planned;
+
+	BeginInternalSubTransaction(NULL);
+	planned = catalog_exec("SELECT 1 FROM sluice.batch WHERE pipeline_id = $1 AND batch_id = $2"
+						   " AND status = 'planned' FOR SHARE",
+						   2, (Oid[]) {INT4OID, INT8OID}, values, NULL, SPI_OK_SELECT) > 0;
+	RollbackAndReleaseCurrentSubTransaction();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	return planned;
+}
+
+/*
+ * Wait until every batch of the pipeline before this one has committed:
+ * batches are read and staged side by side by several workers, but write
+ * their sink and commit in batch order, so a merge's last row of a key
+ * wins as with one worker, and a stream's offsets advance in order.  A
+ * batch before this one that is being processed is waited for on its row
+ * lock; one that another worker planned but not yet took up, on the
+ * condition variable every commit broadcasts.  One that no worker holds
+ * (its worker failed or went) is taken up by the next plan; this batch then
+ * gives way, as transient.
+ */
+static void
+batch_wait_turn(PipelineRun *run, Batch *b)
+{
+	Datum		values[3] = {Int32GetDatum(run->id), Int64GetDatum(b->id)};
+	bool		waited = false;
+
+	for (;;)
+	{
+		int64		before;
+		bool		leased;
+
+		values[2] = slot_leases(run->id, run->slot);
+		if (catalog_exec("SELECT batch_id, batch_id = ANY ($3) FROM sluice.batch"
+						 " WHERE pipeline_id = $1 AND batch_id < $2 AND status = 'planned'"
+						 " ORDER BY batch_id LIMIT 1",
+						 3, (Oid[]) {INT4OID, INT8OID, INT8ARRAYOID}, values, NULL, SPI_OK_SELECT) == 0)
+			break;
+		before = spi_int64(0, 1);
+		leased = strcmp(spi_text(0, 2), "t") == 0;
+		if (!waited)
+			pgstat_report_activity(STATE_RUNNING,
+								   psprintf("batch " INT64_FORMAT ": waiting for batch " INT64_FORMAT " to commit",
+											b->id, before));
+		waited = true;
+		if (!batch_planned_after_lock(run->id, before))
+			continue;
+		if (!leased)
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("batch " INT64_FORMAT " of pipeline \"%s\" must commit after batch " INT64_FORMAT ", which no worker holds",
+							b->id, run->name, before),
+					 errdetail("Batches of a pipeline commit in order; both are tried again.")));
+		/* woken by every commit; the timeout is a safety net */
+		(void) ConditionVariableTimedSleep(&sluice_shared->batch_committed, 100, PG_WAIT_EXTENSION);
+	}
+	if (waited)
+		ConditionVariableCancelSleep();
+}
+
 /*
  * Plan the next batch, or take up a planned one.  Returns its id, 0 when
  * there is nothing to do, -1 when the pipeline should stop.
@@ -259,29 +348,35 @@ batch_plan(PipelineRun *run, int *attempts)
 	run->backpressure = p->backpressure;
 	batch_check_catalog(run, p);
 
-	/* a planned batch comes first: replay it, same id, same slice */
+	/*
+	 * One planner at a time per pipeline, among its workers.  The lock is on
+	 * an object no SQL command names (the pipeline as a member of the class
+	 * sluice.pipeline), so no user can hold it, and it takes no transaction
+	 * id: an idle plan writes nothing.  A batch is leased to its worker from
+	 * here (the slot's current_batch, set before the plan commits), so the
+	 * next planner, who waits for this lock, sees the lease.
+	 */
+	LockDatabaseObject(get_relname_relid("pipeline", get_namespace_oid("sluice", false)),
+					   (Oid) run->id, 0, ExclusiveLock);
+
+	/* a planned batch that no worker holds comes first: replay it, same id, same slice */
+	values[1] = slot_leases(run->id, run->slot);
 	if (catalog_exec("UPDATE sluice.batch b SET attempts = attempts + 1 FROM ("
 					 "  SELECT batch_id FROM sluice.batch WHERE pipeline_id = $1 AND status = 'planned'"
+					 "   AND batch_id <> ALL ($2)"
 					 "  ORDER BY batch_id LIMIT 1 FOR UPDATE SKIP LOCKED) o"
 					 " WHERE b.pipeline_id = $1 AND b.batch_id = o.batch_id"
 					 " RETURNING b.batch_id, b.attempts",
-					 1, types, values, NULL, SPI_OK_UPDATE_RETURNING) > 0)
+					 2, (Oid[]) {INT4OID, INT8ARRAYOID}, values, NULL, SPI_OK_UPDATE_RETURNING) > 0)
 	{
 		*attempts = (int) spi_int64(0, 2);
+		batch_lease(run, spi_int64(0, 1));
 		return spi_int64(0, 1);
 	}
 
 	if (run->source_state == NULL)
 		source_open(run, p);
 
-	/*
-	 * A new batch: one planner at a time per pipeline.  The lock is on an
-	 * object no SQL command names (the pipeline as a member of the class
-	 * sluice.pipeline), so no user can hold it, and it takes no
-	 * transaction id: an idle plan writes nothing.
-	 */
-	LockDatabaseObject(get_relname_relid("pipeline", get_namespace_oid("sluice", false)),
-					   (Oid) run->id, 0, ExclusiveLock);
 	catalog_exec("SELECT coalesce(max(batch_id), 0) + 1 FROM sluice.batch WHERE pipeline_id = $1",
 				 1, types, values, NULL, SPI_OK_SELECT);
 	batch_id = spi_int64(0, 1);
@@ -304,6 +399,7 @@ batch_plan(PipelineRun *run, int *attempts)
 				 4, types, values, slice ? (limit ? "    " : "   n") : (limit ? "  n " : "  nn"),
 				 SPI_OK_INSERT);
 	*attempts = 1;
+	batch_lease(run, batch_id);
 	return batch_id;
 }
 
@@ -322,6 +418,7 @@ batch_process(PipelineRun *run, Batch *b, double plan_ms, bool careful)
 	char	   *durations;
 	bool		staged;
 	Oid			into;
+	Oid			input;
 	int64		sink_rows;
 	Rejects		rj;
 
@@ -348,31 +445,31 @@ batch_process(PipelineRun *run, Batch *b, double plan_ms, bool careful)
 	into = staged ? create_stage(p->columns) : p->target;
 	p->source_routine->read(run->source_state, p, b, into, careful ? &rj : NULL);
 	b->unit = NULL;
+	input = into;
 
-	if (staged)
+	if (staged && p->transform)
 	{
-		Oid			input = into;
+		int			nestlevel = NewGUCNestLevel();
 
-		if (p->transform)
-		{
-			int			nestlevel = NewGUCNestLevel();
+		check_single_select(p->transform);
 
-			check_single_select(p->transform);
-
-			/*
-			 * The owner's own query, with the owner's search_path but pg_temp
-			 * first: "batch" is the staging table, whatever else is on it.
-			 */
-			(void) set_config_option("search_path", psprintf("pg_temp, %s", namespace_search_path),
-									 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-			if (SPI_execute(psprintf("CREATE TEMP TABLE batch_out ON COMMIT DROP AS SELECT * FROM (%s) AS q",
-									 p->transform), false, 0) != SPI_OK_UTILITY)
-				elog(ERROR, "could not run the transform");
-			AtEOXact_GUC(true, nestlevel);
-			input = temp_relid("batch_out");
-		}
-		sink_rows = p->sink_routine->write(p, b, input, into, careful ? &rj : NULL);
+		/*
+		 * The owner's own query, with the owner's search_path but pg_temp
+		 * first: "batch" is the staging table, whatever else is on it.
+		 */
+		(void) set_config_option("search_path", psprintf("pg_temp, %s", namespace_search_path),
+								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+		if (SPI_execute(psprintf("CREATE TEMP TABLE batch_out ON COMMIT DROP AS SELECT * FROM (%s) AS q",
+								 p->transform), false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "could not run the transform");
+		AtEOXact_GUC(true, nestlevel);
+		input = temp_relid("batch_out");
 	}
+
+	/* read and transformed side by side with other workers; written in batch order */
+	batch_wait_turn(run, b);
+	if (staged)
+		sink_rows = p->sink_routine->write(p, b, input, into, careful ? &rj : NULL);
 	else
 		sink_rows = (int64) b->rows;
 	if (careful)
@@ -396,7 +493,7 @@ batch_process(PipelineRun *run, Batch *b, double plan_ms, bool careful)
 	values[7] = Int64GetDatum(rj.count);
 	catalog_exec("UPDATE sluice.pipeline SET committed_batch = $2 WHERE id = $1",
 				 2, (Oid[]) {INT4OID, INT8OID}, values, NULL, SPI_OK_UPDATE);
-	if (catalog_exec("UPDATE sluice.batch SET status = 'committed', committed_at = now(),"
+	if (catalog_exec("UPDATE sluice.batch SET status = 'committed', committed_at = clock_timestamp(),"
 					 "  input_rows = $3, bytes = $4, durations = $5::text::jsonb, files = $6,"
 					 "  sink_rows = $7, rejected_rows = $8"
 					 " WHERE pipeline_id = $1 AND batch_id = $2 AND status = 'planned'",
@@ -498,20 +595,19 @@ batch_try(PipelineRun *run, bool careful, int64 *batch_id_out, ErrorData **edata
 		else if (b.id > 0)
 		{
 			errctx.batch = &b;
-			LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
-			run->slot->current_batch = b.id;
-			LWLockRelease(sluice_shared->lock);
 			crash_point("after_plan", b.attempts);
 
 			xact_begin(careful ? "processing a batch row by row" : "processing a batch");
 			ours = batch_process(run, &b, INSTR_TIME_GET_MILLISEC(elapsed), careful);
 			xact_end();			/* if not ours, nothing was written */
+			ConditionVariableBroadcast(&sluice_shared->batch_committed);
 			if (ours)
 			{
 				instr_time	took;
 
 				INSTR_TIME_SET_CURRENT(took);
 				INSTR_TIME_SUBTRACT(took, start);
+				stats_add_batch(run->id, true, (int64) INSTR_TIME_GET_MICROSEC(took));
 				flow_observe(run, b.size, INSTR_TIME_GET_MILLISEC(took), run->backlog);
 				crash_point("after_commit", b.attempts);
 				if (run->backlog >= 0)
@@ -531,6 +627,7 @@ batch_try(PipelineRun *run, bool careful, int64 *batch_id_out, ErrorData **edata
 	{
 		*edata_out = xact_catch(run->run_cxt);
 		outcome = BATCH_FAILED;
+		batch_lease(run, 0);	/* the batch is left planned, for whichever worker plans next */
 	}
 	PG_END_TRY();
 

@@ -9,9 +9,11 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/pg_type.h"
 #include "miscadmin.h"
 #include "postmaster/bgworker.h"
 #include "storage/latch.h"
+#include "utils/array.h"
 #include "utils/timestamp.h"
 
 #include "sluice.h"
@@ -23,14 +25,17 @@ static bool wake_at_commit = false;
 static bool xact_callback_registered = false;
 
 /*
- * Reserve a free slot for a pipeline.  Returns -1 when the pipeline already
- * has a slot (a worker runs it, or is about to) or no slot is free; the
- * caller tells which by slot_pipeline_busy().
+ * Reserve a free slot for a pipeline, which may hold max_per_pipeline
+ * slots at most.  Returns -1 when it holds that many already (its workers
+ * run it, or are about to), when a run_once() call holds one, or when no
+ * slot is free; the caller tells which by slot_pipeline_busy().
  */
 int
-slot_reserve(int32 pipeline_id, Oid owner, pid_t waiter, uint64 *generation)
+slot_reserve(int32 pipeline_id, Oid owner, pid_t waiter, int max_per_pipeline, uint64 *generation)
 {
 	int			found = -1;
+	int			held = 0;
+	bool		run_once = false;
 
 	LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
 	for (int i = 0; i < sluice_max_workers; i++)
@@ -39,12 +44,14 @@ slot_reserve(int32 pipeline_id, Oid owner, pid_t waiter, uint64 *generation)
 
 		if (slot->pipeline_id == pipeline_id)
 		{
-			found = -1;
-			break;
+			held++;
+			run_once |= slot->waiter_pid != 0;
 		}
 		if (slot->pipeline_id == 0 && found < 0)
 			found = i;
 	}
+	if (held >= max_per_pipeline || run_once)
+		found = -1;
 	if (found >= 0)
 	{
 		SluiceSlot *slot = &sluice_shared->slots[found];
@@ -59,6 +66,69 @@ slot_reserve(int32 pipeline_id, Oid owner, pid_t waiter, uint64 *generation)
 	}
 	LWLockRelease(sluice_shared->lock);
 	return found;
+}
+
+/* Ask the worker of a slot to exit once its batch in flight is done. */
+void
+slot_retire(int slotno, uint64 generation)
+{
+	SluiceSlot *slot = &sluice_shared->slots[slotno];
+
+	LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
+	if (slot->generation == generation)
+	{
+		slot->retire = true;
+		if (slot->latch)
+			SetLatch(slot->latch);
+	}
+	LWLockRelease(sluice_shared->lock);
+}
+
+/*
+ * The batches the live workers of a pipeline hold, but for mine (NULL:
+ * none), into elems if not NULL; returns how many.
+ */
+static int
+slot_held_batches(int32 pipeline_id, SluiceSlot *mine, Datum *elems)
+{
+	int			n = 0;
+
+	LWLockAcquire(sluice_shared->lock, LW_SHARED);
+	for (int i = 0; i < sluice_max_workers; i++)
+	{
+		SluiceSlot *slot = &sluice_shared->slots[i];
+
+		if (slot != mine && slot->pipeline_id == pipeline_id && slot->worker_pid != 0 &&
+			slot->current_batch > 0)
+		{
+			if (elems)
+				elems[n] = Int64GetDatum(slot->current_batch);
+			n++;
+		}
+	}
+	LWLockRelease(sluice_shared->lock);
+	return n;
+}
+
+/* How many workers of a pipeline hold a batch now. */
+int
+slot_batches_in_flight(int32 pipeline_id)
+{
+	return slot_held_batches(pipeline_id, NULL, NULL);
+}
+
+/*
+ * The batches that the other live workers of a pipeline hold, as an int8[]:
+ * a planner does not take them again, and a batch waiting for its turn to
+ * commit waits for them.
+ */
+Datum
+slot_leases(int32 pipeline_id, SluiceSlot *mine)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * Max(sluice_max_workers, 1));
+	int			n = slot_held_batches(pipeline_id, mine, elems);
+
+	return PointerGetDatum(construct_array(elems, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 }
 
 /* Free a slot, unless it was reserved again meanwhile. */
@@ -103,12 +173,12 @@ slot_pipeline_busy(int32 pipeline_id)
 }
 
 /*
- * A pipeline's live values, as its worker (connected as the owner) saw
- * them, under the lock held exclusively.  When the table is full, the
- * pipeline looked at longest ago makes room.
+ * A pipeline's live values, under the lock held exclusively; owner is who
+ * may see them (its workers connect as the owner).  When the table is
+ * full, the pipeline looked at longest ago makes room.
  */
 static SluicePipelineStats *
-stats_entry(int32 pipeline_id)
+stats_entry(int32 pipeline_id, Oid owner)
 {
 	SluicePipelineStats *entry = NULL;
 
@@ -130,7 +200,7 @@ stats_entry(int32 pipeline_id)
 		memset(entry, 0, sizeof(*entry));
 		entry->pipeline_id = pipeline_id;
 	}
-	entry->owner = GetSessionUserId();
+	entry->owner = owner;
 	entry->updated_at = GetCurrentTimestamp();
 	return entry;
 }
@@ -139,7 +209,7 @@ void
 stats_set_backlog(int32 pipeline_id, int64 backlog)
 {
 	LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
-	stats_entry(pipeline_id)->backlog = backlog;
+	stats_entry(pipeline_id, GetSessionUserId())->backlog = backlog;
 	LWLockRelease(sluice_shared->lock);
 }
 
@@ -147,13 +217,36 @@ void
 stats_set_throttled(int32 pipeline_id, const char *why)
 {
 	LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
-	strlcpy(stats_entry(pipeline_id)->throttled_by, why ? why : "", sizeof(((SluicePipelineStats *) 0)->throttled_by));
+	strlcpy(stats_entry(pipeline_id, GetSessionUserId())->throttled_by, why ? why : "",
+			sizeof(((SluicePipelineStats *) 0)->throttled_by));
 	LWLockRelease(sluice_shared->lock);
 }
 
-/* A pipeline's live values (throttled_by: 128 bytes); false if no worker looked. */
+/* A worker spent busy_us on a batch (or on a plan that found nothing). */
+void
+stats_add_batch(int32 pipeline_id, bool committed, int64 busy_us)
+{
+	SluicePipelineStats *s;
+
+	LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
+	s = stats_entry(pipeline_id, GetSessionUserId());
+	s->batches += committed ? 1 : 0;
+	s->busy_us += busy_us;
+	LWLockRelease(sluice_shared->lock);
+}
+
+/* The autoscaler's choice (the launcher). */
+void
+stats_set_desired(int32 pipeline_id, Oid owner, int desired)
+{
+	LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
+	stats_entry(pipeline_id, owner)->desired_workers = desired;
+	LWLockRelease(sluice_shared->lock);
+}
+
+/* A copy of a pipeline's live values; false if nothing looked at it yet. */
 bool
-stats_get(int32 pipeline_id, int64 *backlog, char *throttled_by, Oid *owner)
+stats_get(int32 pipeline_id, SluicePipelineStats *stats)
 {
 	bool		found = false;
 
@@ -161,9 +254,7 @@ stats_get(int32 pipeline_id, int64 *backlog, char *throttled_by, Oid *owner)
 	for (int i = 0; i < SLUICE_MAX_PIPELINE_STATS && !found; i++)
 		if (sluice_shared->stats[i].pipeline_id == pipeline_id)
 		{
-			*backlog = sluice_shared->stats[i].backlog;
-			strlcpy(throttled_by, sluice_shared->stats[i].throttled_by, sizeof(sluice_shared->stats[i].throttled_by));
-			*owner = sluice_shared->stats[i].owner;
+			*stats = sluice_shared->stats[i];
 			found = true;
 		}
 	LWLockRelease(sluice_shared->lock);

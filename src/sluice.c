@@ -59,6 +59,7 @@ sluice_shmem_startup(void)
 	{
 		memset(sluice_shared, 0, sluice_shmem_size());
 		sluice_shared->lock = &(GetNamedLWLockTranche("sluice"))->lock;
+		ConditionVariableInit(&sluice_shared->batch_committed);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -96,7 +97,7 @@ _PG_init(void)
 							   PGC_POSTMASTER, 0, NULL, NULL, NULL);
 	DefineCustomIntVariable("sluice.max_workers",
 							"Maximum number of sluice pipeline workers running at once.",
-							"Each running pipeline and each sluice.run_once() call uses one; "
+							"Each worker of a running pipeline and each sluice.run_once() call uses one; "
 							"they also count against max_worker_processes.",
 							&sluice_max_workers, 4, 1, 1024,
 							PGC_POSTMASTER, 0, NULL, NULL, NULL);

@@ -13,6 +13,7 @@
 #include "nodes/pg_list.h"
 #include "utils/jsonb.h"
 #include "storage/itemptr.h"
+#include "storage/condition_variable.h"
 #include "storage/lwlock.h"
 #include "storage/latch.h"
 #include "utils/timestamp.h"
@@ -47,7 +48,9 @@ typedef struct SluiceSlot
 	bool		connected;		/* the worker connected to its database */
 	bool		finished;		/* ... and it ended its loop normally */
 	int64		batches_committed;
-	int64		current_batch;
+	int64		current_batch;	/* the batch it holds (its lease), from its plan on; 0 for none */
+	bool		retire;			/* the launcher scales down: exit after the batch in flight */
+	Latch	   *latch;			/* the worker's, to tell it so */
 	bool		failed;
 	int			sqlerrcode;
 	char		message[SLUICE_MSG_LEN];
@@ -68,6 +71,9 @@ typedef struct SluicePipelineStats
 	Oid			owner;			/* who may see it (and pg_read_all_stats) */
 	int64		backlog;
 	char		throttled_by[128];	/* why backpressure holds it back, "" if nothing */
+	int64		batches;		/* committed by its workers since the server started */
+	int64		busy_us;		/* time its workers spent in batches, planning included */
+	int			desired_workers;	/* the launcher's autoscaler's choice, 0 before it chose */
 	TimestampTz updated_at;
 } SluicePipelineStats;
 
@@ -77,6 +83,7 @@ typedef struct SluicePipelineStats
 typedef struct SluiceShared
 {
 	LWLock	   *lock;
+	ConditionVariable batch_committed;	/* broadcast after every batch's commit */
 	Latch	   *launcher_latch;
 	bool		owners_known;	/* the launcher has read them since startup */
 	int			n_owners;
@@ -101,13 +108,19 @@ typedef struct SluiceWorkerArgs
 
 /* shmem.c */
 extern void sluice_shmem_init(void);
-extern int	slot_reserve(int32 pipeline_id, Oid owner, pid_t waiter, uint64 *generation);
+extern int	slot_reserve(int32 pipeline_id, Oid owner, pid_t waiter, int max_per_pipeline,
+						 uint64 *generation);
+extern void slot_retire(int slotno, uint64 generation);
+extern Datum slot_leases(int32 pipeline_id, SluiceSlot *mine);
+extern int	slot_batches_in_flight(int32 pipeline_id);
 extern void slot_release(int slotno, uint64 generation);
 extern bool slot_pipeline_busy(int32 pipeline_id);
 extern bool slot_never_connected(int slotno, uint64 generation);
 extern void stats_set_backlog(int32 pipeline_id, int64 backlog);
 extern void stats_set_throttled(int32 pipeline_id, const char *why);
-extern bool stats_get(int32 pipeline_id, int64 *backlog, char *throttled_by, Oid *owner);
+extern void stats_add_batch(int32 pipeline_id, bool committed, int64 busy_us);
+extern void stats_set_desired(int32 pipeline_id, Oid owner, int desired);
+extern bool stats_get(int32 pipeline_id, SluicePipelineStats *stats);
 extern void owners_set(List *owners);
 extern void owners_add(Oid owner);
 extern bool owners_contains(Oid owner);

@@ -41,6 +41,7 @@ worker_detach(int code, Datum arg)
 	if (slot->generation == my_generation)
 	{
 		slot->worker_pid = 0;
+		slot->latch = NULL;
 		slot->worker_done = true;
 		if (slot->waiter_pid == 0)
 			slot->pipeline_id = 0;
@@ -49,6 +50,18 @@ worker_detach(int code, Datum arg)
 	if (sluice_shared->launcher_latch)
 		SetLatch(sluice_shared->launcher_latch);
 	LWLockRelease(sluice_shared->lock);
+}
+
+/* Whether the launcher asked us to go: it scales the pipeline down. */
+static bool
+worker_retiring(SluiceSlot *slot)
+{
+	bool		retire;
+
+	LWLockAcquire(sluice_shared->lock, LW_SHARED);
+	retire = slot->retire;
+	LWLockRelease(sluice_shared->lock);
+	return retire;
 }
 
 /* Run a statement about this pipeline in a transaction of its own. */
@@ -98,6 +111,7 @@ sluice_worker_main(Datum arg)
 		proc_exit(0);
 	}
 	slot->worker_pid = MyProcPid;
+	slot->latch = MyLatch;
 	LWLockRelease(sluice_shared->lock);
 	before_shmem_exit(worker_detach, 0);
 
@@ -136,6 +150,9 @@ sluice_worker_main(Datum arg)
 		TimestampTz next;
 		BatchOutcome outcome;
 
+		/* scaled down: go between batches */
+		if (worker_retiring(slot))
+			break;
 		outcome = batch_run(&run);
 		if (outcome == BATCH_FAILED || outcome == BATCH_STOP)
 			break;
@@ -167,7 +184,7 @@ sluice_worker_main(Datum arg)
 				ConfigReloadPending = false;
 				ProcessConfigFile(PGC_SIGHUP);
 			}
-			if (wait_ms <= 0)
+			if (wait_ms <= 0 || worker_retiring(slot))
 				break;
 			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 							 wait_ms, PG_WAIT_EXTENSION);

@@ -674,10 +674,18 @@ kafka_plan(void *state, Pipeline *p, int64 batch_id, int64 *limit, int64 *backlo
 	stored = palloc(sizeof(int64) * Max(count, 1));
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), KAFKA_REQUEST_TIMEOUT_MS);
 
-	/* where each partition's next batch starts (-1: not seen yet) */
+	/*
+	 * Where each partition's next batch starts (-1: not seen yet): where the
+	 * committed batches left it, or, when other workers hold planned batches
+	 * that read it, where the last of those ends (they commit in order).
+	 */
 	for (int i = 0; i < count; i++)
 		stored[i] = -1;
-	catalog_exec("SELECT partition, next_offset FROM sluice.kafka_offset WHERE pipeline_id = $1 AND topic = $2",
+	catalog_exec("SELECT o.partition, greatest(o.next_offset, max((b.slice->'end'->$2->>o.partition::text)::int8))"
+				 " FROM sluice.kafka_offset AS o"
+				 " LEFT JOIN sluice.batch AS b ON b.pipeline_id = o.pipeline_id AND b.status = 'planned'"
+				 "  AND b.slice->'end'->$2 ? o.partition::text"
+				 " WHERE o.pipeline_id = $1 AND o.topic = $2 GROUP BY o.partition, o.next_offset",
 				 2, (Oid[]) {INT4OID, TEXTOID}, values, NULL, SPI_OK_SELECT);
 	first = SPI_processed == 0;
 	for (uint64 i = 0; i < SPI_processed; i++)
