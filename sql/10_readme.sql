@@ -20,7 +20,8 @@ RESET client_min_messages;
 \i :dir/block.sql
 \unset ON_ERROR_STOP
 \o
-SELECT name, state, batches, input_rows, last_error FROM sluice.pipelines;
+-- how many batches depends on whether the started worker planned one before stop()
+SELECT name, state, batches > 0 AS batches_ran, input_rows, last_error FROM sluice.pipelines;
 SELECT count(*) AS rows, count(DISTINCT transaction_id) AS ids FROM bank_transactions;
 
 -- the same once the worker is surely up: run_once() waits for it to exit
@@ -30,7 +31,8 @@ SELECT wait_until($$(SELECT worker_pid IS NOT NULL FROM sluice.pipelines WHERE n
 \! perl test/gen_bank.pl "$SLUICE_TEST_DIR"/readme/bank2 2 50 301 8 >/dev/null && mv "$SLUICE_TEST_DIR"/readme/bank2/bank_00001.csv "$SLUICE_TEST_DIR"/readme/bank/more_1.csv && mv "$SLUICE_TEST_DIR"/readme/bank2/bank_00002.csv "$SLUICE_TEST_DIR"/readme/bank/more_2.csv
 SELECT sluice.stop('bank_ingest');
 SELECT sluice.run_once('bank_ingest');
-SELECT name, state, batches, input_rows, last_error FROM sluice.pipelines;
+-- how many batches depends on whether the started worker planned one before stop()
+SELECT name, state, batches > 0 AS batches_ran, input_rows, last_error FROM sluice.pipelines;
 SELECT count(*) AS rows, count(DISTINCT transaction_id) AS ids FROM bank_transactions;
 DROP FUNCTION wait_until(text);
 SELECT sluice.drop_pipeline('bank_ingest');

@@ -1,9 +1,9 @@
 \echo Use "ALTER EXTENSION sluice UPDATE TO '0.4'" to load this file. \quit
 
--- 0.3 -> 0.4: limits per trigger, backpressure and autoscaling.  csv_source() takes
+-- 0.3 -> 0.4: limits per trigger, backpressure, autoscaling and retries with backoff.  csv_source() takes
 -- max_bytes_per_trigger; kafka_source() takes max_rate_per_partition,
 -- min_offsets_per_trigger and max_trigger_delay; create_pipeline() takes
--- backpressure, and progress() shows each batch's size_limit.  New
+-- backpressure, and progress() shows each batch's size_limit and backlog.  New
 -- parameters and result columns make new functions: the old ones are
 -- dropped, and what was granted on them (kafka_source() is granted by a
 -- superuser) is given to the new ones as it was.  The ACL is copied rather
@@ -18,6 +18,12 @@ ALTER TABLE sluice.batch ADD COLUMN size_limit bigint;
 ALTER TABLE sluice.pipeline ADD COLUMN min_workers int NOT NULL DEFAULT 1,
                             ADD COLUMN max_workers int NOT NULL DEFAULT 1,
                             ADD CHECK (min_workers >= 1 AND max_workers >= min_workers);
+-- transient failures in a row before a pipeline fails; NULL: no end
+ALTER TABLE sluice.pipeline ADD COLUMN max_retries int CHECK (max_retries >= 0);
+-- progress_json(): a stable id for each pipeline, one for each run, and what each plan left
+ALTER TABLE sluice.pipeline ADD COLUMN uid uuid NOT NULL DEFAULT gen_random_uuid(),
+                            ADD COLUMN run_id uuid;
+ALTER TABLE sluice.batch ADD COLUMN run_id uuid, ADD COLUMN backlog bigint;
 
 CREATE TEMPORARY TABLE pg_temp.sluice_acl AS
 SELECT p.proname, p.proacl FROM pg_catalog.pg_proc AS p
@@ -298,7 +304,8 @@ CREATE FUNCTION sluice.create_pipeline(name text, source jsonb, sink jsonb,
                                        watermark_delay interval DEFAULT NULL,
                                        backpressure boolean DEFAULT true,
                                        min_workers int DEFAULT 1,
-                                       max_workers int DEFAULT 1)
+                                       max_workers int DEFAULT 1,
+                                       max_retries int DEFAULT NULL)
 RETURNS void LANGUAGE C VOLATILE
 AS 'MODULE_PATHNAME', 'sluice_create_pipeline';
 COMMENT ON FUNCTION sluice.create_pipeline IS 'create a stopped pipeline from a source, through an optional transform, to a sink';
@@ -310,7 +317,7 @@ RETURNS TABLE (batch_id bigint, status text, attempts int, files int, input_rows
                next_watermark timestamptz, event_time_min timestamptz, event_time_max timestamptz,
                state_rows_total bigint, state_rows_updated bigint, state_rows_removed bigint, rows_per_second numeric, duration_ms jsonb,
                start_offset jsonb, end_offset jsonb,
-               planned_at timestamptz, committed_at timestamptz, size_limit bigint)
+               planned_at timestamptz, committed_at timestamptz, size_limit bigint, backlog bigint)
 LANGUAGE plpgsql STABLE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -330,7 +337,7 @@ BEGIN
            b.durations,
            coalesce(b.slice->'start', jsonb_build_object('log_offset', b.batch_id - 1)),
            sluice._batch_offsets(b.pipeline_id, b.batch_id),
-           b.planned_at, b.committed_at, b.size_limit
+           b.planned_at, b.committed_at, b.size_limit, b.backlog
       FROM sluice.batch AS b
      WHERE b.pipeline_id = pid
      ORDER BY b.batch_id DESC
@@ -338,6 +345,67 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION sluice.progress IS 'the last n batches of a pipeline, newest first, with Spark-like progress fields';
+
+-- Spark's StreamingQueryProgress of the last n batches, newest first, from
+-- sluice.batch (what progress() shows, in Spark's names and shape)
+CREATE FUNCTION sluice.progress_json(name text, n int DEFAULT 1)
+RETURNS SETOF jsonb LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p sluice.pipeline;
+BEGIN
+    SELECT * INTO p FROM sluice.pipeline AS x WHERE x.name = progress_json.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pipeline "%" does not exist', progress_json.name USING ERRCODE = 'undefined_object';
+    END IF;
+    RETURN QUERY
+    SELECT jsonb_strip_nulls(jsonb_build_object(
+               'id', p.uid, 'runId', b.run_id, 'name', p.name,
+               'timestamp', to_char(b.planned_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+               'batchId', b.batch_id,
+               'numInputRows', b.input_rows,
+               'inputRowsPerSecond', round(b.input_rows / nullif(extract(epoch FROM b.planned_at - b.prev_planned_at), 0), 1),
+               'processedRowsPerSecond', round(b.input_rows * 1000.0 / nullif((b.durations->>'total')::numeric, 0), 1),
+               'durationMs', jsonb_build_object('triggerExecution', (b.durations->>'total')::numeric,
+                                                'queryPlanning', (b.durations->>'plan')::numeric,
+                                                'addBatch', (b.durations->>'write')::numeric),
+               'eventTime', CASE WHEN p.event_time IS NOT NULL THEN jsonb_build_object(
+                   'min', to_char(b.event_time_min AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+                   'max', to_char(b.event_time_max AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+                   'watermark', to_char(b.watermark AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')) END,
+               'stateOperators', CASE WHEN p.state_table IS NOT NULL THEN jsonb_build_array(jsonb_build_object(
+                   'operatorName', 'window',
+                   'numRowsTotal', b.state_rows_total, 'numRowsUpdated', b.state_rows_updated,
+                   'numRowsRemoved', b.state_rows_removed,
+                   'numRowsDroppedByWatermark', b.num_rows_dropped_by_watermark,
+                   'memoryUsedBytes', pg_total_relation_size(p.state_table))) END,
+               'sources', jsonb_build_array(jsonb_build_object(
+                   'description', CASE p.source->>'type'
+                                  WHEN 'kafka' THEN format('KafkaV2[Subscribe[%s]]', p.source->>'topic')
+                                  ELSE format('FileStreamSource[%s]', p.source->>'dir') END,
+                   'startOffset', coalesce(b.slice->'start', jsonb_build_object('log_offset', b.batch_id - 1)),
+                   'endOffset', sluice._batch_offsets(b.pipeline_id, b.batch_id),
+                   'numInputRows', b.input_rows,
+                   'inputRowsPerSecond', round(b.input_rows / nullif(extract(epoch FROM b.planned_at - b.prev_planned_at), 0), 1),
+                   'processedRowsPerSecond', round(b.input_rows * 1000.0 / nullif((b.durations->>'total')::numeric, 0), 1),
+                   'metrics', CASE p.source->>'type'
+                              WHEN 'kafka' THEN jsonb_build_object('offsetsBehindLatest', b.backlog,
+                                  'avgOffsetsBehindLatest',
+                                  round(b.backlog::numeric / nullif((SELECT count(*) FROM jsonb_object_keys(b.slice->'end'->(p.source->>'topic'))), 0), 1))
+                              ELSE jsonb_build_object('filesBehindLatest', b.backlog) END)),
+               'sink', jsonb_build_object(
+                   'description', format('%sSink[%s]', initcap(p.sink->>'type'), coalesce(p.target::text, p.sink_function)),
+                   'numOutputRows', b.sink_rows)))
+      FROM (SELECT x.*, lag(x.planned_at) OVER (ORDER BY x.batch_id) AS prev_planned_at
+              FROM sluice.batch AS x
+             WHERE x.pipeline_id = p.id AND x.status = 'committed'
+             ORDER BY x.batch_id DESC LIMIT progress_json.n + 1) AS b
+     ORDER BY b.batch_id DESC
+     LIMIT progress_json.n;
+END
+$$;
+COMMENT ON FUNCTION sluice.progress_json IS 'the last n committed batches of a pipeline, newest first, each shaped like Spark''s StreamingQueryProgress';
 
 UPDATE pg_catalog.pg_proc AS p SET proacl = a.proacl
   FROM pg_temp.sluice_acl AS a
@@ -423,15 +491,13 @@ BEGIN
 END
 $$;
 
--- why backpressure held a pipeline back at its last plan (shared memory)
-CREATE FUNCTION sluice._throttled_by(pipeline_id int)
-RETURNS text LANGUAGE C VOLATILE STRICT
-AS 'MODULE_PATHNAME', 'sluice_throttled_by';
-
--- how many workers the launcher's autoscaler wants a pipeline to have (shared memory)
-CREATE FUNCTION sluice._desired_workers(pipeline_id int)
-RETURNS int LANGUAGE C VOLATILE STRICT
-AS 'MODULE_PATHNAME', 'sluice_desired_workers';
+-- what shared memory knows of a pipeline now: why backpressure held it back
+-- at its last plan, how many workers the autoscaler wants, and a batch that
+-- failed for a while
+CREATE FUNCTION sluice._live(pipeline_id int, OUT throttled_by text, OUT desired_workers int,
+                             OUT attempts int, OUT next_retry_at timestamptz)
+RETURNS record LANGUAGE C VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'sluice_live';
 
 -- which sluice.pipelines shows
 CREATE OR REPLACE VIEW sluice.pipelines WITH (security_invoker = true) AS
@@ -454,16 +520,30 @@ SELECT p.name,
        sluice._backlog(p.id) AS files_pending,
        err.message AS last_error,
        err.at AS last_error_at,
-       sluice._throttled_by(p.id) AS throttled_by,
+       live.throttled_by,
        w.workers,
-       sluice._desired_workers(p.id) AS desired_workers
+       live.desired_workers,
+       live.attempts,
+       live.next_retry_at,
+       round(minute.input_rows / 60.0, 1) AS input_rows_per_second,
+       round(minute.input_rows * 1000.0 / nullif(minute.ms, 0), 1) AS processed_rows_per_second,
+       sluice._backlog(p.id) AS backlog,
+       last.event_time_max - p.watermark AS watermark_lag,
+       last.state_rows_total AS state_rows
   FROM sluice.pipeline AS p
+  CROSS JOIN LATERAL sluice._live(p.id) AS live
   LEFT JOIN LATERAL (SELECT min(w.pid) AS pid, min(w.current_batch) AS current_batch, count(*) AS workers
                        FROM sluice._workers() AS w WHERE w.pipeline_id = p.id) AS w ON true
-  LEFT JOIN LATERAL (SELECT b.batch_id, b.committed_at, b.input_rows, b.durations
+  LEFT JOIN LATERAL (SELECT b.batch_id, b.committed_at, b.input_rows, b.durations, b.event_time_max,
+                            b.state_rows_total
                        FROM sluice.batch AS b
                       WHERE b.pipeline_id = p.id AND b.status = 'committed'
                       ORDER BY b.batch_id DESC LIMIT 1) AS last ON true
+  LEFT JOIN LATERAL (SELECT sum(b.input_rows) AS input_rows, sum((b.durations->>'total')::numeric) AS ms
+                       FROM (SELECT x.input_rows, x.durations, x.committed_at FROM sluice.batch AS x
+                              WHERE x.pipeline_id = p.id AND x.status = 'committed'
+                              ORDER BY x.batch_id DESC LIMIT 6000) AS b   -- batches commit in order
+                      WHERE b.committed_at > now() - interval '1 minute') AS minute ON true
   LEFT JOIN LATERAL (SELECT count(*) AS batches, coalesce(sum(b.input_rows), 0) AS input_rows
                        FROM sluice.batch AS b
                       WHERE b.pipeline_id = p.id AND b.status = 'committed') AS total ON true

@@ -90,7 +90,8 @@ check_workers(const char *name, bool min_null, int min_workers, bool max_null, i
 
 /*
  * sluice.create_pipeline(name, source, sink, trigger, transform, event_time,
- *		watermark_delay, backpressure, min_workers, max_workers) returns void
+ *		watermark_delay, backpressure, min_workers, max_workers, max_retries)
+ *		returns void
  *
  * sluice._pipeline_row() checks everything as the caller and returns the
  * catalog values; we store them as the extension's owner, with the caller
@@ -103,10 +104,10 @@ sluice_create_pipeline(PG_FUNCTION_ARGS)
 	Oid			argtypes[7] = {TEXTOID, JSONBOID, JSONBOID, TEXTOID, TEXTOID, TEXTOID, INTERVALOID};
 	Datum		args[7];
 	char		argnulls[7];
-	Oid			rowtypes[14] = {TEXTOID, REGROLEOID, JSONBOID, JSONBOID, REGCLASSOID, REGCLASSOID, TEXTOID,
-		TEXTOID, TEXTOID, TEXTOID, INTERVALOID, BOOLOID, INT4OID, INT4OID};
-	Datum		row[14];
-	char		rownulls[14];
+	Oid			rowtypes[15] = {TEXTOID, REGROLEOID, JSONBOID, JSONBOID, REGCLASSOID, REGCLASSOID, TEXTOID,
+		TEXTOID, TEXTOID, TEXTOID, INTERVALOID, BOOLOID, INT4OID, INT4OID, INT4OID};
+	Datum		row[15];
+	char		rownulls[15];
 	bool		isnull;
 	bool		window;
 	Datum		cols;
@@ -150,6 +151,14 @@ sluice_create_pipeline(PG_FUNCTION_ARGS)
 	if (PG_NARGS() > 9)
 		check_workers(TextDatumGetCString(args[0]), PG_ARGISNULL(8), DatumGetInt32(row[12]),
 					  PG_ARGISNULL(9), DatumGetInt32(row[13]));
+	/* max_retries: transient failures in a row before the pipeline fails; NULL for no end */
+	row[14] = PG_NARGS() > 10 && !PG_ARGISNULL(10) ? PG_GETARG_DATUM(10) : (Datum) 0;
+	rownulls[14] = PG_NARGS() > 10 && !PG_ARGISNULL(10) ? ' ' : 'n';
+	if (rownulls[14] == ' ' && DatumGetInt32(row[14]) < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_retries of pipeline \"%s\" must not be negative", TextDatumGetCString(args[0])),
+				 errhint("NULL retries a batch that fails for a while for ever.")));
 	cols = spi_datum(0, 6, &isnull);	/* the columns the sink receives */
 	window = DatumGetBool(spi_datum(0, 7, &isnull));
 
@@ -159,9 +168,10 @@ sluice_create_pipeline(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("pipeline \"%s\" already exists", TextDatumGetCString(args[0]))));
 	catalog_exec("INSERT INTO sluice.pipeline (name, owner, source, sink, target, late_rows, sink_function,"
-				 "  trigger, transform, event_time, watermark_delay, backpressure, min_workers, max_workers)"
-				 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id",
-				 14, rowtypes, row, rownulls, SPI_OK_INSERT_RETURNING);
+				 "  trigger, transform, event_time, watermark_delay, backpressure, min_workers, max_workers,"
+				 "  max_retries)"
+				 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id",
+				 15, rowtypes, row, rownulls, SPI_OK_INSERT_RETURNING);
 	id = DatumGetInt32(spi_datum(0, 1, &isnull));
 	owners_add(GetUserId());
 	sluice_wake_launcher();		/* which keeps the owners from the catalog */
@@ -293,8 +303,11 @@ sluice_set_state(PG_FUNCTION_ARGS)
 	}
 	else
 	{
+		/* a new run when it starts (progress_json's runId) */
 		values[1] = PG_GETARG_DATUM(1);
-		catalog_exec("UPDATE sluice.pipeline SET state = $2 WHERE id = $1", 2,
+		catalog_exec("UPDATE sluice.pipeline SET state = $2,"
+					 "  run_id = CASE WHEN $2 = 'running' AND state <> 'running' THEN gen_random_uuid() ELSE run_id END"
+					 " WHERE id = $1", 2,
 					 (Oid[]) {INT4OID, TEXTOID}, values, NULL, SPI_OK_UPDATE);
 	}
 	SPI_finish();
@@ -374,38 +387,39 @@ sluice_backlog(PG_FUNCTION_ARGS)
 }
 
 /*
- * sluice._throttled_by(pipeline_id int) returns text
+ * sluice._live(pipeline_id int) returns (throttled_by text, desired_workers
+ *		int, attempts int, next_retry_at timestamptz)
  *
- * Why backpressure holds the pipeline's batches back at its last plan (the
- * database under pressure), from shared memory; NULL when nothing does, or
- * when the caller may not see the pipeline.
+ * From shared memory: why backpressure held the pipeline's batches back at
+ * its last plan (the database under pressure), how many workers the
+ * launcher's autoscaler wants it to have, and the attempts of a batch that
+ * failed for a while and when it is tried again.  Each is NULL when there
+ * is nothing to say, or when the caller may not see the pipeline.
  */
-PG_FUNCTION_INFO_V1(sluice_throttled_by);
+PG_FUNCTION_INFO_V1(sluice_live);
 Datum
-sluice_throttled_by(PG_FUNCTION_ARGS)
+sluice_live(PG_FUNCTION_ARGS)
 {
-	SluicePipelineStats s;
+	TupleDesc	desc;
+	Datum		values[4] = {0};
+	bool		nulls[4] = {true, true, true, true};
+	SluicePipelineStats st;
 
-	if (!stats_get(PG_GETARG_INT32(0), &s) || !may_see_pipeline(s.owner) || s.throttled_by[0] == '\0')
-		PG_RETURN_NULL();
-	PG_RETURN_TEXT_P(cstring_to_text(s.throttled_by));
-}
-
-/*
- * sluice._desired_workers(pipeline_id int) returns int
- *
- * How many workers the launcher's autoscaler wants the pipeline to have;
- * NULL before it chose, or when the caller may not see the pipeline.
- */
-PG_FUNCTION_INFO_V1(sluice_desired_workers);
-Datum
-sluice_desired_workers(PG_FUNCTION_ARGS)
-{
-	SluicePipelineStats s;
-
-	if (!stats_get(PG_GETARG_INT32(0), &s) || !may_see_pipeline(s.owner) || s.desired_workers == 0)
-		PG_RETURN_NULL();
-	PG_RETURN_INT32(s.desired_workers);
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "sluice._live() must return a record");
+	if (stats_get(PG_GETARG_INT32(0), &st) && may_see_pipeline(st.owner))
+	{
+		if (st.throttled_by[0] != '\0')
+			values[0] = CStringGetTextDatum(st.throttled_by);
+		nulls[0] = st.throttled_by[0] == '\0';
+		values[1] = Int32GetDatum(st.desired_workers);
+		nulls[1] = st.desired_workers == 0;
+		values[2] = Int32GetDatum(st.attempts);
+		nulls[2] = st.attempts == 0;
+		values[3] = TimestampTzGetDatum(st.next_retry_at);
+		nulls[3] = st.next_retry_at == 0;
+	}
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls)));
 }
 
 /*

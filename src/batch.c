@@ -168,7 +168,7 @@ pipeline_load(int32 id)
 					 "  CASE WHEN p.trigger = 'available_now' THEN 0"
 					 "       ELSE (extract(epoch FROM p.trigger::interval) * 1000)::int8 END,"
 					 "  p.source, sluice._sink(p), p.target::oid, p.transform,"
-					 "  p.source->>'type', p.sink->>'type', p.backpressure"
+					 "  p.source->>'type', p.sink->>'type', p.backpressure, coalesce(p.max_retries, -1)"
 					 " FROM sluice.pipeline AS p WHERE p.id = $1",
 					 1, (Oid[]) {INT4OID}, &value, NULL, SPI_OK_SELECT) == 0)
 		return NULL;
@@ -191,6 +191,7 @@ pipeline_load(int32 id)
 	p->isolate_rows = on_error != NULL && strcmp(on_error, "fail") != 0;
 	p->keep_rejects = on_error != NULL && strcmp(on_error, "reject") == 0;
 	p->backpressure = DatumGetBool(spi_datum(0, 10, &isnull));
+	p->max_retries = DatumGetInt32(spi_datum(0, 11, &isnull));
 	return p;
 }
 
@@ -220,7 +221,7 @@ batch_check_catalog(PipelineRun *run, Pipeline *p)
 	if ((SPI_processed == 1 && strcmp(spi_text(0, 1), "t") == 0) ||
 		(p->source_routine->offsets_missing && p->source_routine->offsets_missing(run->id)))
 		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_IN_USE),
+				(errcode(ERRCODE_SLUICE_CATALOG_INCOMPLETE),
 				 errmsg("the catalog of pipeline \"%s\" is not whole yet", run->name),
 				 errdetail("Its committed batches, their files or offsets, or its state table's unique index are missing, as while pg_restore loads a dump."),
 				 errhint("The batch is tried again later.")));
@@ -307,10 +308,10 @@ batch_wait_turn(PipelineRun *run, Batch *b)
 			continue;
 		if (!leased)
 			ereport(ERROR,
-					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					(errcode(ERRCODE_SLUICE_OUT_OF_TURN),
 					 errmsg("batch " INT64_FORMAT " of pipeline \"%s\" must commit after batch " INT64_FORMAT ", which no worker holds",
 							b->id, run->name, before),
-					 errdetail("Batches of a pipeline commit in order; both are tried again.")));
+					 errdetail("Batches of a pipeline commit in order; the earlier one is taken up at once.")));
 		/* woken by every commit; the timeout is a safety net */
 		(void) ConditionVariableTimedSleep(&sluice_shared->batch_committed, 100, PG_WAIT_EXTENSION);
 	}
@@ -325,8 +326,8 @@ batch_wait_turn(PipelineRun *run, Batch *b)
 static int64
 batch_plan(PipelineRun *run, int *attempts)
 {
-	Oid			types[4] = {INT4OID, INT8OID, JSONBOID, INT8OID};
-	Datum		values[4];
+	Oid			types[5] = {INT4OID, INT8OID, JSONBOID, INT8OID, INT8OID};
+	Datum		values[5];
 	Pipeline   *p;
 	int64		batch_id;
 	int64		backlog = 0;
@@ -346,6 +347,7 @@ batch_plan(PipelineRun *run, int *attempts)
 	run->trigger_ms = p->trigger_ms;
 	run->isolate_rows = p->isolate_rows;
 	run->backpressure = p->backpressure;
+	run->max_retries = p->max_retries;
 	batch_check_catalog(run, p);
 
 	/*
@@ -394,9 +396,11 @@ batch_plan(PipelineRun *run, int *attempts)
 	values[1] = Int64GetDatum(batch_id);
 	values[2] = slice ? JsonbPGetDatum(slice) : (Datum) 0;
 	values[3] = Int64GetDatum(limit);
-	catalog_exec("INSERT INTO sluice.batch (pipeline_id, batch_id, status, attempts, planned_at, slice, size_limit)"
-				 " VALUES ($1, $2, 'planned', 1, now(), $3, $4)",
-				 4, types, values, slice ? (limit ? "    " : "   n") : (limit ? "  n " : "  nn"),
+	values[4] = Int64GetDatum(run->backlog);
+	catalog_exec("INSERT INTO sluice.batch (pipeline_id, batch_id, status, attempts, planned_at, slice, size_limit,"
+				 "  run_id, backlog)"
+				 " SELECT $1, $2, 'planned', 1, now(), $3, $4, p.run_id, $5 FROM sluice.pipeline AS p WHERE p.id = $1",
+				 5, types, values, slice ? (limit ? "     " : "   n ") : (limit ? "  n  " : "  nn "),
 				 SPI_OK_INSERT);
 	*attempts = 1;
 	batch_lease(run, batch_id);
@@ -504,17 +508,28 @@ batch_process(PipelineRun *run, Batch *b, double plan_ms, bool careful)
 				 errmsg("batch " INT64_FORMAT " of pipeline \"%s\" was committed by another worker",
 						b->id, run->name)));
 
-	values[0] = CStringGetTextDatum(run->name);
-	catalog_exec("SELECT pg_notify('sluice_progress', $1)", 1, (Oid[]) {TEXTOID}, values, NULL,
-				 SPI_OK_SELECT);
+	/*
+	 * Any role may LISTEN (and NOTIFY): the payload says what happened,
+	 * never a row's data.  Far under the 8,000 bytes a payload may have.
+	 */
+	values[2] = CStringGetTextDatum(run->name);
+	values[3] = Int64GetDatum((int64) b->rows);
+	values[4] = Float8GetDatum(plan_ms + write_ms);
+	catalog_exec("SELECT pg_notify('sluice_progress', json_build_object('pipeline', $3, 'batch_id', $2,"
+				 "  'status', 'committed', 'input_rows', $4, 'duration_ms', round($5::numeric, 3),"
+				 "  'watermark', (SELECT next_watermark FROM sluice.batch WHERE pipeline_id = $1 AND batch_id = $2))::text)",
+				 5, (Oid[]) {INT4OID, INT8OID, TEXTOID, INT8OID, FLOAT8OID}, values, NULL, SPI_OK_SELECT);
 
 	crash_point("before_commit", b->attempts);
 	return true;
 }
 
-/* Record a failure in a fresh transaction, and in the worker's slot. */
+/*
+ * Record an error in sluice.error in a fresh transaction; with fail, also
+ * fail the pipeline and tell the worker's slot (a run_once() caller).
+ */
 static void
-batch_record_failure(PipelineRun *run, int64 batch_id, ErrorData *edata)
+batch_record_error(PipelineRun *run, int64 batch_id, ErrorData *edata, bool fail)
 {
 	Oid			types[7] = {INT4OID, INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
 	Datum		values[7];
@@ -538,12 +553,19 @@ batch_record_failure(PipelineRun *run, int64 batch_id, ErrorData *edata)
 	catalog_exec("INSERT INTO sluice.error (pipeline_id, batch_id, sqlstate, message, detail, hint, context)"
 				 " SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS (SELECT 1 FROM sluice.pipeline WHERE id = $1)",
 				 7, types, values, nulls, SPI_OK_INSERT);
-	catalog_exec("UPDATE sluice.pipeline SET state = 'failed' WHERE id = $1", 1, types, values, NULL,
-				 SPI_OK_UPDATE);
+	if (fail)
+		catalog_exec("UPDATE sluice.pipeline SET state = 'failed' WHERE id = $1", 1, types, values, NULL,
+					 SPI_OK_UPDATE);
+	/* the SQLSTATE only: the message may quote a row, and any role may LISTEN */
 	values[0] = CStringGetTextDatum(run->name);
-	catalog_exec("SELECT pg_notify('sluice_progress', $1)", 1, (Oid[]) {TEXTOID}, values, NULL,
+	values[3] = CStringGetTextDatum(fail ? "failed" : "retrying");
+	catalog_exec("SELECT pg_notify('sluice_progress', json_build_object('pipeline', $1, 'batch_id', $2,"
+				 "  'status', $4, 'error', $3)::text)",
+				 4, (Oid[]) {TEXTOID, INT8OID, TEXTOID, TEXTOID}, values, nulls[1] == 'n' ? " n  " : NULL,
 				 SPI_OK_SELECT);
 	xact_end();
+	if (!fail)
+		return;
 
 	LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
 	run->slot->failed = true;
@@ -584,8 +606,10 @@ batch_try(PipelineRun *run, bool careful, int64 *batch_id_out, ErrorData **edata
 
 		INSTR_TIME_SET_CURRENT(start);
 		run->backlog = -1;		/* unknown when a planned batch is replayed */
+		run->attempts = 0;
 		xact_begin("planning a batch");
 		batch_id = b.id = batch_plan(run, &b.attempts);
+		run->attempts = b.attempts;
 		xact_end();
 		INSTR_TIME_SET_CURRENT(elapsed);
 		INSTR_TIME_SUBTRACT(elapsed, start);
@@ -645,8 +669,47 @@ is_transient(int sqlerrcode)
 	return sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE ||
 		sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED ||
 		sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
-		sqlerrcode == ERRCODE_OBJECT_IN_USE ||
+		sqlerrcode == ERRCODE_SLUICE_FILE_CHANGED ||
+		sqlerrcode == ERRCODE_SLUICE_CATALOG_INCOMPLETE ||
 		sqlerrcode == ERRCODE_CONNECTION_FAILURE;	/* a stream's brokers out of reach */
+}
+
+/*
+ * A transient failure: tried again after 1 s, doubling at each failure in
+ * a row up to sluice.max_retry_delay, as Flink's exponential-delay restart
+ * strategy; recorded in sluice.errors (but while pg_restore loads the
+ * catalog) and shown, with the batch's attempts
+ * and when it is tried again, in sluice.pipelines.  Past the pipeline's
+ * max_retries it fails instead.  Returns whether it is tried again.
+ */
+static bool
+batch_retry_later(PipelineRun *run, int64 batch_id, ErrorData *edata)
+{
+	TimestampTz next;
+
+	run->retries++;
+	if (run->max_retries >= 0 && run->retries > run->max_retries)
+	{
+		edata->detail = psprintf("%s%sIt failed %d times in a row, and the pipeline's max_retries is %d.",
+								 edata->detail ? edata->detail : "", edata->detail ? " " : "",
+								 run->retries, run->max_retries);
+		ereport(LOG,
+				(errmsg("sluice pipeline \"%s\": batch " INT64_FORMAT " failed with SQLSTATE %s, %d times in a row: the pipeline fails",
+						run->name, batch_id, unpack_sql_state(edata->sqlerrcode), run->retries)));
+		return false;
+	}
+	if (run->attempts == 0)
+		run->attempts = run->retries;	/* the plan failed: its tries */
+	run->retry_ms = Min(1000L << Min(run->retries - 1, 20), sluice_max_retry_delay * 1000L);
+	next = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), run->retry_ms);
+	ereport(LOG,
+			(errmsg("sluice pipeline \"%s\": batch " INT64_FORMAT " failed with SQLSTATE %s (attempt %d), tried again in %ld ms",
+					run->name, batch_id, unpack_sql_state(edata->sqlerrcode), run->attempts, run->retry_ms)));
+	/* a catalog pg_restore is loading gets nothing written: its rows are on their way */
+	if (edata->sqlerrcode != ERRCODE_SLUICE_CATALOG_INCOMPLETE)
+		batch_record_error(run, batch_id, edata, false);
+	stats_set_retry(run->id, run->attempts, next);
+	return true;
 }
 
 /*
@@ -666,7 +729,14 @@ batch_run(PipelineRun *run)
 		BatchOutcome outcome = batch_try(run, careful, &batch_id, &edata);
 
 		if (outcome != BATCH_FAILED)
+		{
+			if (run->retries > 0 && outcome == BATCH_COMMITTED)
+			{
+				run->retries = 0;
+				stats_set_retry(run->id, 0, 0);
+			}
 			return outcome;
+		}
 		if (!careful && run->isolate_rows && batch_id > 0 &&
 			rejects_is_row_error(edata->sqlerrcode))
 		{
@@ -677,15 +747,19 @@ batch_run(PipelineRun *run)
 			FreeErrorData(edata);
 			continue;
 		}
-		if (is_transient(edata->sqlerrcode))
+		if (edata->sqlerrcode == ERRCODE_SLUICE_OUT_OF_TURN)
 		{
-			ereport(LOG,
-					(errmsg("sluice pipeline \"%s\": batch " INT64_FORMAT " will be tried again",
-							run->name, batch_id)));
+			/* the earlier batch no worker held is this worker's next plan */
+			run->retry_ms = 0;
 			FreeErrorData(edata);
 			return BATCH_RETRY;
 		}
-		batch_record_failure(run, batch_id, edata);
+		if (is_transient(edata->sqlerrcode) && batch_retry_later(run, batch_id, edata))
+		{
+			FreeErrorData(edata);
+			return BATCH_RETRY;
+		}
+		batch_record_error(run, batch_id, edata, true);
 		FreeErrorData(edata);
 		return BATCH_FAILED;
 	}

@@ -156,6 +156,22 @@ launcher_version_waits(void)
 	return true;
 }
 
+/* Delete errors older than sluice.errors_retention, once a minute at most.  In SPI. */
+static void
+launcher_prune_errors(void)
+{
+	static TimestampTz pruned_at = 0;
+	TimestampTz now = GetCurrentTimestamp();
+	Datum		minutes = Int32GetDatum(sluice_errors_retention);
+
+	if (sluice_errors_retention < 0 || (pruned_at != 0 && !TimestampDifferenceExceeds(pruned_at, now, 60000)))
+		return;
+	pruned_at = now;
+	if (SPI_execute_with_args("DELETE FROM sluice.error WHERE at < now() - make_interval(mins => $1)",
+							  1, (Oid[]) {INT4OID}, &minutes, NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "could not prune sluice.error");
+}
+
 /*
  * The pipelines that should have a worker, read in a short transaction.
  * A worker slot goes only to a pipeline whose owner could create it now:
@@ -230,6 +246,7 @@ launcher_running_pipelines(void)
 			p->min_workers = DatumGetInt32(SPI_getbinval(tup, desc, 9, &isnull));
 			p->max_workers = DatumGetInt32(SPI_getbinval(tup, desc, 10, &isnull));
 		}
+		launcher_prune_errors();
 		if (SPI_execute("SELECT DISTINCT owner::oid FROM sluice.pipeline", true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not read sluice.pipeline");
 		for (uint64 i = 0; i < SPI_processed; i++)

@@ -244,6 +244,19 @@ stats_set_desired(int32 pipeline_id, Oid owner, int desired)
 	LWLockRelease(sluice_shared->lock);
 }
 
+/* A batch failed for a while and is tried again at next_retry_at (0, 0: it committed). */
+void
+stats_set_retry(int32 pipeline_id, int attempts, TimestampTz next_retry_at)
+{
+	SluicePipelineStats *s;
+
+	LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
+	s = stats_entry(pipeline_id, GetSessionUserId());
+	s->attempts = attempts;
+	s->next_retry_at = next_retry_at;
+	LWLockRelease(sluice_shared->lock);
+}
+
 /* A copy of a pipeline's live values; false if nothing looked at it yet. */
 bool
 stats_get(int32 pipeline_id, SluicePipelineStats *stats)

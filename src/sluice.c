@@ -25,6 +25,8 @@ int			sluice_rescan_interval = 300;
 int			sluice_max_replica_lag = -1;
 double		sluice_wal_pressure = 0.8;
 char	   *sluice_crash_at = NULL;
+int			sluice_max_retry_delay = 60;
+int			sluice_errors_retention = 7 * 24 * 60;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -125,6 +127,16 @@ _PG_init(void)
 							 "The WAL written since the last checkpoint began, over max_wal_size; 0 for never.",
 							 &sluice_wal_pressure, 0.8, 0.0, 1.0,
 							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("sluice.max_retry_delay",
+							"Longest wait before a batch that failed for a while is tried again.",
+							"Transient failures are retried after 1 s, then twice as long each time, up to this.",
+							&sluice_max_retry_delay, 60, 1, 86400,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("sluice.errors_retention",
+							"How long sluice.errors keeps an error; -1 for ever.",
+							"The launcher deletes older errors, once a minute.",
+							&sluice_errors_retention, 7 * 24 * 60, -1, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_MIN, NULL, NULL, NULL);
 	DefineCustomStringVariable("sluice.crash_at",
 							   "Testing only: a worker kills itself with SIGKILL at this stage of the first attempt of each batch.",
 							   "One of after_plan, after_read, after_sink, before_commit, after_commit; empty for never.",

@@ -27,6 +27,13 @@ extern int	sluice_rescan_interval;
 extern int	sluice_max_replica_lag;
 extern double sluice_wal_pressure;
 extern char *sluice_crash_at;
+extern int	sluice_max_retry_delay;
+extern int	sluice_errors_retention;
+
+/* sluice's own SQLSTATEs (class SL), all transient */
+#define ERRCODE_SLUICE_FILE_CHANGED MAKE_SQLSTATE('S', 'L', '0', '0', '1')
+#define ERRCODE_SLUICE_CATALOG_INCOMPLETE MAKE_SQLSTATE('S', 'L', '0', '0', '2')
+#define ERRCODE_SLUICE_OUT_OF_TURN MAKE_SQLSTATE('S', 'L', '0', '0', '3')
 
 #define SLUICE_MSG_LEN 1024
 
@@ -74,6 +81,8 @@ typedef struct SluicePipelineStats
 	int64		batches;		/* committed by its workers since the server started */
 	int64		busy_us;		/* time its workers spent in batches, planning included */
 	int			desired_workers;	/* the launcher's autoscaler's choice, 0 before it chose */
+	int			attempts;		/* of the batch that failed for a while, 0 once one commits */
+	TimestampTz next_retry_at;	/* when it is tried again, 0 if it is not waiting */
 	TimestampTz updated_at;
 } SluicePipelineStats;
 
@@ -120,6 +129,7 @@ extern void stats_set_backlog(int32 pipeline_id, int64 backlog);
 extern void stats_set_throttled(int32 pipeline_id, const char *why);
 extern void stats_add_batch(int32 pipeline_id, bool committed, int64 busy_us);
 extern void stats_set_desired(int32 pipeline_id, Oid owner, int desired);
+extern void stats_set_retry(int32 pipeline_id, int attempts, TimestampTz next_retry_at);
 extern bool stats_get(int32 pipeline_id, SluicePipelineStats *stats);
 extern void owners_set(List *owners);
 extern void owners_add(Oid owner);
@@ -198,6 +208,7 @@ typedef struct Pipeline
 	bool		isolate_rows;	/* on_error is 'reject' or 'skip' */
 	bool		keep_rejects;	/* on_error is 'reject' */
 	bool		backpressure;	/* batches sized from the last ones' speed (flow.c) */
+	int			max_retries;	/* transient failures in a row before it fails; -1: no end */
 	const struct SourceRoutine *source_routine;
 	const struct SinkRoutine *sink_routine;
 } Pipeline;
@@ -232,6 +243,10 @@ typedef struct PipelineRun
 	bool		backpressure;
 	int64		size_limit;		/* the next batch's, in the source's measure; 0 until known */
 	bool		throttled;		/* the database's pressure held the last plan back */
+	int			max_retries;	/* as the catalog said at the last plan */
+	int			retries;		/* transient failures in a row */
+	int			attempts;		/* of the batch in flight */
+	long		retry_ms;		/* how long to wait before the next try */
 	/* the source's routine, once it is open (kept: after a commit the catalog is gone) */
 	const struct SourceRoutine *source;
 } PipelineRun;

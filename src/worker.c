@@ -141,6 +141,10 @@ sluice_worker_main(Datum arg)
 		LWLockRelease(sluice_shared->lock);
 		proc_exit(0);
 	}
+	/* a run of its own, as start() gives one (progress_json's runId) */
+	if (run.run_once)
+		(void) worker_exec(run.id, "UPDATE sluice.pipeline SET run_id = gen_random_uuid() WHERE id = $1",
+						   SPI_OK_UPDATE);
 	SetConfigOption("application_name", run.name, PGC_USERSET, PGC_S_SESSION);
 	pgstat_report_appname(run.name);
 
@@ -169,11 +173,10 @@ sluice_worker_main(Datum arg)
 		/*
 		 * Like Spark's processing-time trigger: batches start an interval
 		 * apart, the next one at once when a batch took longer.  An idle
-		 * trigger of zero still sleeps a little, a retry at least a second.
+		 * trigger of zero still sleeps a little; a retry waits its backoff.
 		 */
-		next = TimestampTzPlusMilliseconds(start, outcome == BATCH_COMMITTED ? run.trigger_ms :
-										   outcome == BATCH_RETRY ? Max(run.trigger_ms, 1000) :
-										   Max(run.trigger_ms, 100));
+		next = outcome == BATCH_RETRY ? TimestampTzPlusMilliseconds(GetCurrentTimestamp(), run.retry_ms) :
+			TimestampTzPlusMilliseconds(start, outcome == BATCH_COMMITTED ? run.trigger_ms : Max(run.trigger_ms, 100));
 		for (;;)
 		{
 			long		wait_ms = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), next);

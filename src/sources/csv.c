@@ -795,7 +795,7 @@ csv_read_file(CsvState *st, CsvFile *f, Oid into, Rejects *rj)
 		edata = CopyErrorData();
 		FlushErrorState();
 		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_IN_USE),
+				(errcode(ERRCODE_SLUICE_FILE_CHANGED),
 				 errmsg("file \"%s\" changed while it was read", f->path),
 				 errdetail("Reading it failed: %s", edata->message)));
 	}
@@ -803,7 +803,7 @@ csv_read_file(CsvState *st, CsvFile *f, Oid into, Rejects *rj)
 
 	if (csv_file_changed(f))
 		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_IN_USE),
+				(errcode(ERRCODE_SLUICE_FILE_CHANGED),
 				 errmsg("file \"%s\" changed while it was read", f->path),
 				 errdetail("The batch will be read again."),
 				 errhint("Write files elsewhere and move them into the directory once complete.")));

@@ -1,6 +1,6 @@
 -- settle_time: a running pipeline does not take a file younger than its
 -- settle time, and takes it once it has aged; a file that changes while it
--- is read is read again later (SQLSTATE 55006, transient), not failed.
+-- is read is read again later (SQLSTATE SL001, transient), not failed.
 -- Run with pg_prove against a server with shared_preload_libraries = 'sluice',
 -- sluice.database = <this database>, sluice.restart_delay = 1; as a superuser, after test/pgtap_helpers.sql,
 -- with SLUICE_TEST_DIR set to a directory for the test's files (scripts/test makes a new one each run).
@@ -61,7 +61,7 @@ SELECT is((SELECT state FROM sluice.pipelines WHERE name = 'pgtap_settle'), 'run
 
 --
 -- a file that changes while it is read: the batch is rolled back and tried
--- again (55006 is transient), not failed. To make the change land inside the
+-- again (SL001 is transient), not failed. To make the change land inside the
 -- read every time, a statement trigger on the target appends a line to the
 -- file while the first attempt's COPY runs; a marker file (which a rollback
 -- does not undo) keeps it from doing so again. The trigger's argument is the
@@ -89,13 +89,14 @@ SELECT lives_ok($$SELECT sluice.start('pgtap_growing')$$, 'start()');
 SELECT ok(test_util.wait_until($$(SELECT count(*) = 3 FROM pgtap_growing_target)$$),
           'every line of the changed file is loaded');
 SELECT is((SELECT format('state %s, errors %s, batches %s, attempts %s, input rows %s, ids %s',
-                         p.state, (SELECT count(*) FROM sluice.errors e WHERE e.pipeline = p.name), p.batches,
+                         p.state, (SELECT string_agg(e.sqlstate, ',') FROM sluice.errors e WHERE e.pipeline = p.name),
+                         p.batches,
                          (SELECT string_agg(attempts::text, ',') FROM sluice.progress(p.name)),
                          (SELECT string_agg(input_rows::text, ',') FROM sluice.progress(p.name)),
                          (SELECT string_agg(id::text, ',' ORDER BY id) FROM pgtap_growing_target))
              FROM sluice.pipelines p WHERE p.name = 'pgtap_growing'),
-          'state running, errors 0, batches 1, attempts 2, input rows 3, ids 1,2,3',
-          'the changing file was read again, whole, not failed: one batch, two attempts, no error');
+          'state running, errors SL001, batches 1, attempts 2, input rows 3, ids 1,2,3',
+          'the changing file was read again, whole, not failed: one batch, two attempts, the transient error kept');
 
 SELECT * FROM finish();
 

@@ -410,7 +410,8 @@ my @same = (
 	[ 'window target', 'SELECT t::text FROM windows.win_out t ORDER BY 1' ],
 	[ 'late rows', 'SELECT t::text FROM windows.win_late t ORDER BY 1' ],
 	[ 'window state', 'SELECT t::text FROM windows.sluice_state_win t ORDER BY 1' ],
-	[ 'pipelines', "SELECT p::text FROM sluice.pipeline p WHERE name <> 'b_new' ORDER BY id" ],
+	# run_id: B ran them anew
+	[ 'pipelines', "SELECT (to_jsonb(p) - 'run_id')::text FROM sluice.pipeline p WHERE name <> 'b_new' ORDER BY id" ],
 	[ 'file log', 'SELECT f::text FROM sluice.file f WHERE pipeline_id <= 4 ORDER BY pipeline_id, path' ],
 	[ 'batches', 'SELECT format(\'%s %s %s %s %s %s %s %s %s %s %s %s %s %s %s %s\', pipeline_id, batch_id, status,'
 	  . ' files, input_rows, sink_rows, rejected_rows, bytes, watermark, next_watermark, event_time_min,'

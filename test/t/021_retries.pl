@@ -1,0 +1,136 @@
+# Transient failures are retried with exponential backoff (1 s, doubling,
+# up to sluice.max_retry_delay), visible while they last in sluice.errors
+# and in sluice.pipelines (last_error, attempts, next_retry_at), and a
+# pipeline fails only past its max_retries.
+#
+# 1. A function sink raises serialization_failure (40001) until a flag is
+#    set: the batch is tried again at growing intervals, at most 10 times in
+#    30 s, then committed once when the flag is set.
+# 2. With max_retries => 2, the third failure in a row fails the pipeline.
+# 3. NOTIFY sluice_progress carries a JSON object for each committed,
+#    retried and failed batch: what happened, never an error's text.
+use strict;
+use warnings;
+
+use FindBin;
+use lib $FindBin::RealBin;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use JSON::PP;
+use SluiceTest;
+
+my $node = sluice_node('retries');
+my $listener = start_session($node);
+$listener->query('LISTEN sluice_progress;');
+
+$node->safe_psql('postgres', q{
+CREATE TABLE flag (ok boolean);
+CREATE TABLE calls (batch_id bigint, n bigint);
+CREATE FUNCTION flaky_sink(batch_id bigint, batch regclass) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    n bigint;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM flag WHERE ok) THEN
+        RAISE EXCEPTION 'the sink is busy' USING ERRCODE = 'serialization_failure';
+    END IF;
+    EXECUTE format('SELECT count(*) FROM %s', batch) INTO n;
+    INSERT INTO calls VALUES (batch_id, n);
+END $$;
+});
+
+# ---------------------------------------------------------------------------
+# 1. backoff until the flag is set
+
+my $dir = $node->basedir . '/flaky';
+gen_files($dir, files => 1, rows => 10, prefix => 'flaky');
+$node->safe_psql('postgres', qq{
+SELECT sluice.create_pipeline('flaky',
+  sluice.csv_source('$dir', '$SluiceTest::COLUMNS'),
+  sluice.function_sink('flaky_sink(bigint, regclass)'), '100 milliseconds');
+SELECT sluice.start('flaky');
+});
+my $failures = "SELECT count(*) FROM sluice.errors WHERE pipeline = 'flaky' AND sqlstate = '40001'";
+wait_until($node, "SELECT ($failures) >= 1", 't', 'flaky: the first failure');
+my $t0 = time();
+sleep 1 while time() - $t0 < 20;
+my $n = $node->safe_psql('postgres', $failures);
+cmp_ok($n, '<=', 10, "flaky: $n attempts in 20 s, at most 10");
+cmp_ok($n, '>=', 4, 'flaky: and tried again several times (1, 2, 4, 8 s apart)');
+my @gaps = split /\n/, $node->safe_psql('postgres', qq{
+SELECT round(extract(epoch FROM time - lag(time) OVER (ORDER BY time)) * 1000)
+  FROM sluice.errors WHERE pipeline = 'flaky' AND sqlstate = '40001' ORDER BY time OFFSET 1});
+note "gaps between attempts (ms): @gaps";
+ok(@gaps >= 3 && $gaps[0] >= 900 && $gaps[1] >= 1.7 * $gaps[0] && $gaps[2] >= 1.7 * $gaps[1],
+	'flaky: each wait about twice the one before');
+is($node->safe_psql('postgres', qq{
+SELECT state, last_error, attempts > 1, next_retry_at > now() - interval '1 second'
+  FROM sluice.pipelines WHERE name = 'flaky'}),
+	'running|the sink is busy|t|t', 'flaky: running, with the error, its attempts and the next try visible');
+is($node->safe_psql('postgres', "SELECT count(*) FROM sluice.progress('flaky') WHERE status = 'planned'"),
+	'1', 'flaky: the batch stays planned');
+
+$node->safe_psql('postgres', 'INSERT INTO flag VALUES (true)');
+wait_until($node, "SELECT batches FROM sluice.pipelines WHERE name = 'flaky'", '1', 'flaky: committed once the flag is set');
+is($node->safe_psql('postgres', 'SELECT batch_id, n FROM calls'), '1|10', 'flaky: the sink ran once, with the batch');
+is($node->safe_psql('postgres', "SELECT attempts IS NULL AND next_retry_at IS NULL FROM sluice.pipelines WHERE name = 'flaky'"),
+	't', 'flaky: nothing waits once it committed');
+like($node->safe_psql('postgres', "SELECT attempts FROM sluice.progress('flaky') WHERE batch_id = 1"),
+	qr/^\d+$/, 'flaky: progress keeps the attempts');
+$node->safe_psql('postgres', "SELECT sluice.stop('flaky')");
+$node->safe_psql('postgres', 'TRUNCATE flag');
+
+# ---------------------------------------------------------------------------
+# 2. max_retries
+
+$dir = $node->basedir . '/limited';
+gen_files($dir, files => 1, rows => 10, prefix => 'limited');
+$node->safe_psql('postgres', qq{
+SELECT sluice.create_pipeline('limited',
+  sluice.csv_source('$dir', '$SluiceTest::COLUMNS'),
+  sluice.function_sink('flaky_sink(bigint, regclass)'), '100 milliseconds', max_retries => 2);
+SELECT sluice.start('limited');
+});
+wait_until($node, "SELECT state FROM sluice.pipelines WHERE name = 'limited'", 'failed', 'limited: the pipeline fails');
+is($node->safe_psql('postgres', "SELECT count(*) FROM sluice.errors WHERE pipeline = 'limited' AND sqlstate = '40001'"),
+	'3', 'limited: three failures: the first and two retries');
+is($node->safe_psql('postgres', "SELECT detail FROM sluice.errors WHERE pipeline = 'limited' ORDER BY time DESC LIMIT 1"),
+	"It failed 3 times in a row, and the pipeline's max_retries is 2.", 'limited: the last error says why it failed');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM calls'), '1', 'limited: nothing written (the one call is from flaky)');
+# ---------------------------------------------------------------------------
+# 3. the notifications of both pipelines
+
+my @notes;
+my $got = $listener->query('SELECT 1;');
+while ($got =~ /^Asynchronous notification "sluice_progress" with payload "(.*)" received from server process with PID \d+\.$/mg)
+{
+	push @notes, $1;
+}
+note scalar(@notes) . ' notifications';
+my @json = map { eval { decode_json($_) } } @notes;
+is(scalar(@json), scalar(@notes), 'notify: every payload is JSON');
+cmp_ok((sort { $b <=> $a } map { length } @notes)[0], '<', 8000, 'notify: every payload under 8,000 bytes');
+my @retrying = grep { $_->{pipeline} eq 'flaky' && $_->{status} eq 'retrying' } @json;
+cmp_ok(scalar(@retrying), '>=', 4, 'notify: a retrying notification for each failure of flaky');
+is_deeply([ sort keys %{ $retrying[0] } ], [qw(batch_id error pipeline status)], 'notify: retrying has batch_id, error, pipeline, status');
+is($retrying[0]{error} . ' ' . $retrying[0]{batch_id}, '40001 1', 'notify: the error is the SQLSTATE, of batch 1');
+my @committed = grep { $_->{pipeline} eq 'flaky' && $_->{status} eq 'committed' } @json;
+is(scalar(@committed), 1, 'notify: one committed notification for flaky');
+is_deeply([ sort keys %{ $committed[0] } ], [qw(batch_id duration_ms input_rows pipeline status watermark)],
+	'notify: committed has batch_id, duration_ms, input_rows, pipeline, status, watermark');
+is(join(' ', $committed[0]{batch_id}, $committed[0]{input_rows}, $committed[0]{duration_ms} > 0 ? 'positive' : 'zero',
+		defined $committed[0]{watermark} ? 'watermark' : 'null'),
+	'1 10 positive null', 'notify: batch 1, 10 rows, its duration, no watermark (no event time)');
+my @failed = grep { $_->{pipeline} eq 'limited' && $_->{status} eq 'failed' } @json;
+is(scalar(@failed), 1, 'notify: one failed notification for limited');
+is($failed[0]{error}, '40001', 'notify: with the SQLSTATE');
+is(scalar(grep { /busy/ } @notes), 0, 'notify: no error message in any payload');
+$listener->quit;
+
+my ($ret, $out, $err) = $node->psql('postgres', q{SELECT sluice.create_pipeline('neg',
+  sluice.csv_source('/tmp', 'id int'), sluice.function_sink('flaky_sink(bigint, regclass)'), max_retries => -1)});
+like($err, qr/max_retries of pipeline "neg" must not be negative/, 'a negative max_retries is refused');
+
+$node->stop;
+done_testing();
