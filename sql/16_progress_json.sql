@@ -1,7 +1,8 @@
 --
 -- 16_progress_json: progress_json() gives the last n committed batches,
 -- newest first, shaped like Spark's StreamingQueryProgress, and every value
--- agrees with sluice.progress().
+-- agrees with sluice.progress(); metrics() gives the numbers of each
+-- pipeline the caller may see, for Prometheus.
 --
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS sluice;
@@ -61,12 +62,36 @@ SELECT j->'batchId' AS batch, j->'eventTime' AS event_time,
        j->'sink'->>'description' AS sink
   FROM sluice.progress_json('pjw', 5) AS j;
 
+-- metrics(): numbers for Prometheus, one row per pipeline
+SELECT pipeline, running, failed, batches_total, input_rows_total, output_rows_total, rejected_rows_total,
+       late_rows_total, failures_total, backlog, workers, desired_workers, state_rows, retry_attempts,
+       watermark_seconds = extract(epoch FROM (SELECT watermark FROM sluice.pipeline WHERE name = pipeline)) AS watermark_ok,
+       watermark_lag_seconds, last_batch_duration_seconds > 0 AS duration_ok
+  FROM sluice.metrics() ORDER BY pipeline;
+
+-- dashboard(): a self-contained SVG, well-formed, with one chart per measure
+SELECT xml_is_well_formed_document(d) AS well_formed, d LIKE '<svg xmlns="http://www.w3.org/2000/svg"%' AS svg,
+       (length(d) - length(replace(d, '<polyline', ''))) / length('<polyline') AS lines,
+       d LIKE '%sluice pipeline pjw%' AS title, d LIKE '%Watermark against the latest event time%' AS watermark_chart,
+       d LIKE '%rows/s%' AND d LIKE '%>ms<%' AS units
+  FROM sluice.dashboard('pjw') AS d;
+SELECT (length(d) - length(replace(d, '<polyline', ''))) / length('<polyline') AS lines,
+       d LIKE '%Watermark against%' AS watermark_chart
+  FROM sluice.dashboard('pj', 2) AS d;
+SELECT sluice.dashboard('pj', 0);
+
 -- errors; another role sees none of it
 SELECT sluice.progress_json('no_such_pipeline');
 SELECT count(*) FROM sluice.progress_json('pj', 0);
 CREATE ROLE regress_pj_other LOGIN;
 SET ROLE regress_pj_other;
 SELECT sluice.progress_json('pj');
+SELECT sluice.dashboard('pj');
+SELECT count(*) FROM sluice.metrics();
+RESET ROLE;
+GRANT pg_read_all_stats TO regress_pj_other;
+SET ROLE regress_pj_other;
+SELECT string_agg(pipeline, ',' ORDER BY pipeline) FROM sluice.metrics();
 RESET ROLE;
 DROP ROLE regress_pj_other;
 

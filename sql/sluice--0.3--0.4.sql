@@ -407,6 +407,155 @@ END
 $$;
 COMMENT ON FUNCTION sluice.progress_json IS 'the last n committed batches of a pipeline, newest first, each shaped like Spark''s StreamingQueryProgress';
 
+-- one row of numbers per pipeline the caller may see (her own; all with
+-- pg_read_all_stats or pg_monitor), for postgres_exporter
+-- (contrib/prometheus/sluice.yaml); never a source's options
+CREATE FUNCTION sluice.metrics(OUT pipeline text, OUT running int, OUT failed int,
+                               OUT batches_total bigint, OUT input_rows_total bigint,
+                               OUT output_rows_total bigint, OUT rejected_rows_total bigint,
+                               OUT late_rows_total bigint, OUT failures_total bigint, OUT backlog bigint,
+                               OUT watermark_seconds float8, OUT watermark_lag_seconds float8,
+                               OUT last_batch_duration_seconds float8, OUT workers int,
+                               OUT desired_workers int, OUT state_rows bigint, OUT retry_attempts int)
+RETURNS SETOF record LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'sluice_metrics';
+COMMENT ON FUNCTION sluice.metrics IS 'counters and gauges of each pipeline, for Prometheus (contrib/prometheus/sluice.yaml)';
+
+-- an SVG polyline of vals (NULLs skipped), one point per batch, in a chart
+-- at (x, y) of w by h whose top is top
+CREATE FUNCTION sluice._svg_line(vals numeric[], x int, y int, w int, h int, top numeric, color text)
+RETURNS text LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT format('<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>', color,
+                  coalesce(string_agg(format('%s,%s', round(x + (i - 0.5) * w / cardinality(vals)::numeric, 1),
+                                             round(y + h - v * h / top, 1)), ' ' ORDER BY i), ''))
+      FROM unnest(vals) WITH ORDINALITY AS u(v, i) WHERE v IS NOT NULL
+$$;
+
+-- A picture of the last n batches, like the Streaming tab of Spark's UI: a
+-- self-contained SVG (psql -Atc "SELECT sluice.dashboard('p')" > p.svg)
+CREATE FUNCTION sluice.dashboard(name text, n int DEFAULT 100)
+RETURNS text LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p sluice.pipeline;
+    l constant int := 100;          -- left margin, for the value axis
+    pw constant int := 780;         -- a chart's width
+    ph constant int := 150;         -- and height
+    gap constant int := 80;         -- between charts, for titles and the batch axis
+    ids bigint[];
+    input_rate numeric[];
+    processed_rate numeric[];
+    plan_ms numeric[];
+    write_ms numeric[];
+    backlog numeric[];
+    wm_at numeric[];              -- seconds after e0, the earliest event time shown
+    et_at numeric[];
+    e0 timestamptz;
+    t0 timestamptz;
+    t1 timestamptz;
+    k int;
+    svg text;
+    y int := 90;
+    c record;
+    top numeric;
+    bw numeric;
+BEGIN
+    SELECT * INTO p FROM sluice.pipeline AS x WHERE x.name = dashboard.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pipeline "%" does not exist', dashboard.name USING ERRCODE = 'undefined_object';
+    END IF;
+    IF n < 1 THEN
+        RAISE EXCEPTION 'n must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT array_agg(x.batch_id ORDER BY x.batch_id),
+           array_agg(round(x.input_rows / nullif(extract(epoch FROM x.planned_at - x.prev), 0), 1) ORDER BY x.batch_id),
+           array_agg(round(x.input_rows * 1000.0 / nullif((x.durations->>'total')::numeric, 0), 1) ORDER BY x.batch_id),
+           array_agg((x.durations->>'plan')::numeric ORDER BY x.batch_id),
+           array_agg((x.durations->>'write')::numeric ORDER BY x.batch_id),
+           array_agg(x.backlog ORDER BY x.batch_id),
+           array_agg(extract(epoch FROM x.next_watermark - x.first_event) ORDER BY x.batch_id),
+           array_agg(extract(epoch FROM x.event_time_max - x.first_event) ORDER BY x.batch_id),
+           min(x.committed_at), max(x.committed_at), count(*), min(x.first_event)
+      INTO ids, input_rate, processed_rate, plan_ms, write_ms, backlog, wm_at, et_at, t0, t1, k, e0
+      FROM (SELECT y.*, lag(y.planned_at) OVER (ORDER BY y.batch_id) AS prev,
+                   min(least(y.event_time_min, y.next_watermark)) OVER () AS first_event
+              FROM (SELECT * FROM sluice.batch AS z WHERE z.pipeline_id = p.id AND z.status = 'committed'
+                     ORDER BY z.batch_id DESC LIMIT n) AS y) AS x;
+
+    svg := format('<svg xmlns="http://www.w3.org/2000/svg" width="%s" height="%s" font-family="sans-serif" font-size="12">',
+                  l + pw + 40, y + (CASE WHEN p.event_time IS NULL THEN 3 ELSE 4 END) * (ph + gap))
+        || '<rect width="100%" height="100%" fill="#ffffff"/>'
+        || format('<text x="%s" y="30" font-size="18" font-weight="bold">sluice pipeline %s</text>', l,
+                  replace(replace(replace(p.name, '&', '&amp;'), '<', '&lt;'), '>', '&gt;'))
+        || format('<text x="%s" y="52" fill="#555">state %s; the last %s committed batches%s</text>', l, p.state, k,
+                  CASE WHEN k > 0 THEN format(', %s to %s', to_char(t0, 'YYYY-MM-DD HH24:MI:SS'), to_char(t1, 'HH24:MI:SS TZ'))
+                       ELSE '' END);
+    IF k = 0 THEN
+        RETURN svg || format('<text x="%s" y="%s" fill="#555">no committed batch yet</text></svg>', l, y);
+    END IF;
+    bw := pw::numeric / k;
+
+    FOR c IN SELECT * FROM (VALUES
+            (1, 'Input rate and processing rate', 'rows/s', '#1f77b4', '#ff7f0e', 'input rate', 'processing rate'),
+            (2, 'Batch duration by phase', 'ms', '#2ca02c', '#d62728', 'plan', 'read, write, commit'),
+            (3, 'Backlog after each plan', CASE WHEN p.source->>'type' = 'kafka' THEN 'offsets' ELSE 'files' END,
+             '#9467bd', NULL, 'backlog', NULL),
+            (4, 'Watermark against the latest event time', 'event time (UTC)', '#8c564b', '#e377c2',
+             'watermark', 'max event time'))
+            AS v(no, title, unit, c1, c2, s1, s2)
+         WHERE v.no < 4 OR p.event_time IS NOT NULL
+    LOOP
+        top := coalesce(nullif(CASE c.no
+            WHEN 1 THEN (SELECT max(v) FROM unnest(input_rate || processed_rate) AS v)
+            WHEN 2 THEN (SELECT max(a + b) FROM unnest(plan_ms, write_ms) AS u(a, b))
+            WHEN 3 THEN (SELECT max(v) FROM unnest(backlog) AS v)
+            ELSE (SELECT max(v) FROM unnest(wm_at || et_at) AS v) END, 0), 1);
+        svg := svg
+            || format('<text x="%s" y="%s" font-size="14" font-weight="bold">%s</text>', l, y - 14, c.title)
+            || format('<rect x="%s" y="%s" width="%s" height="%s" fill="#fafafa" stroke="#999"/>', l, y, pw, ph)
+            || format('<line x1="%s" y1="%s" x2="%s" y2="%s" stroke="#ddd"/>', l, y + ph / 2, l + pw, y + ph / 2)
+            || format('<text x="%s" y="%s" text-anchor="end">%s</text>', l - 4, y + ph,
+                      CASE WHEN c.no = 4 THEN to_char(e0 AT TIME ZONE 'UTC', 'MM-DD HH24:MI') ELSE '0' END)
+            || format('<text x="%s" y="%s" text-anchor="end">%s</text>', l - 4, y + ph / 2 + 4,
+                      CASE WHEN c.no = 4 THEN to_char((e0 + top / 2 * interval '1 second') AT TIME ZONE 'UTC', 'MM-DD HH24:MI')
+                           ELSE round(top / 2, CASE WHEN top >= 100 THEN 0 ELSE 1 END)::text END)
+            || format('<text x="%s" y="%s" text-anchor="end">%s</text>', l - 4, y + 10,
+                      CASE WHEN c.no = 4 THEN to_char((e0 + top * interval '1 second') AT TIME ZONE 'UTC', 'MM-DD HH24:MI')
+                           ELSE round(top, CASE WHEN top >= 100 THEN 0 ELSE 1 END)::text END)
+            || format('<text x="%s" y="%s" text-anchor="middle" fill="#555" transform="rotate(-90 %s %s)">%s</text>',
+                      16, y + ph / 2, 16, y + ph / 2, c.unit)
+            || format('<text x="%s" y="%s">%s</text><text x="%s" y="%s" text-anchor="end">%s</text>',
+                      l, y + ph + 16, ids[1], l + pw, y + ph + 16, ids[k])
+            || format('<text x="%s" y="%s" text-anchor="middle" fill="#555">batch</text>', l + pw / 2, y + ph + 30)
+            || format('<rect x="%s" y="%s" width="10" height="10" fill="%s"/><text x="%s" y="%s">%s</text>',
+                      l + pw - 300, y - 24, c.c1, l + pw - 286, y - 14, c.s1)
+            || CASE WHEN c.c2 IS NULL THEN '' ELSE
+               format('<rect x="%s" y="%s" width="10" height="10" fill="%s"/><text x="%s" y="%s">%s</text>',
+                      l + pw - 160, y - 24, c.c2, l + pw - 146, y - 14, c.s2) END
+            || CASE c.no
+               WHEN 1 THEN sluice._svg_line(input_rate, l, y, pw, ph, top, c.c1)
+                           || sluice._svg_line(processed_rate, l, y, pw, ph, top, c.c2)
+               WHEN 2 THEN (SELECT coalesce(string_agg(
+                               format('<rect x="%s" y="%s" width="%s" height="%s" fill="%s"/>',
+                                      round(l + (i - 1) * bw, 1), round(y + ph - (a + b) * ph / top, 1),
+                                      round(greatest(bw - 1, 1), 1), round(b * ph / top, 1), c.c2)
+                               || format('<rect x="%s" y="%s" width="%s" height="%s" fill="%s"/>',
+                                      round(l + (i - 1) * bw, 1), round(y + ph - a * ph / top, 1),
+                                      round(greatest(bw - 1, 1), 1), round(a * ph / top, 1), c.c1), ''), '')
+                              FROM unnest(plan_ms, write_ms) WITH ORDINALITY AS u(a, b, i) WHERE a IS NOT NULL)
+               WHEN 3 THEN sluice._svg_line(backlog, l, y, pw, ph, top, c.c1)
+               ELSE sluice._svg_line(wm_at, l, y, pw, ph, top, c.c1)
+                    || sluice._svg_line(et_at, l, y, pw, ph, top, c.c2) END;
+        y := y + ph + gap;
+    END LOOP;
+    RETURN svg || '</svg>';
+END
+$$;
+COMMENT ON FUNCTION sluice.dashboard IS 'an SVG picture of the last n batches of a pipeline: rates, durations by phase, backlog, watermark';
+
 UPDATE pg_catalog.pg_proc AS p SET proacl = a.proacl
   FROM pg_temp.sluice_acl AS a
  WHERE p.pronamespace = 'sluice'::pg_catalog.regnamespace AND p.proname = a.proname

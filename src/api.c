@@ -423,6 +423,78 @@ sluice_live(PG_FUNCTION_ARGS)
 }
 
 /*
+ * sluice.metrics() returns setof (pipeline, running, failed, the counters,
+ *		the gauges): one row per pipeline the caller may see, as
+ *		pg_stat_activity shows sessions (its own, or all with
+ *		pg_read_all_stats, which pg_monitor has), for postgres_exporter
+ *		(contrib/prometheus/sluice.yaml).
+ *
+ * Numbers only: a source's options (a Kafka password) are never read out.
+ * The counters come from the committed batches, so they are exactly-once
+ * too; the gauges from the last batch and shared memory.
+ */
+PG_FUNCTION_INFO_V1(sluice_metrics);
+Datum
+sluice_metrics(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	uint64		n;
+
+	InitMaterializedSRF(fcinfo, 0);
+	SPI_connect();
+	n = catalog_exec("SELECT p.id, p.name, p.owner::oid, p.state = 'running', p.state = 'failed',"
+					 "  coalesce(t.batches, 0), coalesce(t.input_rows, 0), coalesce(t.sink_rows, 0),"
+					 "  coalesce(t.rejected, 0), coalesce(t.late, 0),"
+					 "  (SELECT count(*) FROM sluice.error AS e WHERE e.pipeline_id = p.id"
+					 "    AND e.sqlstate NOT LIKE '01%' AND e.sqlstate <> '00000'),"
+					 "  extract(epoch FROM p.watermark)::float8,"
+					 "  extract(epoch FROM last.event_time_max - p.watermark)::float8,"
+					 "  (last.durations->>'total')::float8 / 1000, last.state_rows_total"
+					 " FROM sluice.pipeline AS p"
+					 " LEFT JOIN LATERAL (SELECT count(*) AS batches, sum(b.input_rows)::int8 AS input_rows,"
+					 "    sum(b.sink_rows)::int8 AS sink_rows, sum(b.rejected_rows)::int8 AS rejected,"
+					 "    sum(b.num_rows_dropped_by_watermark)::int8 AS late"
+					 "   FROM sluice.batch AS b WHERE b.pipeline_id = p.id AND b.status = 'committed') AS t ON true"
+					 " LEFT JOIN LATERAL (SELECT b.durations, b.event_time_max, b.state_rows_total"
+					 "   FROM sluice.batch AS b WHERE b.pipeline_id = p.id AND b.status = 'committed'"
+					 "   ORDER BY b.batch_id DESC LIMIT 1) AS last ON true"
+					 " ORDER BY p.name",
+					 0, NULL, NULL, NULL, SPI_OK_SELECT);
+	for (uint64 i = 0; i < n; i++)
+	{
+		Datum		values[17];
+		bool		nulls[17];
+		bool		isnull;
+		int32		id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+		SluicePipelineStats st;
+		bool		live;
+
+		if (!may_see_pipeline(DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3, &isnull))))
+			continue;
+		live = stats_get(id, &st);
+		values[0] = spi_datum(i, 2, &nulls[0]);
+		values[1] = Int32GetDatum(DatumGetBool(spi_datum(i, 4, &nulls[1])) ? 1 : 0);
+		values[2] = Int32GetDatum(DatumGetBool(spi_datum(i, 5, &nulls[2])) ? 1 : 0);
+		for (int c = 3; c < 9; c++)		/* the counters */
+			values[c] = spi_datum(i, c + 3, &nulls[c]);
+		values[9] = Int64GetDatum(live ? st.backlog : 0);
+		nulls[9] = !live;
+		for (int c = 10; c < 13; c++)	/* watermark, its lag, the last batch's duration */
+			values[c] = spi_datum(i, c + 2, &nulls[c]);
+		values[13] = Int32GetDatum(slot_workers(id));
+		nulls[13] = false;
+		values[14] = Int32GetDatum(live ? st.desired_workers : 0);
+		nulls[14] = !live || st.desired_workers == 0;
+		values[15] = spi_datum(i, 15, &nulls[15]);
+		values[16] = Int32GetDatum(live ? st.attempts : 0);
+		nulls[16] = false;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	SPI_finish();
+	return (Datum) 0;
+}
+
+/*
  * sluice.run_once(name text) returns bigint
  *
  * Spark's availableNow: a worker drains what the source holds now, batch by

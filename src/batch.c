@@ -675,6 +675,22 @@ is_transient(int sqlerrcode)
 }
 
 /*
+ * Log a failed batch once, with its SQLSTATE, the whole error and what
+ * comes of it.
+ */
+static void
+batch_log_failure(PipelineRun *run, int64 batch_id, ErrorData *edata, const char *outcome)
+{
+	ereport(LOG,
+			(errmsg("sluice pipeline \"%s\": %s failed with SQLSTATE %s, %s: %s", run->name,
+					batch_id > 0 ? psprintf("batch " INT64_FORMAT, batch_id) : "a plan",
+					unpack_sql_state(edata->sqlerrcode), outcome, edata->message ? edata->message : ""),
+			 edata->detail ? errdetail_internal("%s", edata->detail) : 0,
+			 edata->hint ? errhint("%s", edata->hint) : 0,
+			 edata->context ? errcontext_msg("%s", edata->context) : 0));
+}
+
+/*
  * A transient failure: tried again after 1 s, doubling at each failure in
  * a row up to sluice.max_retry_delay, as Flink's exponential-delay restart
  * strategy; recorded in sluice.errors (but while pg_restore loads the
@@ -693,18 +709,16 @@ batch_retry_later(PipelineRun *run, int64 batch_id, ErrorData *edata)
 		edata->detail = psprintf("%s%sIt failed %d times in a row, and the pipeline's max_retries is %d.",
 								 edata->detail ? edata->detail : "", edata->detail ? " " : "",
 								 run->retries, run->max_retries);
-		ereport(LOG,
-				(errmsg("sluice pipeline \"%s\": batch " INT64_FORMAT " failed with SQLSTATE %s, %d times in a row: the pipeline fails",
-						run->name, batch_id, unpack_sql_state(edata->sqlerrcode), run->retries)));
+		batch_log_failure(run, batch_id, edata,
+						  psprintf("%d times in a row, past max_retries: the pipeline fails", run->retries));
 		return false;
 	}
 	if (run->attempts == 0)
 		run->attempts = run->retries;	/* the plan failed: its tries */
 	run->retry_ms = Min(1000L << Min(run->retries - 1, 20), sluice_max_retry_delay * 1000L);
 	next = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), run->retry_ms);
-	ereport(LOG,
-			(errmsg("sluice pipeline \"%s\": batch " INT64_FORMAT " failed with SQLSTATE %s (attempt %d), tried again in %ld ms",
-					run->name, batch_id, unpack_sql_state(edata->sqlerrcode), run->attempts, run->retry_ms)));
+	batch_log_failure(run, batch_id, edata,
+					  psprintf("attempt %d, tried again in %ld ms", run->attempts, run->retry_ms));
 	/* a catalog pg_restore is loading gets nothing written: its rows are on their way */
 	if (edata->sqlerrcode != ERRCODE_SLUICE_CATALOG_INCOMPLETE)
 		batch_record_error(run, batch_id, edata, false);
@@ -740,15 +754,14 @@ batch_run(PipelineRun *run)
 		if (!careful && run->isolate_rows && batch_id > 0 &&
 			rejects_is_row_error(edata->sqlerrcode))
 		{
-			ereport(LOG,
-					(errmsg("sluice pipeline \"%s\": batch " INT64_FORMAT " has bad rows, reading it again row by row",
-							run->name, batch_id)));
+			batch_log_failure(run, batch_id, edata, "a bad row: reading it again row by row");
 			careful = true;
 			FreeErrorData(edata);
 			continue;
 		}
 		if (edata->sqlerrcode == ERRCODE_SLUICE_OUT_OF_TURN)
 		{
+			ereport(DEBUG1, (errmsg_internal("sluice pipeline \"%s\": %s", run->name, edata->message)));
 			/* the earlier batch no worker held is this worker's next plan */
 			run->retry_ms = 0;
 			FreeErrorData(edata);
@@ -759,6 +772,8 @@ batch_run(PipelineRun *run)
 			FreeErrorData(edata);
 			return BATCH_RETRY;
 		}
+		if (!is_transient(edata->sqlerrcode))
+			batch_log_failure(run, batch_id, edata, "the pipeline fails");
 		batch_record_error(run, batch_id, edata, true);
 		FreeErrorData(edata);
 		return BATCH_FAILED;

@@ -110,6 +110,20 @@ slot_held_batches(int32 pipeline_id, SluiceSlot *mine, Datum *elems)
 	return n;
 }
 
+/* How many live workers a pipeline has. */
+int
+slot_workers(int32 pipeline_id)
+{
+	int			n = 0;
+
+	LWLockAcquire(sluice_shared->lock, LW_SHARED);
+	for (int i = 0; i < sluice_max_workers; i++)
+		if (sluice_shared->slots[i].pipeline_id == pipeline_id && sluice_shared->slots[i].worker_pid != 0)
+			n++;
+	LWLockRelease(sluice_shared->lock);
+	return n;
+}
+
 /* How many workers of a pipeline hold a batch now. */
 int
 slot_batches_in_flight(int32 pipeline_id)

@@ -122,6 +122,7 @@ extern int	slot_reserve(int32 pipeline_id, Oid owner, pid_t waiter, int max_per_
 extern void slot_retire(int slotno, uint64 generation);
 extern Datum slot_leases(int32 pipeline_id, SluiceSlot *mine);
 extern int	slot_batches_in_flight(int32 pipeline_id);
+extern int	slot_workers(int32 pipeline_id);
 extern void slot_release(int slotno, uint64 generation);
 extern bool slot_pipeline_busy(int32 pipeline_id);
 extern bool slot_never_connected(int slotno, uint64 generation);

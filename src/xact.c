@@ -34,8 +34,9 @@ xact_end(void)
 }
 
 /*
- * In a PG_CATCH block: the error, copied into cxt, after it was logged and
- * the transaction rolled back.
+ * In a PG_CATCH block: the error, copied into cxt, after the transaction
+ * was rolled back.  Not logged here: the caller logs it once, saying what
+ * comes of it.
  */
 ErrorData *
 xact_catch(MemoryContext cxt)
@@ -44,7 +45,6 @@ xact_catch(MemoryContext cxt)
 
 	MemoryContextSwitchTo(cxt);
 	edata = CopyErrorData();
-	EmitErrorReport();
 	FlushErrorState();
 	AbortCurrentTransaction();
 	MemoryContextSwitchTo(cxt);

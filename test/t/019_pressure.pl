@@ -87,9 +87,9 @@ wait_until($node, sprintf($five, "'lag'"), 't', 'lag: five batches');
 # the reason is the owner's to see (and pg_read_all_stats')
 $node->safe_psql('postgres', 'CREATE ROLE other LOGIN');
 my $id = $node->safe_psql('postgres', "SELECT id FROM sluice.pipeline WHERE name = 'lag'");
-is($node->safe_psql('postgres', "SET ROLE other; SELECT sluice._throttled_by($id) IS NULL"), 't',
+is($node->safe_psql('postgres', "SET ROLE other; SELECT (sluice._live($id)).throttled_by IS NULL"), 't',
 	'lag: another role does not see why');
-is($node->safe_psql('postgres', "GRANT pg_read_all_stats TO other; SET ROLE other; SELECT sluice._throttled_by($id) IS NOT NULL"),
+is($node->safe_psql('postgres', "GRANT pg_read_all_stats TO other; SET ROLE other; SELECT (sluice._live($id)).throttled_by IS NOT NULL"),
 	't', 'lag: pg_read_all_stats does');
 is($node->safe_psql('postgres', "SELECT max(files) FROM sluice.progress('lag', 10000)"), '1',
 	'lag: while the replica lags every batch takes one file');
