@@ -79,6 +79,7 @@ SELECT (length(d) - length(replace(d, '<polyline', ''))) / length('<polyline') A
        d LIKE '%Watermark against%' AS watermark_chart
   FROM sluice.dashboard('pj', 2) AS d;
 SELECT sluice.dashboard('pj', 0);
+SELECT sluice.dashboard('pj', 1001);
 
 -- errors; another role sees none of it
 SELECT sluice.progress_json('no_such_pipeline');

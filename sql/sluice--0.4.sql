@@ -1617,8 +1617,9 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'pipeline "%" does not exist', dashboard.name USING ERRCODE = 'undefined_object';
     END IF;
-    IF n < 1 THEN
-        RAISE EXCEPTION 'n must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+    IF n < 1 OR n > 1000 THEN
+        RAISE EXCEPTION 'n must be from 1 to 1000' USING ERRCODE = 'invalid_parameter_value',
+              DETAIL = 'A chart is 780 points wide.';
     END IF;
     SELECT array_agg(x.batch_id ORDER BY x.batch_id),
            array_agg(round(x.input_rows / nullif(extract(epoch FROM x.planned_at - x.prev), 0), 1) ORDER BY x.batch_id),
@@ -1639,9 +1640,9 @@ BEGIN
                   l + pw + 40, y + (CASE WHEN p.event_time IS NULL THEN 3 ELSE 4 END) * (ph + gap))
         || '<rect width="100%" height="100%" fill="#ffffff"/>'
         || format('<text x="%s" y="30" font-size="18" font-weight="bold">sluice pipeline %s</text>', l,
-                  replace(replace(replace(p.name, '&', '&amp;'), '<', '&lt;'), '>', '&gt;'))
+                  replace(replace(replace(regexp_replace(p.name, '[[:cntrl:]]', '', 'g'), '&', '&amp;'), '<', '&lt;'), '>', '&gt;'))
         || format('<text x="%s" y="52" fill="#555">state %s; the last %s committed batches%s</text>', l, p.state, k,
-                  CASE WHEN k > 0 THEN format(', %s to %s', to_char(t0, 'YYYY-MM-DD HH24:MI:SS'), to_char(t1, 'HH24:MI:SS TZ'))
+                  CASE WHEN k > 0 THEN format(', %s to %s', to_char(t0, 'YYYY-MM-DD HH24:MI:SS'), to_char(t1, 'HH24:MI:SS "UTC"OF'))
                        ELSE '' END);
     IF k = 0 THEN
         RETURN svg || format('<text x="%s" y="%s" fill="#555">no committed batch yet</text></svg>', l, y);

@@ -509,16 +509,22 @@ batch_process(PipelineRun *run, Batch *b, double plan_ms, bool careful)
 						b->id, run->name)));
 
 	/*
-	 * Any role may LISTEN (and NOTIFY): the payload says what happened,
-	 * never a row's data.  Far under the 8,000 bytes a payload may have.
+	 * Any role may LISTEN: the payload names the pipeline, the batch and
+	 * what happened; its numbers only with sluice.notify_details.  Far
+	 * under the 8,000 bytes a payload may have.  A notification queue
+	 * filled by someone else's idle listener must not fail the batch: past
+	 * half full, none is sent.
 	 */
 	values[2] = CStringGetTextDatum(run->name);
 	values[3] = Int64GetDatum((int64) b->rows);
 	values[4] = Float8GetDatum(plan_ms + write_ms);
-	catalog_exec("SELECT pg_notify('sluice_progress', json_build_object('pipeline', $3, 'batch_id', $2,"
-				 "  'status', 'committed', 'input_rows', $4, 'duration_ms', round($5::numeric, 3),"
-				 "  'watermark', (SELECT next_watermark FROM sluice.batch WHERE pipeline_id = $1 AND batch_id = $2))::text)",
-				 5, (Oid[]) {INT4OID, INT8OID, TEXTOID, INT8OID, FLOAT8OID}, values, NULL, SPI_OK_SELECT);
+	values[5] = BoolGetDatum(sluice_notify_details);
+	catalog_exec("SELECT pg_notify('sluice_progress', (jsonb_build_object('pipeline', $3, 'batch_id', $2, 'status', 'committed')"
+				 "  || CASE WHEN $6 THEN jsonb_build_object('input_rows', $4, 'duration_ms', round($5::numeric, 3),"
+				 "       'watermark', (SELECT next_watermark FROM sluice.batch WHERE pipeline_id = $1 AND batch_id = $2))"
+				 "     ELSE '{}' END)::text)"
+				 " WHERE pg_notification_queue_usage() < 0.5",
+				 6, (Oid[]) {INT4OID, INT8OID, TEXTOID, INT8OID, FLOAT8OID, BOOLOID}, values, NULL, SPI_OK_SELECT);
 
 	crash_point("before_commit", b->attempts);
 	return true;
@@ -556,12 +562,14 @@ batch_record_error(PipelineRun *run, int64 batch_id, ErrorData *edata, bool fail
 	if (fail)
 		catalog_exec("UPDATE sluice.pipeline SET state = 'failed' WHERE id = $1", 1, types, values, NULL,
 					 SPI_OK_UPDATE);
-	/* the SQLSTATE only: the message may quote a row, and any role may LISTEN */
+	/* as after a commit; the error's SQLSTATE only, never its text, which may quote a row */
 	values[0] = CStringGetTextDatum(run->name);
 	values[3] = CStringGetTextDatum(fail ? "failed" : "retrying");
-	catalog_exec("SELECT pg_notify('sluice_progress', json_build_object('pipeline', $1, 'batch_id', $2,"
-				 "  'status', $4, 'error', $3)::text)",
-				 4, (Oid[]) {TEXTOID, INT8OID, TEXTOID, TEXTOID}, values, nulls[1] == 'n' ? " n  " : NULL,
+	values[4] = BoolGetDatum(sluice_notify_details);
+	catalog_exec("SELECT pg_notify('sluice_progress', (jsonb_build_object('pipeline', $1, 'batch_id', $2, 'status', $4)"
+				 "  || CASE WHEN $5 THEN jsonb_build_object('error', $3) ELSE '{}' END)::text)"
+				 " WHERE pg_notification_queue_usage() < 0.5",
+				 5, (Oid[]) {TEXTOID, INT8OID, TEXTOID, TEXTOID, BOOLOID}, values, nulls[1] == 'n' ? " n   " : NULL,
 				 SPI_OK_SELECT);
 	xact_end();
 	if (!fail)

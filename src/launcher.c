@@ -424,8 +424,18 @@ launcher_reconcile(void)
 	TimestampTz now = GetCurrentTimestamp();
 	long		sleep_ms = sluice_launcher_naptime * 1000L;
 
+	int			no_worker = 0;	/* running pipelines that have none yet */
+	bool		starved = false;	/* one found no free slot for its first */
+
 	foreach(lc, launched)
 		((LaunchedPipeline *) lfirst(lc))->seen = false;
+	foreach(lc, running)
+	{
+		LaunchedPipeline *lp = launched_find(((RunningPipeline *) lfirst(lc))->id);
+
+		if (lp == NULL || lp->workers == NIL)
+			no_worker++;
+	}
 
 	foreach(lc, running)
 	{
@@ -515,10 +525,25 @@ launcher_reconcile(void)
 			LaunchedWorker *lw;
 			BackgroundWorkerHandle *handle;
 			uint64		generation;
-			int			slotno = slot_reserve(p->id, p->owner, 0, lp->desired, &generation);
+			int			slotno;
+
+			/* every running pipeline gets its first worker before any gets a second */
+			if (lp->workers != NIL && slot_free_count() <= no_worker)
+			{
+				if (!lp->no_slot_reported)
+					launcher_report(p->id, false, ERRCODE_WARNING,
+									psprintf("pipeline \"%s\" runs %d of the %d workers it wants", p->name,
+											 live, lp->desired),
+									"Other running pipelines need the free sluice worker slots: each gets one before any gets more.",
+									"Raise sluice.max_workers and restart the server.");
+				lp->no_slot_reported = true;
+				break;
+			}
+			slotno = slot_reserve(p->id, p->owner, 0, lp->desired, &generation);
 
 			if (slotno < 0)
 			{
+				starved |= live == 0 && !slot_pipeline_busy(p->id);
 				/* held by a run_once() call, or all slots are taken: say so once */
 				if (!slot_pipeline_busy(p->id) && !lp->no_slot_reported)
 					launcher_report(p->id, false, ERRCODE_WARNING,
@@ -559,9 +584,48 @@ launcher_reconcile(void)
 			lw->slotno = slotno;
 			lw->generation = generation;
 			lw->handle = handle;
+			if (lp->workers == NIL)
+				no_worker--;
 			lp->workers = lappend(lp->workers, lw);
 		}
 	}
+
+	/*
+	 * A pipeline found no slot for its first worker while another has
+	 * several: that one's newest goes after its batch (unless a worker is
+	 * going already), and the slot it frees goes to the first, as the
+	 * others wait while one has none.
+	 */
+	foreach(lc, launched)
+	{
+		LaunchedPipeline *lp = lfirst(lc);
+
+		/* a slot is on its way already */
+		if (launcher_live_workers(lp) < list_length(lp->workers))
+			starved = false;
+	}
+	if (starved)
+		foreach(lc, launched)
+		{
+			LaunchedPipeline *lp = lfirst(lc);
+
+			if (lp->seen && launcher_live_workers(lp) > 1)
+			{
+				for (int i = list_length(lp->workers) - 1; i >= 0; i--)
+				{
+					LaunchedWorker *lw = list_nth(lp->workers, i);
+
+					if (!lw->retiring)
+					{
+						slot_retire(lw->slotno, lw->generation);
+						lw->retiring = true;
+						break;
+					}
+				}
+				sleep_ms = Min(sleep_ms, 1000);
+				break;
+			}
+		}
 
 	/*
 	 * Stop the workers of pipelines that are no longer running.  This goes by

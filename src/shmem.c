@@ -110,6 +110,20 @@ slot_held_batches(int32 pipeline_id, SluiceSlot *mine, Datum *elems)
 	return n;
 }
 
+/* How many slots are free. */
+int
+slot_free_count(void)
+{
+	int			n = 0;
+
+	LWLockAcquire(sluice_shared->lock, LW_SHARED);
+	for (int i = 0; i < sluice_max_workers; i++)
+		if (sluice_shared->slots[i].pipeline_id == 0)
+			n++;
+	LWLockRelease(sluice_shared->lock);
+	return n;
+}
+
 /* How many live workers a pipeline has. */
 int
 slot_workers(int32 pipeline_id)

@@ -27,6 +27,7 @@ double		sluice_wal_pressure = 0.8;
 char	   *sluice_crash_at = NULL;
 int			sluice_max_retry_delay = 60;
 int			sluice_errors_retention = 7 * 24 * 60;
+bool		sluice_notify_details = false;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -137,6 +138,11 @@ _PG_init(void)
 							"The launcher deletes older errors, once a minute.",
 							&sluice_errors_retention, 7 * 24 * 60, -1, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_MIN, NULL, NULL, NULL);
+	DefineCustomBoolVariable("sluice.notify_details",
+							 "Whether sluice_progress notifications carry a batch's numbers and a failure's SQLSTATE.",
+							 "Any role may LISTEN to any channel: off, they name the pipeline, the batch and its status only.",
+							 &sluice_notify_details, false,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomStringVariable("sluice.crash_at",
 							   "Testing only: a worker kills itself with SIGKILL at this stage of the first attempt of each batch.",
 							   "One of after_plan, after_read, after_sink, before_commit, after_commit; empty for never.",

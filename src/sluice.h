@@ -29,6 +29,7 @@ extern double sluice_wal_pressure;
 extern char *sluice_crash_at;
 extern int	sluice_max_retry_delay;
 extern int	sluice_errors_retention;
+extern bool sluice_notify_details;
 
 /* sluice's own SQLSTATEs (class SL), all transient */
 #define ERRCODE_SLUICE_FILE_CHANGED MAKE_SQLSTATE('S', 'L', '0', '0', '1')
@@ -123,6 +124,7 @@ extern void slot_retire(int slotno, uint64 generation);
 extern Datum slot_leases(int32 pipeline_id, SluiceSlot *mine);
 extern int	slot_batches_in_flight(int32 pipeline_id);
 extern int	slot_workers(int32 pipeline_id);
+extern int	slot_free_count(void);
 extern void slot_release(int slotno, uint64 generation);
 extern bool slot_pipeline_busy(int32 pipeline_id);
 extern bool slot_never_connected(int slotno, uint64 generation);

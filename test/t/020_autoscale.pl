@@ -15,6 +15,8 @@
 #    partition ended.
 # 5. A window pipeline with three workers writes the same windows and late
 #    rows, batch by batch with the same watermarks, as one worker.
+# 6. A pipeline that holds every slot gives one up to a pipeline that has
+#    none, and takes it back when that one stops.
 use strict;
 use warnings;
 
@@ -247,6 +249,37 @@ my $marks = "SELECT string_agg(concat_ws(',', batch_id, watermark, next_watermar
 is($node->safe_psql('postgres', "$marks('win3', 100)"), $node->safe_psql('postgres', "$marks('win1', 100)"),
 	'windows: each batch ran with the watermark one worker gave it');
 $node->safe_psql('postgres', "SELECT sluice.stop('win3')");
+
+# ---------------------------------------------------------------------------
+# 6. slots are shared: a pipeline that holds all 6 gives one to a pipeline
+#    that has none
+
+$dir = $node->basedir . '/hog';
+gen_files($dir, files => 2, rows => 10, prefix => 'hog');
+my $dir2 = $node->basedir . '/small';
+gen_files($dir2, files => 2, rows => 10, prefix => 'small');
+$node->safe_psql('postgres', qq{
+CREATE TABLE t_hog (id bigint, customer int, amount numeric(12,2), ts timestamptz);
+CREATE TABLE t_small (id bigint, customer int, amount numeric(12,2), ts timestamptz);
+SELECT sluice.create_pipeline('hog', sluice.csv_source('$dir', '$SluiceTest::COLUMNS'),
+  sluice.append_sink('t_hog'), '1 second', min_workers => 6, max_workers => 6);
+SELECT sluice.create_pipeline('small', sluice.csv_source('$dir2', '$SluiceTest::COLUMNS'),
+  sluice.append_sink('t_small'), '1 second');
+SELECT sluice.start('hog');
+});
+wait_until($node, "SELECT workers FROM sluice.pipelines WHERE name = 'hog'", '6', 'hog: all 6 slots');
+$node->safe_psql('postgres', "SELECT sluice.start('small')");
+wait_until($node, "SELECT workers FROM sluice.pipelines WHERE name = 'small'", '1', 'small: gets a worker');
+is($node->safe_psql('postgres', "SELECT workers FROM sluice.pipelines WHERE name = 'hog'"), '5', 'hog: gave one up');
+wait_until($node, 'SELECT count(*) FROM t_small', '20', 'small: reads its files');
+sleep 2;
+is($node->safe_psql('postgres', "SELECT workers || ' ' || desired_workers FROM sluice.pipelines WHERE name = 'hog'"),
+	'5 6', 'hog: does not take the slot back while small runs');
+like($node->safe_psql('postgres', "SELECT message FROM sluice.errors WHERE pipeline = 'hog' AND sqlstate = '01000'"),
+	qr/^pipeline "hog" runs 5 of the 6 workers it wants$/, 'hog: says so');
+$node->safe_psql('postgres', "SELECT sluice.stop('small')");
+wait_until($node, "SELECT workers FROM sluice.pipelines WHERE name = 'hog'", '6', 'hog: takes the slot once small stopped');
+$node->safe_psql('postgres', "SELECT sluice.stop('hog')");
 
 $node->stop;
 done_testing();

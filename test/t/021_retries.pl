@@ -8,7 +8,9 @@
 #    30 s, then committed once when the flag is set.
 # 2. With max_retries => 2, the third failure in a row fails the pipeline.
 # 3. NOTIFY sluice_progress carries a JSON object for each committed,
-#    retried and failed batch: what happened, never an error's text.
+#    retried and failed batch: the pipeline, the batch and its status, and
+#    with sluice.notify_details its numbers and a failure's SQLSTATE; never
+#    an error's text.
 use strict;
 use warnings;
 
@@ -21,7 +23,7 @@ use Test::More;
 use JSON::PP;
 use SluiceTest;
 
-my $node = sluice_node('retries');
+my $node = sluice_node('retries', "sluice.notify_details = on\n");
 my $listener = start_session($node);
 $listener->query('LISTEN sluice_progress;');
 
@@ -82,7 +84,9 @@ $node->safe_psql('postgres', "SELECT sluice.stop('flaky')");
 $node->safe_psql('postgres', 'TRUNCATE flag');
 
 # ---------------------------------------------------------------------------
-# 2. max_retries
+# 2. max_retries, and notifications without details
+$node->safe_psql('postgres', 'ALTER SYSTEM SET sluice.notify_details = off; SELECT pg_reload_conf()');
+wait_until($node, 'SHOW sluice.notify_details', 'off', 'notify_details off');
 
 $dir = $node->basedir . '/limited';
 gen_files($dir, files => 1, rows => 10, prefix => 'limited');
@@ -124,7 +128,10 @@ is(join(' ', $committed[0]{batch_id}, $committed[0]{input_rows}, $committed[0]{d
 	'1 10 positive null', 'notify: batch 1, 10 rows, its duration, no watermark (no event time)');
 my @failed = grep { $_->{pipeline} eq 'limited' && $_->{status} eq 'failed' } @json;
 is(scalar(@failed), 1, 'notify: one failed notification for limited');
-is($failed[0]{error}, '40001', 'notify: with the SQLSTATE');
+is_deeply([ sort keys %{ $failed[0] } ], [qw(batch_id pipeline status)],
+	'notify: without sluice.notify_details, the pipeline, batch and status only');
+is(scalar(grep { $_->{pipeline} eq 'limited' && $_->{status} eq 'retrying' } @json), 2,
+	'notify: and a retrying one for each of its two retries');
 is(scalar(grep { /busy/ } @notes), 0, 'notify: no error message in any payload');
 $listener->quit;
 
