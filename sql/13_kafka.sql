@@ -118,6 +118,11 @@ SELECT sluice.run_once('regress_kafka_p') AS batches;
 SELECT count(*) AS rows FROM regress_kafka.t;
 SELECT partition, next_offset FROM sluice.kafka_offset ORDER BY partition;
 SELECT batch_id, status, input_rows, files, start_offset, end_offset FROM sluice.progress('regress_kafka_p');
+-- progress_json: Spark's Kafka source, its offsets, and what was left behind
+SELECT j->'sources'->0->>'description' AS description, j->'sources'->0->'startOffset' AS start_offset,
+       j->'sources'->0->'endOffset' AS end_offset, j->'sources'->0->'latestOffset' AS latest_offset,
+       j->'sources'->0->'metrics' AS metrics
+  FROM sluice.progress_json('regress_kafka_p') AS j;
 -- a second pipeline from the latest offsets reads nothing of what is there
 CREATE TABLE regress_kafka.latest (id int, v text);
 SELECT sluice.create_pipeline('regress_kafka_latest',

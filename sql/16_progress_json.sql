@@ -39,7 +39,8 @@ SELECT count(*) AS batches,
                 AND (j->>'processedRowsPerSecond')::numeric IS NOT DISTINCT FROM p.rows_per_second
                 AND j->'sources'->0->'startOffset' = p.start_offset AND j->'sources'->0->'endOffset' = p.end_offset
                 AND (j->'sources'->0->'metrics'->>'filesBehindLatest')::bigint = p.backlog
-                AND (j->>'timestamp')::timestamptz = date_trunc('milliseconds', p.planned_at)) AS agree,
+                AND (j->>'timestamp')::timestamptz = date_trunc('milliseconds', p.planned_at)
+                AND j->'sources'->0->'latestOffset' = jsonb_build_object('log_offset', p.batch_id)) AS agree,
        count(DISTINCT j->>'runId') AS runs, bool_and((j->>'id')::uuid IS NOT NULL AND (j->>'runId')::uuid IS NOT NULL) AS uuids,
        bool_and(j->>'id' = (SELECT uid::text FROM sluice.pipeline WHERE name = 'pj')) AS stable_id
   FROM sluice.progress_json('pj', 5) AS j JOIN sluice.progress('pj') AS p ON p.batch_id = (j->>'batchId')::bigint;
@@ -56,6 +57,9 @@ SELECT sluice.create_pipeline('pjw', sluice.csv_source(:'dir', 'id int, v text, 
                               sluice.window_sink('pj_w', '10 minutes', NULL, '{}', '{count(*) AS n}'), 'available_now',
                               event_time => 'ts', watermark_delay => '5 minutes');
 SELECT sluice.run_once('pjw') AS batches;
+SELECT bool_and((j->'eventTime'->>'avg')::timestamptz = date_trunc('milliseconds', p.event_time_avg)
+                AND (j->'eventTime'->>'min')::timestamptz = p.event_time_min) AS event_times_agree
+  FROM sluice.progress_json('pjw', 5) AS j JOIN sluice.progress('pjw') AS p ON p.batch_id = (j->>'batchId')::bigint;
 SELECT j->'batchId' AS batch, j->'eventTime' AS event_time,
        (j->'stateOperators'->0) - 'memoryUsedBytes' AS state,
        (j->'stateOperators'->0->>'memoryUsedBytes')::bigint > 0 AS has_memory,

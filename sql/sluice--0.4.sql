@@ -79,6 +79,7 @@ CREATE TABLE sluice.batch (
     size_limit   bigint,             -- what backpressure let it take (bytes of files, Kafka offsets)
     run_id       uuid,               -- the pipeline's run that planned it
     backlog      bigint,             -- what its plan left for later (files, Kafka offsets)
+    event_time_avg timestamptz,
     PRIMARY KEY (pipeline_id, batch_id)
 );
 CREATE INDEX batch_planned ON sluice.batch (pipeline_id, batch_id) WHERE status = 'planned';
@@ -803,7 +804,8 @@ CREATE FUNCTION sluice._window_write(batch_no bigint, sk jsonb, state_table regc
                                      watermark_delay interval, w timestamptz, input regclass,
                                      OUT written bigint, OUT new_w timestamptz,
                                      OUT et_min timestamptz, OUT et_max timestamptz, OUT dropped bigint,
-                                     OUT total bigint, OUT updated bigint, OUT removed bigint)
+                                     OUT total bigint, OUT updated bigint, OUT removed bigint,
+                                     OUT et_avg timestamptz)
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -843,7 +845,8 @@ BEGIN
 
     -- the watermark the batch leaves, first: append mode writes the windows
     -- it closes straight to the target instead of through the state
-    EXECUTE format('SELECT min(%1$s), max(%1$s) FROM %2$s', et, input) INTO et_min, et_max;
+    EXECUTE format('SELECT min(%1$s), max(%1$s), to_timestamp(avg(extract(epoch FROM %1$s))) FROM %2$s', et, input)
+        INTO et_min, et_max, et_avg;
     new_w := CASE WHEN watermark_delay IS NULL THEN w
                   ELSE greatest(w, et_max - watermark_delay) END;
 
@@ -1467,7 +1470,8 @@ RETURNS TABLE (batch_id bigint, status text, attempts int, files int, input_rows
                next_watermark timestamptz, event_time_min timestamptz, event_time_max timestamptz,
                state_rows_total bigint, state_rows_updated bigint, state_rows_removed bigint, rows_per_second numeric, duration_ms jsonb,
                start_offset jsonb, end_offset jsonb,
-               planned_at timestamptz, committed_at timestamptz, size_limit bigint, backlog bigint)
+               planned_at timestamptz, committed_at timestamptz, size_limit bigint, backlog bigint,
+               event_time_avg timestamptz)
 LANGUAGE plpgsql STABLE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -1487,7 +1491,7 @@ BEGIN
            b.durations,
            coalesce(b.slice->'start', jsonb_build_object('log_offset', b.batch_id - 1)),
            sluice._batch_offsets(b.pipeline_id, b.batch_id),
-           b.planned_at, b.committed_at, b.size_limit, b.backlog
+           b.planned_at, b.committed_at, b.size_limit, b.backlog, b.event_time_avg
       FROM sluice.batch AS b
      WHERE b.pipeline_id = pid
      ORDER BY b.batch_id DESC
@@ -1523,6 +1527,7 @@ BEGIN
                'eventTime', CASE WHEN p.event_time IS NOT NULL THEN jsonb_build_object(
                    'min', to_char(b.event_time_min AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
                    'max', to_char(b.event_time_max AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+                   'avg', to_char(b.event_time_avg AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
                    'watermark', to_char(b.watermark AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')) END,
                'stateOperators', CASE WHEN p.state_table IS NOT NULL THEN jsonb_build_array(jsonb_build_object(
                    'operatorName', 'window',
@@ -1536,6 +1541,7 @@ BEGIN
                                   ELSE format('FileStreamSource[%s]', p.source->>'dir') END,
                    'startOffset', coalesce(b.slice->'start', jsonb_build_object('log_offset', b.batch_id - 1)),
                    'endOffset', sluice._batch_offsets(b.pipeline_id, b.batch_id),
+                   'latestOffset', coalesce(b.slice->'latest', jsonb_build_object('log_offset', b.batch_id)),
                    'numInputRows', b.input_rows,
                    'inputRowsPerSecond', round(b.input_rows / nullif(extract(epoch FROM b.planned_at - b.prev_planned_at), 0), 1),
                    'processedRowsPerSecond', round(b.input_rows * 1000.0 / nullif((b.durations->>'total')::numeric, 0), 1),

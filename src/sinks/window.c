@@ -20,10 +20,10 @@
 static int64
 window_write(Pipeline *p, Batch *b, Oid input, Oid stage, Rejects *rj)
 {
-	Oid			types[10] = {INT4OID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
-		TIMESTAMPTZOID, INT8OID, INT8OID, INT8OID, INT8OID};
-	Datum		values[10];
-	char		nulls[10];
+	Oid			types[11] = {INT4OID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
+		TIMESTAMPTZOID, INT8OID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID};
+	Datum		values[11];
+	char		nulls[11];
 	Datum		args[7];
 	char		argnulls[7] = "       ";
 	bool		isnull;
@@ -45,14 +45,14 @@ window_write(Pipeline *p, Batch *b, Oid input, Oid stage, Rejects *rj)
 				(Oid[]) {INT8OID, JSONBOID, REGCLASSOID, TEXTOID, INTERVALOID, TIMESTAMPTZOID, REGCLASSOID},
 				args, argnulls, SPI_OK_SELECT);
 
-	/* written, new watermark, event time min and max, dropped, total, updated, removed */
+	/* written, new watermark, event time min and max, dropped, total, updated, removed, event time avg */
 	written = spi_int64(0, 1);
 	values[1] = Int64GetDatum(b->id);
 	values[2] = spi_datum(0, 2, &isnull);
 	nulls[2] = isnull ? 'n' : ' ';
 	values[3] = args[5];
 	nulls[3] = argnulls[5];
-	for (int i = 4; i < 10; i++)
+	for (int i = 4; i < 11; i++)
 	{
 		values[i] = spi_datum(0, i - 1, &isnull);
 		nulls[i] = isnull ? 'n' : ' ';
@@ -62,9 +62,9 @@ window_write(Pipeline *p, Batch *b, Oid input, Oid stage, Rejects *rj)
 				 "  WHERE id = $1 AND watermark IS DISTINCT FROM $3)"
 				 " UPDATE sluice.batch SET watermark = $4, next_watermark = $3, event_time_min = $5,"
 				 "  event_time_max = $6, num_rows_dropped_by_watermark = $7, state_rows_total = $8,"
-				 "  state_rows_updated = $9, state_rows_removed = $10"
+				 "  state_rows_updated = $9, state_rows_removed = $10, event_time_avg = $11"
 				 " WHERE pipeline_id = $1 AND batch_id = $2",
-				 10, types, values, nulls, SPI_OK_UPDATE);
+				 11, types, values, nulls, SPI_OK_UPDATE);
 	return written;
 }
 

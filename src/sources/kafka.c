@@ -103,6 +103,7 @@ typedef struct KafkaPartition
 	int32		partition;
 	int64		start;
 	int64		end;
+	int64		latest;			/* where the partition stood at the plan (progress_json) */
 	bool		done;
 } KafkaPartition;
 
@@ -582,15 +583,16 @@ kafka_start_offset(KafkaState *st, int32 partition, bool first, int64 lo, int64 
 	return offset;
 }
 
+/* {"topic": {"0": offset, ...}} of each partition's start, end or latest offset */
 static void
-append_partition_json(StringInfo buf, const char *topic, KafkaPartition *parts, int n, bool end)
+append_partition_json(StringInfo buf, const char *topic, KafkaPartition *parts, int n, char which)
 {
 	appendStringInfoChar(buf, '{');
 	escape_json(buf, topic);
 	appendStringInfoString(buf, ": {");
 	for (int i = 0; i < n; i++)
 		appendStringInfo(buf, "%s\"%d\": " INT64_FORMAT, i > 0 ? ", " : "", parts[i].partition,
-						 end ? parts[i].end : parts[i].start);
+						 which == 'e' ? parts[i].end : which == 'l' ? parts[i].latest : parts[i].start);
 	appendStringInfoString(buf, "}}");
 }
 
@@ -649,6 +651,7 @@ kafka_plan(void *state, Pipeline *p, int64 batch_id, int64 *limit, int64 *backlo
 	Datum		values[4] = {Int32GetDatum(p->id), CStringGetTextDatum(st->topic)};
 	StringInfoData start_json;
 	StringInfoData end_json;
+	StringInfoData latest_json;
 	/* the limits as they are now: alter_pipeline() may change them */
 	int64		max_offsets = jsonb_get_int64(p->source, "max_offsets_per_trigger", 0);
 	int64		max_rate = jsonb_get_int64(p->source, "max_rate_per_partition", 0);
@@ -754,7 +757,7 @@ kafka_plan(void *state, Pipeline *p, int64 batch_id, int64 *limit, int64 *backlo
 			next = lo;
 		}
 		kp->start = next;
-		kp->end = hi;
+		kp->end = kp->latest = hi;
 		lag += hi - next;
 		n++;
 	}
@@ -806,11 +809,14 @@ kafka_plan(void *state, Pipeline *p, int64 batch_id, int64 *limit, int64 *backlo
 
 	initStringInfo(&start_json);
 	initStringInfo(&end_json);
-	append_partition_json(&start_json, st->topic, parts, n, false);
-	append_partition_json(&end_json, st->topic, parts, n, true);
+	initStringInfo(&latest_json);
+	append_partition_json(&start_json, st->topic, parts, n, 's');
+	append_partition_json(&end_json, st->topic, parts, n, 'e');
+	append_partition_json(&latest_json, st->topic, parts, n, 'l');
 	*slice = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
-												CStringGetDatum(psprintf("{\"start\": %s, \"end\": %s}",
-																		 start_json.data, end_json.data))));
+												CStringGetDatum(psprintf("{\"start\": %s, \"end\": %s, \"latest\": %s}",
+																		 start_json.data, end_json.data,
+																		 latest_json.data))));
 	return claimed;
 }
 
