@@ -591,6 +591,7 @@ DECLARE
     ph constant int := 150;         -- and height
     gap constant int := 80;         -- between charts, for titles and the batch axis
     ids bigint[];
+    replayed int[];                 -- attempts > 1: after a crash or a failure
     input_rate numeric[];
     processed_rate numeric[];
     plan_ms numeric[];
@@ -617,6 +618,7 @@ BEGIN
               DETAIL = 'A chart is 780 points wide.';
     END IF;
     SELECT array_agg(x.batch_id ORDER BY x.batch_id),
+           array_agg(x.attempts ORDER BY x.batch_id),
            array_agg(round(x.input_rows / nullif(extract(epoch FROM x.planned_at - x.prev), 0), 1) ORDER BY x.batch_id),
            array_agg(round(x.input_rows * 1000.0 / nullif((x.durations->>'total')::numeric, 0), 1) ORDER BY x.batch_id),
            array_agg((x.durations->>'plan')::numeric ORDER BY x.batch_id),
@@ -625,7 +627,7 @@ BEGIN
            array_agg(extract(epoch FROM x.next_watermark - x.first_event) ORDER BY x.batch_id),
            array_agg(extract(epoch FROM x.event_time_max - x.first_event) ORDER BY x.batch_id),
            min(x.committed_at), max(x.committed_at), count(*), min(x.first_event)
-      INTO ids, input_rate, processed_rate, plan_ms, write_ms, backlog, wm_at, et_at, t0, t1, k, e0
+      INTO ids, replayed, input_rate, processed_rate, plan_ms, write_ms, backlog, wm_at, et_at, t0, t1, k, e0
       FROM (SELECT y.*, lag(y.planned_at) OVER (ORDER BY y.batch_id) AS prev,
                    min(least(y.event_time_min, y.next_watermark)) OVER () AS first_event
               FROM (SELECT * FROM sluice.batch AS z WHERE z.pipeline_id = p.id AND z.status = 'committed'
@@ -646,7 +648,8 @@ BEGIN
 
     FOR c IN SELECT * FROM (VALUES
             (1, 'Input rate and processing rate', 'rows/s', '#1f77b4', '#ff7f0e', 'input rate', 'processing rate'),
-            (2, 'Batch duration by phase', 'ms', '#2ca02c', '#d62728', 'plan', 'read, write, commit'),
+            (2, 'Batch duration by phase (a black mark: replayed)', 'ms', '#2ca02c', '#d62728', 'plan',
+             'read, write, commit'),
             (3, 'Backlog after each plan', CASE WHEN p.source->>'type' = 'kafka' THEN 'offsets' ELSE 'files' END,
              '#9467bd', NULL, 'backlog', NULL),
             (4, 'Watermark against the latest event time', 'event time (UTC)', '#8c564b', '#e377c2',
@@ -692,6 +695,10 @@ BEGIN
                                       round(l + (i - 1) * bw, 1), round(y + ph - a * ph / top, 1),
                                       round(greatest(bw - 1, 1), 1), round(a * ph / top, 1), c.c1), ''), '')
                               FROM unnest(plan_ms, write_ms) WITH ORDINALITY AS u(a, b, i) WHERE a IS NOT NULL)
+                           || (SELECT coalesce(string_agg(
+                                 format('<rect x="%s" y="%s" width="%s" height="4" fill="#000000"><title>batch %s: attempt %s</title></rect>',
+                                        round(l + (i - 1) * bw, 1), y - 6, round(greatest(bw - 1, 1), 1), ids[i], t), ''), '')
+                                 FROM unnest(replayed) WITH ORDINALITY AS u(t, i) WHERE t > 1)
                WHEN 3 THEN sluice._svg_line(backlog, l, y, pw, ph, top, c.c1)
                ELSE sluice._svg_line(wm_at, l, y, pw, ph, top, c.c1)
                     || sluice._svg_line(et_at, l, y, pw, ph, top, c.c2) END;

@@ -11,6 +11,7 @@
 #    retried and failed batch: the pipeline, the batch and its status, and
 #    with sluice.notify_details its numbers and a failure's SQLSTATE; never
 #    an error's text.
+# 4. sluice.errors_retention prunes older errors.
 use strict;
 use warnings;
 
@@ -134,6 +135,19 @@ is(scalar(grep { $_->{pipeline} eq 'limited' && $_->{status} eq 'retrying' } @js
 	'notify: and a retrying one for each of its two retries');
 is(scalar(grep { /busy/ } @notes), 0, 'notify: no error message in any payload');
 $listener->quit;
+
+# ---------------------------------------------------------------------------
+# 4. sluice.errors_retention: the launcher deletes older errors
+
+my $flaky_id = $node->safe_psql('postgres', "SELECT id FROM sluice.pipeline WHERE name = 'flaky'");
+$node->safe_psql('postgres', qq{
+INSERT INTO sluice.error (pipeline_id, sqlstate, message, at) VALUES ($flaky_id, '40001', 'an old one', now() - interval '2 hours');
+ALTER SYSTEM SET sluice.errors_retention = '1h';
+});
+$node->restart;    # the launcher prunes at its first look, then once a minute
+wait_until($node, "SELECT count(*) FROM sluice.errors WHERE message = 'an old one'", '0', 'retention: the old error is gone');
+cmp_ok($node->safe_psql('postgres', "SELECT count(*) FROM sluice.errors WHERE pipeline = 'flaky'"), '>=', 4,
+	'retention: the recent ones stay');
 
 my ($ret, $out, $err) = $node->psql('postgres', q{SELECT sluice.create_pipeline('neg',
   sluice.csv_source('/tmp', 'id int'), sluice.function_sink('flaky_sink(bigint, regclass)'), max_retries => -1)});

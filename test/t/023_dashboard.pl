@@ -1,4 +1,5 @@
-# sluice.dashboard() renders: headless Chromium (Debian's chromium, installed
+# sluice.dashboard() renders, and marks a batch replayed after a crash:
+# headless Chromium (Debian's chromium, installed
 # by scripts/setup) takes a screenshot of the SVG of a pipeline's batches,
 # and the screenshot is not blank: it holds far more than the screenshot of
 # an empty SVG of the same size.
@@ -28,7 +29,18 @@ SELECT sluice.create_pipeline('dash',
   sluice.window_sink('t', '1 minute', NULL, '{customer}', '{count(*) AS n}'), 'available_now',
   event_time => 'ts', watermark_delay => '30 seconds');
 });
+# the first batch is replayed after a crash, which the picture marks
+set_crash_at($node, 'after_plan');
+my $offset = log_size($node);
+$node->psql('postgres', "SELECT sluice.run_once('dash')");
+wait_for_log_count($node, qr/all server processes terminated; reinitializing/, 1, $offset);
+wait_for_server($node);
+set_crash_at($node, '');
 is($node->safe_psql('postgres', "SELECT sluice.run_once('dash')"), '12', '12 batches');
+is($node->safe_psql('postgres', "SELECT attempts FROM sluice.progress('dash', 100) WHERE batch_id = 1"), '2',
+	'batch 1 was replayed after the crash');
+like($node->safe_psql('postgres', "SELECT sluice.dashboard('dash')"), qr{<title>batch 1: attempt 2</title>},
+	'the dashboard marks the replayed batch');
 
 my $work = $node->basedir;
 my $svg = "$work/dash.svg";
