@@ -66,6 +66,12 @@ SELECT j->'batchId' AS batch, j->'eventTime' AS event_time,
        j->'sink'->>'description' AS sink
   FROM sluice.progress_json('pjw', 5) AS j;
 
+-- sluice.pipelines: the last minute's rates, backlog, watermark lag and state
+SELECT p.name, p.input_rows_per_second, p.processed_rows_per_second > 0 AS processed, p.backlog,
+       p.watermark_lag = (SELECT event_time_max - p.watermark FROM sluice.progress(p.name, 1)) AS lag_ok,
+       p.watermark_lag, p.state_rows, p.workers, p.attempts, p.next_retry_at
+  FROM sluice.pipelines AS p WHERE p.name IN ('pj', 'pjw') ORDER BY p.name;
+
 -- metrics(): numbers for Prometheus, one row per pipeline
 SELECT pipeline, running, failed, batches_total, input_rows_total, output_rows_total, rejected_rows_total,
        late_rows_total, failures_total, backlog, workers, desired_workers, state_rows, retry_attempts,

@@ -508,8 +508,8 @@ BEGIN
                'timestamp', to_char(b.planned_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
                'batchId', b.batch_id,
                'numInputRows', b.input_rows,
-               'inputRowsPerSecond', round(b.input_rows / nullif(extract(epoch FROM b.planned_at - b.prev_planned_at), 0), 1),
-               'processedRowsPerSecond', round(b.input_rows * 1000.0 / nullif((b.durations->>'total')::numeric, 0), 1),
+               'inputRowsPerSecond', b.in_rate,
+               'processedRowsPerSecond', b.processed_rate,
                'durationMs', jsonb_build_object('triggerExecution', (b.durations->>'total')::numeric,
                                                 'queryPlanning', (b.durations->>'plan')::numeric,
                                                 'addBatch', (b.durations->>'write')::numeric),
@@ -532,8 +532,8 @@ BEGIN
                    'endOffset', sluice._batch_offsets(b.pipeline_id, b.batch_id),
                    'latestOffset', coalesce(b.slice->'latest', jsonb_build_object('log_offset', b.batch_id)),
                    'numInputRows', b.input_rows,
-                   'inputRowsPerSecond', round(b.input_rows / nullif(extract(epoch FROM b.planned_at - b.prev_planned_at), 0), 1),
-                   'processedRowsPerSecond', round(b.input_rows * 1000.0 / nullif((b.durations->>'total')::numeric, 0), 1),
+                   'inputRowsPerSecond', b.in_rate,
+                   'processedRowsPerSecond', b.processed_rate,
                    'metrics', CASE p.source->>'type'
                               WHEN 'kafka' THEN jsonb_build_object('offsetsBehindLatest', b.backlog,
                                   'avgOffsetsBehindLatest',
@@ -542,10 +542,12 @@ BEGIN
                'sink', jsonb_build_object(
                    'description', format('%sSink[%s]', initcap(p.sink->>'type'), coalesce(p.target::text, p.sink_function)),
                    'numOutputRows', b.sink_rows)))
-      FROM (SELECT x.*, lag(x.planned_at) OVER (ORDER BY x.batch_id) AS prev_planned_at
-              FROM sluice.batch AS x
-             WHERE x.pipeline_id = p.id AND x.status = 'committed'
-             ORDER BY x.batch_id DESC LIMIT progress_json.n + 1) AS b
+      FROM (SELECT y.*, round(y.input_rows / nullif(extract(epoch FROM y.planned_at - y.prev_planned_at), 0), 1) AS in_rate,
+                   round(y.input_rows * 1000.0 / nullif((y.durations->>'total')::numeric, 0), 1) AS processed_rate
+              FROM (SELECT x.*, lag(x.planned_at) OVER (ORDER BY x.batch_id) AS prev_planned_at
+                      FROM sluice.batch AS x
+                     WHERE x.pipeline_id = p.id AND x.status = 'committed'
+                     ORDER BY x.batch_id DESC LIMIT progress_json.n) AS y) AS b
      ORDER BY b.batch_id DESC
      LIMIT progress_json.n;
 END

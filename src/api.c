@@ -481,7 +481,7 @@ sluice_metrics(PG_FUNCTION_ARGS)
 		nulls[9] = !live;
 		for (int c = 10; c < 13; c++)	/* watermark, its lag, the last batch's duration */
 			values[c] = spi_datum(i, c + 2, &nulls[c]);
-		values[13] = Int32GetDatum(slot_workers(id));
+		values[13] = Int32GetDatum(slot_count(id, true));
 		nulls[13] = false;
 		values[14] = Int32GetDatum(live ? st.desired_workers : 0);
 		nulls[14] = !live || st.desired_workers == 0;
@@ -569,7 +569,7 @@ sluice_run_once(PG_FUNCTION_ARGS)
 		slotno = slot_reserve(id, owner, MyProcPid, 1, &generation);
 		if (slotno >= 0)
 			break;
-		if (!slot_pipeline_busy(id))
+		if (slot_count(id, false) == 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 					 errmsg("no free sluice worker slot to run pipeline \"%s\"", text_to_cstring(name)),

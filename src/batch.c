@@ -639,7 +639,7 @@ batch_try(PipelineRun *run, bool careful, int64 *batch_id_out, ErrorData **edata
 
 				INSTR_TIME_SET_CURRENT(took);
 				INSTR_TIME_SUBTRACT(took, start);
-				stats_add_batch(run->id, true, (int64) INSTR_TIME_GET_MICROSEC(took));
+				stats_add_batch(run->id, (int64) INSTR_TIME_GET_MICROSEC(took));
 				flow_observe(run, b.size, INSTR_TIME_GET_MILLISEC(took), run->backlog);
 				crash_point("after_commit", b.attempts);
 				if (run->backlog >= 0)

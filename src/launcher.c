@@ -528,7 +528,7 @@ launcher_reconcile(void)
 			int			slotno;
 
 			/* every running pipeline gets its first worker before any gets a second */
-			if (lp->workers != NIL && slot_free_count() <= no_worker)
+			if (lp->workers != NIL && slot_count(0, false) <= no_worker)
 			{
 				if (!lp->no_slot_reported)
 					launcher_report(p->id, false, ERRCODE_WARNING,
@@ -543,9 +543,9 @@ launcher_reconcile(void)
 
 			if (slotno < 0)
 			{
-				starved |= live == 0 && !slot_pipeline_busy(p->id);
+				starved |= live == 0 && slot_count(p->id, false) == 0;
 				/* held by a run_once() call, or all slots are taken: say so once */
-				if (!slot_pipeline_busy(p->id) && !lp->no_slot_reported)
+				if (slot_count(p->id, false) == 0 && !lp->no_slot_reported)
 					launcher_report(p->id, false, ERRCODE_WARNING,
 									psprintf("pipeline \"%s\" waits for a free worker slot", p->name),
 									psprintf("All %d sluice worker slots are taken.", sluice_max_workers),

@@ -28,7 +28,7 @@ static bool xact_callback_registered = false;
  * Reserve a free slot for a pipeline, which may hold max_per_pipeline
  * slots at most.  Returns -1 when it holds that many already (its workers
  * run it, or are about to), when a run_once() call holds one, or when no
- * slot is free; the caller tells which by slot_pipeline_busy().
+ * slot is free; the caller tells which by slot_count().
  */
 int
 slot_reserve(int32 pipeline_id, Oid owner, pid_t waiter, int max_per_pipeline, uint64 *generation)
@@ -110,29 +110,19 @@ slot_held_batches(int32 pipeline_id, SluiceSlot *mine, Datum *elems)
 	return n;
 }
 
-/* How many slots are free. */
+/*
+ * How many slots a pipeline holds (pipeline_id 0: how many are free); with
+ * live, only those whose worker runs.
+ */
 int
-slot_free_count(void)
+slot_count(int32 pipeline_id, bool live)
 {
 	int			n = 0;
 
 	LWLockAcquire(sluice_shared->lock, LW_SHARED);
 	for (int i = 0; i < sluice_max_workers; i++)
-		if (sluice_shared->slots[i].pipeline_id == 0)
-			n++;
-	LWLockRelease(sluice_shared->lock);
-	return n;
-}
-
-/* How many live workers a pipeline has. */
-int
-slot_workers(int32 pipeline_id)
-{
-	int			n = 0;
-
-	LWLockAcquire(sluice_shared->lock, LW_SHARED);
-	for (int i = 0; i < sluice_max_workers; i++)
-		if (sluice_shared->slots[i].pipeline_id == pipeline_id && sluice_shared->slots[i].worker_pid != 0)
+		if (sluice_shared->slots[i].pipeline_id == pipeline_id &&
+			(!live || sluice_shared->slots[i].worker_pid != 0))
 			n++;
 	LWLockRelease(sluice_shared->lock);
 	return n;
@@ -187,19 +177,6 @@ slot_never_connected(int slotno, uint64 generation)
 	return never;
 }
 
-bool
-slot_pipeline_busy(int32 pipeline_id)
-{
-	bool		busy = false;
-
-	LWLockAcquire(sluice_shared->lock, LW_SHARED);
-	for (int i = 0; i < sluice_max_workers; i++)
-		if (sluice_shared->slots[i].pipeline_id == pipeline_id)
-			busy = true;
-	LWLockRelease(sluice_shared->lock);
-	return busy;
-}
-
 /*
  * A pipeline's live values, under the lock held exclusively; owner is who
  * may see them (its workers connect as the owner).  When the table is
@@ -250,15 +227,15 @@ stats_set_throttled(int32 pipeline_id, const char *why)
 	LWLockRelease(sluice_shared->lock);
 }
 
-/* A worker spent busy_us on a batch (or on a plan that found nothing). */
+/* A worker committed a batch that took busy_us, its plan included. */
 void
-stats_add_batch(int32 pipeline_id, bool committed, int64 busy_us)
+stats_add_batch(int32 pipeline_id, int64 busy_us)
 {
 	SluicePipelineStats *s;
 
 	LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
 	s = stats_entry(pipeline_id, GetSessionUserId());
-	s->batches += committed ? 1 : 0;
+	s->batches++;
 	s->busy_us += busy_us;
 	LWLockRelease(sluice_shared->lock);
 }

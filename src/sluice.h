@@ -123,14 +123,12 @@ extern int	slot_reserve(int32 pipeline_id, Oid owner, pid_t waiter, int max_per_
 extern void slot_retire(int slotno, uint64 generation);
 extern Datum slot_leases(int32 pipeline_id, SluiceSlot *mine);
 extern int	slot_batches_in_flight(int32 pipeline_id);
-extern int	slot_workers(int32 pipeline_id);
-extern int	slot_free_count(void);
+extern int	slot_count(int32 pipeline_id, bool live);
 extern void slot_release(int slotno, uint64 generation);
-extern bool slot_pipeline_busy(int32 pipeline_id);
 extern bool slot_never_connected(int slotno, uint64 generation);
 extern void stats_set_backlog(int32 pipeline_id, int64 backlog);
 extern void stats_set_throttled(int32 pipeline_id, const char *why);
-extern void stats_add_batch(int32 pipeline_id, bool committed, int64 busy_us);
+extern void stats_add_batch(int32 pipeline_id, int64 busy_us);
 extern void stats_set_desired(int32 pipeline_id, Oid owner, int desired);
 extern void stats_set_retry(int32 pipeline_id, int attempts, TimestampTz next_retry_at);
 extern bool stats_get(int32 pipeline_id, SluicePipelineStats *stats);

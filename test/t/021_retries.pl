@@ -6,12 +6,16 @@
 # 1. A function sink raises serialization_failure (40001) until a flag is
 #    set: the batch is tried again at growing intervals, at most 10 times in
 #    30 s, then committed once when the flag is set.
-# 2. With max_retries => 2, the third failure in a row fails the pipeline.
+# 2. With max_retries => 2, the third failure in a row fails the pipeline;
+#    sluice.max_retry_delay caps the waits.
 # 3. NOTIFY sluice_progress carries a JSON object for each committed,
 #    retried and failed batch: the pipeline, the batch and its status, and
 #    with sluice.notify_details its numbers and a failure's SQLSTATE; never
 #    an error's text.
 # 4. sluice.errors_retention prunes older errors.
+# 5. A batch that fails among three workers is taken up at once by another
+#    (SQLSTATE SL003 makes the one waiting for it give way), and the sink
+#    still sees every batch once, in batch order.
 use strict;
 use warnings;
 
@@ -86,8 +90,10 @@ $node->safe_psql('postgres', 'TRUNCATE flag');
 
 # ---------------------------------------------------------------------------
 # 2. max_retries, and notifications without details
-$node->safe_psql('postgres', 'ALTER SYSTEM SET sluice.notify_details = off; SELECT pg_reload_conf()');
-wait_until($node, 'SHOW sluice.notify_details', 'off', 'notify_details off');
+$node->safe_psql('postgres', "ALTER SYSTEM SET sluice.notify_details = off; ALTER SYSTEM SET sluice.max_retry_delay = '1s';"
+	  . ' SELECT pg_reload_conf()');
+wait_until($node, "SELECT current_setting('sluice.notify_details') || current_setting('sluice.max_retry_delay')", 'off1s',
+	'notify_details off, max_retry_delay 1 s');
 
 $dir = $node->basedir . '/limited';
 gen_files($dir, files => 1, rows => 10, prefix => 'limited');
@@ -103,6 +109,12 @@ is($node->safe_psql('postgres', "SELECT count(*) FROM sluice.errors WHERE pipeli
 is($node->safe_psql('postgres', "SELECT detail FROM sluice.errors WHERE pipeline = 'limited' ORDER BY time DESC LIMIT 1"),
 	"It failed 3 times in a row, and the pipeline's max_retries is 2.", 'limited: the last error says why it failed');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM calls'), '1', 'limited: nothing written (the one call is from flaky)');
+my @limited_gaps = split /\n/, $node->safe_psql('postgres', qq{
+SELECT round(extract(epoch FROM time - lag(time) OVER (ORDER BY time)) * 1000)
+  FROM sluice.errors WHERE pipeline = 'limited' AND sqlstate = '40001' ORDER BY time OFFSET 1});
+note "limited: gaps (ms): @limited_gaps";
+ok(@limited_gaps == 2 && $limited_gaps[0] >= 900 && $limited_gaps[1] >= 900 && $limited_gaps[1] < 1500,
+	'limited: sluice.max_retry_delay (1 s) caps the wait that would have been 2 s');
 # ---------------------------------------------------------------------------
 # 3. the notifications of both pipelines
 
@@ -148,6 +160,49 @@ $node->restart;    # the launcher prunes at its first look, then once a minute
 wait_until($node, "SELECT count(*) FROM sluice.errors WHERE message = 'an old one'", '0', 'retention: the old error is gone');
 cmp_ok($node->safe_psql('postgres', "SELECT count(*) FROM sluice.errors WHERE pipeline = 'flaky'"), '>=', 4,
 	'retention: the recent ones stay');
+
+# ---------------------------------------------------------------------------
+# 5. a batch fails among three workers: another worker takes it up at once,
+#    and later batches still commit after it, each once
+
+$dir = $node->basedir . '/orphan';
+gen_files($dir, files => 8, rows => 10, prefix => 'orphan');
+$node->safe_psql('postgres', q{
+CREATE SEQUENCE once;
+CREATE TABLE orphan_calls (batch_id bigint, n bigint, at timestamptz DEFAULT clock_timestamp());
+CREATE FUNCTION once_sink(batch_id bigint, batch regclass) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    n bigint;
+BEGIN
+    IF batch_id = 2 AND nextval('once') = 1 THEN    -- a sequence: the rollback does not undo it
+        RAISE EXCEPTION 'batch 2 fails once' USING ERRCODE = 'serialization_failure';
+    END IF;
+    EXECUTE format('SELECT count(*) FROM %s', batch) INTO n;
+    INSERT INTO orphan_calls (batch_id, n) VALUES (batch_id, n);
+END $$;
+});
+$node->safe_psql('postgres', qq{
+SELECT sluice.create_pipeline('orphan',
+  sluice.csv_source('$dir', '$SluiceTest::COLUMNS', max_files_per_trigger => 1),
+  sluice.function_sink('once_sink(bigint, regclass)'), '0 seconds',
+  transform => 'SELECT b.* FROM batch AS b CROSS JOIN (SELECT pg_sleep(0.2)) AS s',
+  backpressure => false, min_workers => 3, max_workers => 3);
+SELECT sluice.start('orphan');
+});
+wait_until($node, "SELECT batches FROM sluice.pipelines WHERE name = 'orphan'", '8', 'orphan: 8 batches');
+is($node->safe_psql('postgres', 'SELECT count(*), count(DISTINCT batch_id), sum(n) FROM orphan_calls'), '8|8|80',
+	'orphan: the sink took every batch once');
+is($node->safe_psql('postgres', "SELECT count(*) FROM sluice.errors WHERE pipeline = 'orphan' AND batch_id = 2 AND sqlstate = '40001'"),
+	'1', 'orphan: batch 2 failed once');
+is($node->safe_psql('postgres', "SELECT attempts > 1 FROM sluice.progress('orphan') WHERE batch_id = 2"), 't',
+	'orphan: and was tried again');
+cmp_ok($node->safe_psql('postgres', qq{
+SELECT round(extract(epoch FROM (SELECT at FROM orphan_calls WHERE batch_id = 2)
+                               - (SELECT time FROM sluice.errors WHERE pipeline = 'orphan' AND batch_id = 2)) * 1000)}),
+	'<', 900, 'orphan: another worker took it up at once, not after the failed worker\'s 1 s backoff');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM (SELECT at < lag(at) OVER (ORDER BY batch_id) AS back FROM orphan_calls) AS o WHERE back'),
+	'0', 'orphan: the sink saw the batches in batch order');
+$node->safe_psql('postgres', "SELECT sluice.stop('orphan')");
 
 my ($ret, $out, $err) = $node->psql('postgres', q{SELECT sluice.create_pipeline('neg',
   sluice.csv_source('/tmp', 'id int'), sluice.function_sink('flaky_sink(bigint, regclass)'), max_retries => -1)});
