@@ -249,6 +249,8 @@ my $marks = "SELECT string_agg(concat_ws(',', batch_id, watermark, next_watermar
 is($node->safe_psql('postgres', "$marks('win3', 100)"), $node->safe_psql('postgres', "$marks('win1', 100)"),
 	'windows: each batch ran with the watermark one worker gave it');
 $node->safe_psql('postgres', "SELECT sluice.stop('win3')");
+wait_until($node, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'sluice worker'", '0',
+	'windows: the workers are gone');
 
 # ---------------------------------------------------------------------------
 # 6. slots are shared: a pipeline that holds all 6 gives one to a pipeline
@@ -275,8 +277,11 @@ wait_until($node, 'SELECT count(*) FROM t_small', '20', 'small: reads its files'
 sleep 2;
 is($node->safe_psql('postgres', "SELECT workers || ' ' || desired_workers FROM sluice.pipelines WHERE name = 'hog'"),
 	'5 6', 'hog: does not take the slot back while small runs');
-like($node->safe_psql('postgres', "SELECT message FROM sluice.errors WHERE pipeline = 'hog' AND sqlstate = '01000'"),
-	qr/^pipeline "hog" runs 5 of the 6 workers it wants$/, 'hog: says so');
+# (a worker of win3 still exiting can hold a background worker slot when
+# hog starts its sixth: that start waits, and says so in another warning)
+is($node->safe_psql('postgres', "SELECT string_agg(message, E'\\n') FROM sluice.errors"
+	. " WHERE pipeline = 'hog' AND sqlstate = '01000' AND message LIKE '%workers it wants'"),
+	'pipeline "hog" runs 5 of the 6 workers it wants', 'hog: says so, once');
 $node->safe_psql('postgres', "SELECT sluice.stop('small')");
 wait_until($node, "SELECT workers FROM sluice.pipelines WHERE name = 'hog'", '6', 'hog: takes the slot once small stopped');
 $node->safe_psql('postgres', "SELECT sluice.stop('hog')");
