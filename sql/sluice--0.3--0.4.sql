@@ -25,147 +25,16 @@ ALTER TABLE sluice.pipeline ADD COLUMN uid uuid NOT NULL DEFAULT gen_random_uuid
                             ADD COLUMN run_id uuid;
 ALTER TABLE sluice.batch ADD COLUMN run_id uuid, ADD COLUMN backlog bigint, ADD COLUMN event_time_avg timestamptz;
 
--- the window sink returns the batch's average event time too (progress_json's eventTime.avg)
+-- windows are aggregated in C as their rows are read (src/sinks/window.c)
 DROP FUNCTION sluice._window_write(bigint, jsonb, regclass, text, interval, timestamptz, regclass);
--- One batch into a window sink, in the batch transaction: drop late
--- (row, window) pairs, merge the rest into the state, move the watermark,
--- write the output mode's windows and evict state the watermark passed.
--- Runs as the pipeline's owner and writes no catalog row: the worker, which
--- holds the pipeline's row lock, stores what this returns.
-CREATE FUNCTION sluice._window_write(batch_no bigint, sk jsonb, state_table regclass, event_time text,
-                                     watermark_delay interval, w timestamptz, input regclass,
-                                     OUT written bigint, OUT new_w timestamptz,
-                                     OUT et_min timestamptz, OUT et_max timestamptz, OUT dropped bigint,
-                                     OUT total bigint, OUT updated bigint, OUT removed bigint,
-                                     OUT et_avg timestamptz)
-LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    a record;
-    et text;
-    mode text;
-    groups text;
-    gsel text;
-    gjoin text;
-    late text;
-    late_cols text;
-    size_iv text;
-    pairs text;
-    agg text;
-    lr text;
-    closes text;
-BEGIN
-    removed := 0;
-    written := 0;
-    mode := sk->>'output_mode';
-    -- a fixed duration: '1 day' in a time zone with daylight saving is not 24 hours
-    size_iv := (sk->>'size_s') || ' seconds';
-    et := format('%I::timestamptz', event_time);
-    a := sluice._window_aggs(sk, NULL);
-    SELECT string_agg(quote_ident(g), ', '), string_agg(format('t.%I IS NOT DISTINCT FROM s.%1$I', g), ' AND ')
-      INTO groups, gjoin FROM jsonb_array_elements_text(sk->'group_by') AS g;
-    gsel := coalesce(groups || ', ', '');
-    late := CASE WHEN w IS NULL OR mode = 'complete' THEN 'sluice_ws IS NULL'
-                 ELSE format('(sluice_ws IS NULL OR sluice_ws + %L::interval <= %L::timestamptz)', size_iv, w) END;
-
-    SELECT string_agg(', ' || quote_ident(l.attname), '') INTO late_cols
-      FROM pg_attribute l
-     WHERE l.attrelid = (sk->>'late_relid')::oid AND l.attnum > 0 AND NOT l.attisdropped
-       AND l.attname NOT IN ('batch_id', 'watermark')
-       AND l.attname IN (SELECT attname FROM pg_attribute WHERE attrelid = input AND attnum > 0);
-
-    -- the watermark the batch leaves, first: append mode writes the windows
-    -- it closes straight to the target instead of through the state
-    EXECUTE format('SELECT min(%1$s), max(%1$s), to_timestamp(avg(extract(epoch FROM %1$s))) FROM %2$s', et, input)
-        INTO et_min, et_max, et_avg;
-    new_w := CASE WHEN watermark_delay IS NULL THEN w
-                  ELSE greatest(w, et_max - watermark_delay) END;
-
-    -- (row, window) pairs: one window per row when tumbling
-    pairs := format('pairs AS MATERIALIZED (SELECT b.*, b.ctid AS sluice_ctid, w.ws AS sluice_ws FROM %s AS b, %s)',
-                    input,
-                    CASE WHEN sk->>'slide_s' = sk->>'size_s'
-                         THEN format('LATERAL (SELECT to_timestamp(floor(extract(epoch FROM %s) / %s) * %2$s) AS ws) AS w',
-                                     et, sk->>'size_s')
-                         ELSE format('LATERAL (SELECT (SELECT NULL::timestamptz WHERE %1$s IS NULL) AS ws'
-                                     ' UNION ALL SELECT to_timestamp((floor(extract(epoch FROM %1$s) / %2$s) - k) * %2$s)'
-                                     ' FROM generate_series(0, ceil(%3$s / %2$s)::int - 1) AS k'
-                                     ' WHERE to_timestamp((floor(extract(epoch FROM %1$s) / %2$s) - k) * %2$s) + %4$L::interval > %1$s) AS w'
-                                     ' WHERE w.ws IS NOT NULL OR %1$s IS NULL',
-                                     et, sk->>'slide_s', sk->>'size_s', size_iv) END);
-    agg := format('agg (window_start, window_end, %1$s %2$s) AS (SELECT sluice_ws, sluice_ws + %3$L::interval, %1$s %4$s'
-                  ' FROM pairs WHERE NOT %5$s GROUP BY sluice_ws %6$s)',
-                  gsel, a.part_names, size_iv, a.partials, late, coalesce(', ' || groups, ''));
-    lr := CASE WHEN sk->>'late_relid' IS NULL THEN ''
-               ELSE format(', lr AS (INSERT INTO %s (batch_id, watermark %s)'
-                           ' SELECT DISTINCT ON (sluice_ctid) %s, %L::timestamptz %s FROM pairs WHERE %s RETURNING 1)',
-                           (sk->>'late_relid')::oid::regclass, coalesce(late_cols, ''), batch_no, w,
-                           coalesce(late_cols, ''), late) END;
-    closes := format('window_end <= %L::timestamptz', new_w);
-
-    IF mode = 'append' THEN
-        -- windows closing now: this batch's, merged with their state; the rest
-        -- go to the state
-        EXECUTE format(
-            'WITH %1$s, %2$s,'
-            ' old AS (DELETE FROM %3$s WHERE %4$s RETURNING window_start, window_end, %5$s %6$s),'
-            ' closing (window_start, window_end, %5$s %6$s) AS (SELECT window_start, window_end, %5$s %7$s FROM'
-            '   (SELECT * FROM agg WHERE %4$s UNION ALL SELECT * FROM old) AS u GROUP BY window_start, window_end %8$s),'
-            ' emit AS (INSERT INTO %9$s (window_start, window_end, %5$s %10$s)'
-            '   SELECT window_start, window_end, %5$s %11$s FROM closing RETURNING 1),'
-            ' up AS (INSERT INTO %3$s AS s (window_start, window_end, %5$s %6$s, sluice_batch)'
-            '   SELECT window_start, window_end, %5$s %6$s, %12$s FROM agg WHERE NOT coalesce(%4$s, false)'
-            '   ON CONFLICT (window_start, window_end %8$s) DO UPDATE SET %13$s, sluice_batch = excluded.sluice_batch'
-            '   RETURNING 1)'
-            ' %14$s'
-            ' SELECT (SELECT count(*) FROM pairs WHERE %15$s), (SELECT count(*) FROM agg), (SELECT count(*) FROM emit)',
-            pairs, agg, state_table, closes, gsel, a.part_names, a.combines, coalesce(', ' || groups, ''),
-            (sk->>'relid')::oid::regclass, a.names, a.finals, batch_no, a.merges, lr, late)
-          INTO dropped, updated, written;
-        removed := written;
-    ELSE
-        EXECUTE format(
-            'WITH %1$s, %2$s,'
-            ' up AS (INSERT INTO %3$s AS s (window_start, window_end, %4$s %5$s, sluice_batch)'
-            '   SELECT window_start, window_end, %4$s %5$s, %6$s FROM agg'
-            '   ON CONFLICT (window_start, window_end %7$s) DO UPDATE SET %8$s, sluice_batch = excluded.sluice_batch'
-            '   RETURNING 1)'
-            ' %9$s'
-            ' SELECT (SELECT count(*) FROM pairs WHERE %10$s), (SELECT count(*) FROM up)',
-            pairs, agg, state_table, gsel, a.part_names, batch_no, coalesce(', ' || groups, ''), a.merges,
-            lr, late)
-          INTO dropped, updated;
-    END IF;
-
-    IF mode = 'update' THEN
-        EXECUTE format('MERGE INTO %1$s AS t USING (SELECT window_start, window_end, %2$s %3$s FROM %4$s WHERE sluice_batch = %5$s)'
-                       ' AS s(window_start, window_end, %2$s %6$s)'
-                       ' ON t.window_start = s.window_start AND t.window_end = s.window_end %7$s'
-                       ' WHEN MATCHED THEN UPDATE SET %8$s'
-                       ' WHEN NOT MATCHED THEN INSERT (window_start, window_end, %2$s %6$s)'
-                       ' VALUES (s.window_start, s.window_end, %9$s %10$s)',
-                       (sk->>'relid')::oid::regclass, gsel, a.finals, state_table, batch_no, a.names,
-                       coalesce(' AND ' || gjoin, ''),
-                       (SELECT string_agg(format('%s = s.%1$s', n), ', ') FROM regexp_split_to_table(a.names, ', ') n),
-                       (SELECT coalesce(string_agg('s.' || quote_ident(g) || ', ', ''), '')
-                          FROM jsonb_array_elements_text(sk->'group_by') g),
-                       (SELECT string_agg('s.' || n, ', ') FROM regexp_split_to_table(a.names, ', ') n));
-        GET DIAGNOSTICS written = ROW_COUNT;
-        IF new_w IS NOT NULL THEN
-            EXECUTE format('DELETE FROM %s WHERE window_end <= %L::timestamptz', state_table, new_w);
-            GET DIAGNOSTICS removed = ROW_COUNT;
-        END IF;
-    ELSIF mode = 'complete' THEN
-        EXECUTE format('DELETE FROM %s', (sk->>'relid')::oid::regclass);
-        EXECUTE format('INSERT INTO %s (window_start, window_end, %s %s) SELECT window_start, window_end, %s %s FROM %s',
-                       (sk->>'relid')::oid::regclass, gsel, a.names, gsel, a.finals, state_table);
-        GET DIAGNOSTICS written = ROW_COUNT;
-    END IF;
-
-    EXECUTE format('SELECT count(*) FROM %s', state_table) INTO total;
-END
-$$;
+-- The window sink's batch, aggregated in C as its rows are read
+-- (src/sinks/window.c): its table of partial aggregates, as rows of its
+-- state table (but sluice_batch), for the statements that write them.
+-- which: 'all', 'closed' (the windows the new watermark closes) or 'open'.
+-- Only a sluice worker's batch has one: anywhere else it is an error.
+CREATE FUNCTION sluice._window_partials(which text)
+RETURNS SETOF record LANGUAGE c VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'sluice_window_partials';
 
 CREATE TEMPORARY TABLE pg_temp.sluice_acl AS
 SELECT p.proname, p.proacl FROM pg_catalog.pg_proc AS p

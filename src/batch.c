@@ -40,6 +40,7 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "parser/parse_type.h"
@@ -153,6 +154,43 @@ create_stage(List *columns)
 	appendStringInfoString(&sql, ") ON COMMIT DROP");
 	pinned_exec(sql.data, 0, NULL, NULL, NULL, SPI_OK_UTILITY);
 	return temp_relid("batch");
+}
+
+/*
+ * Hand every row COPY's parser gives to a sink's receiver instead of
+ * inserting it (see SinkRoutine.receiver).  Returns the rows parsed.
+ */
+uint64
+copy_to_receiver(CopyFromState cstate, Relation rel, DestReceiver *dest)
+{
+	TupleTableSlot *slot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsVirtual);
+	ExprContext *econtext = CreateStandaloneExprContext();
+	MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext, "sluice parsed row",
+												 ALLOCSET_DEFAULT_SIZES);
+	MemoryContext oldcxt = CurrentMemoryContext;
+	uint64		rows = 0;
+
+	for (;;)
+	{
+		bool		more;
+
+		CHECK_FOR_INTERRUPTS();
+		MemoryContextReset(rowcxt);
+		ResetExprContext(econtext);
+		MemoryContextSwitchTo(rowcxt);
+		ExecClearTuple(slot);
+		more = NextCopyFrom(cstate, econtext, slot->tts_values, slot->tts_isnull);
+		MemoryContextSwitchTo(oldcxt);
+		if (!more)
+			break;
+		ExecStoreVirtualTuple(slot);
+		dest->receiveSlot(slot, dest);
+		rows++;
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	FreeExprContext(econtext, true);
+	MemoryContextDelete(rowcxt);
+	return rows;
 }
 
 /* Read the pipeline's row, in the current transaction; NULL if it is gone. */
@@ -421,6 +459,7 @@ batch_process(PipelineRun *run, Batch *b, double plan_ms, bool careful)
 	double		write_ms;
 	char	   *durations;
 	bool		staged;
+	bool		fold;
 	Oid			into;
 	Oid			input;
 	int64		sink_rows;
@@ -444,10 +483,21 @@ batch_process(PipelineRun *run, Batch *b, double plan_ms, bool careful)
 	rj.keep = p->keep_rejects;
 	rj.cxt = CurrentMemoryContext;	/* lives until rejects_save() */
 
-	/* an append sink without a transform takes the rows straight, at COPY's speed */
+	/*
+	 * An append sink without a transform takes the rows straight, at COPY's
+	 * speed; a sink that folds rows takes them one by one as they are
+	 * parsed, in its turn, and the staging table only gives their shape.
+	 */
+	fold = !careful && p->transform == NULL && p->sink_routine->receiver != NULL;
 	staged = careful || p->transform != NULL || !p->sink_routine->direct;
 	into = staged ? create_stage(p->columns) : p->target;
+	if (fold)
+	{
+		batch_wait_turn(run, b);
+		b->dest = p->sink_routine->receiver(p, b, into);
+	}
 	p->source_routine->read(run->source_state, p, b, into, careful ? &rj : NULL);
+	b->dest = NULL;
 	b->unit = NULL;
 	input = into;
 
@@ -471,7 +521,8 @@ batch_process(PipelineRun *run, Batch *b, double plan_ms, bool careful)
 	}
 
 	/* read and transformed side by side with other workers; written in batch order */
-	batch_wait_turn(run, b);
+	if (!fold)
+		batch_wait_turn(run, b);
 	if (staged)
 		sink_rows = p->sink_routine->write(p, b, input, into, careful ? &rj : NULL);
 	else

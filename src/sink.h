@@ -9,6 +9,13 @@
  *				when there is no transform (an append sink: the batch then
  *				costs what COPY costs); otherwise the rows are staged in the
  *				temporary table "batch" first
+ *	receiver	a sink that folds rows as they are parsed (may be NULL): the
+ *				receiver the source hands each row to when there is no
+ *				transform, instead of staging it (rows shaped like stage,
+ *				the staging table, which the sink may keep some in).  The
+ *				batch waits its turn before it reads, so that the sink sees
+ *				the catalog as the batch before it left it.  The sink keeps
+ *				what it folded in b->sink_state for write.
  *	write		in the batch transaction, as the pipeline's owner: take the
  *				rows of the relation "input" (the staging table, or the
  *				transform's result) with statements built here, in C, from
@@ -18,12 +25,15 @@
 #ifndef SLUICE_SINK_H
 #define SLUICE_SINK_H
 
+#include "tcop/dest.h"
+
 #include "sluice.h"
 
 typedef struct SinkRoutine
 {
 	const char *type;
 	bool		direct;
+	DestReceiver *(*receiver) (Pipeline *p, Batch *b, Oid stage);
 	int64		(*write) (Pipeline *p, Batch *b, Oid input, Oid stage, Rejects *rj);
 } SinkRoutine;
 

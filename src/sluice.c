@@ -28,6 +28,7 @@ char	   *sluice_crash_at = NULL;
 int			sluice_max_retry_delay = 60;
 int			sluice_errors_retention = 7 * 24 * 60;
 bool		sluice_notify_details = false;
+int			sluice_window_memory = 256 * 1024;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -143,6 +144,11 @@ _PG_init(void)
 							 "Any role may LISTEN to any channel: off, they name the pipeline, the batch and its status only.",
 							 &sluice_notify_details, false,
 							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("sluice.window_memory",
+							"Memory a window sink's batch may hold partial aggregates in.",
+							"A batch whose partials outgrow it is folded in parts, each merged into the state table.",
+							&sluice_window_memory, 256 * 1024, 64, MAX_KILOBYTES,
+							PGC_SUSET, GUC_UNIT_KB, NULL, NULL, NULL);
 	DefineCustomStringVariable("sluice.crash_at",
 							   "Testing only: a worker kills itself with SIGKILL at this stage of the first attempt of each batch.",
 							   "One of after_plan, after_read, after_sink, before_commit, after_commit; empty for never.",

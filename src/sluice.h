@@ -30,6 +30,7 @@ extern char *sluice_crash_at;
 extern int	sluice_max_retry_delay;
 extern int	sluice_errors_retention;
 extern bool sluice_notify_details;
+extern int	sluice_window_memory;
 
 /* sluice's own SQLSTATEs (class SL), all transient */
 #define ERRCODE_SLUICE_FILE_CHANGED MAKE_SQLSTATE('S', 'L', '0', '0', '1')
@@ -225,6 +226,9 @@ typedef struct Batch
 	int32		units;			/* files, partitions */
 	const char *unit;			/* what is being read, for the error context */
 	int64		size;			/* in the source's measure (flow.c), set by its read */
+	/* a sink that folds rows as they are parsed takes them here, not in a relation */
+	struct _DestReceiver *dest;
+	void	   *sink_state;		/* what that sink folded, for its write */
 } Batch;
 
 typedef struct PipelineRun

@@ -29,7 +29,8 @@
  *	read		in the batch transaction, as the pipeline's owner: read the
  *				slice of the batch into the relation "into", columns in
  *				source order, setting b->size; with rj, set bad rows aside
- *				instead of failing
+ *				instead of failing; with b->dest, hand each row to it instead
+ *				("into" then only gives the rows' shape: copy_to_receiver())
  *	commit		in the batch transaction, after the sink: advance the offsets
  *	after_commit	after the batch transaction committed, outside any
  *				transaction (may be NULL)
@@ -47,7 +48,9 @@
 #ifndef SLUICE_SOURCE_H
 #define SLUICE_SOURCE_H
 
+#include "tcop/dest.h"
 #include "utils/jsonb.h"
+#include "utils/rel.h"
 
 #include "sluice.h"
 
@@ -67,6 +70,7 @@ typedef struct SourceRoutine
 } SourceRoutine;
 
 extern const SourceRoutine *source_routine(const char *type);
+extern uint64 copy_to_receiver(CopyFromState cstate, Relation rel, DestReceiver *dest);
 
 /* src/sources/csv.c */
 extern const SourceRoutine csv_source_routine;

@@ -1,75 +1,1041 @@
 /*
  * window.c
- *		The window sink: event-time windows with a watermark.
+ *		The window sink: event-time windows with a watermark, aggregated in C.
  *
- * Under the pipeline's row lock, which serializes the watermark and the
- * windows emitted, sluice._window_write() aggregates the batch set-based
- * into the state table and writes the output mode's windows, as the owner;
- * what it returns (the new watermark and the state metrics) goes to the
- * catalog here.  A later release folds rows into partial aggregates in C
- * as the source parses them.
+ * Rows reach the sink one at a time: as the source parses them when there
+ * is no transform (no staging table holds them), or from a scan of the
+ * transform's result.  Each row is folded, window by window, into a
+ * TupleHashTable of partial aggregates keyed by (window start, group), in
+ * the batch's memory, with the types' own equality, hash, comparison and
+ * addition functions.  The batch then writes the table of partials with a
+ * few statements over sluice._window_partials(), which returns it: the
+ * windows its watermark closes go straight to the target (merged with what
+ * the state table kept of them), the others to the state table.
+ *
+ * The partials' memory is bounded by sluice.window_memory.  A batch whose
+ * partials outgrow it is split: what it holds is merged into the state
+ * table, and folding goes on with an empty table; the windows are then
+ * written from the state table.  Counting the same window in two parts is
+ * exact, since every partial merges exactly.
+ *
+ * The batch folds under the pipeline's row lock, taken before it reads:
+ * the watermark it starts with is then known, so late rows are dropped as
+ * they are read.  The new watermark and the state metrics go to the
+ * catalog here.
  */
 #include "postgres.h"
 
+#include <math.h>
+
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "common/int.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
+#include "funcapi.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/float.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/numeric.h"
+#include "utils/snapmgr.h"
+#include "utils/typcache.h"
 
 #include "sink.h"
 
+typedef enum WinFn
+{
+	WIN_COUNT_STAR,
+	WIN_COUNT,
+	WIN_SUM,
+	WIN_AVG,
+	WIN_MIN,
+	WIN_MAX
+} WinFn;
+
+/* how a sum adds: the state keeps numeric, as sum(x)::numeric would */
+typedef enum SumKind
+{
+	SUM_INT,					/* smallint, integer, bigint: in int64, moved to numeric on overflow */
+	SUM_FLOAT4,					/* as sum(real) adds, in real */
+	SUM_FLOAT8,
+	SUM_NUMERIC
+} SumKind;
+
+typedef struct WinAgg
+{
+	WinFn		fn;
+	int			att;			/* index of its column in the rows received; -1 for count(*) */
+	SumKind		kind;
+	int16		typlen;
+	bool		typbyval;
+	FmgrInfo	cmp;			/* min, max: the type's btree comparison */
+	Oid			collation;
+} WinAgg;
+
+/* one aggregate of one (window, group) */
+typedef struct Partial
+{
+	int64		n;				/* values folded (count(*): rows) */
+	int64		i;				/* SUM_INT: what is not yet in v */
+	double		f;				/* SUM_FLOAT4, SUM_FLOAT8 */
+	Datum		v;				/* numeric sum, min, max */
+	bool		has_v;
+} Partial;
+
+typedef struct WindowFold
+{
+	MemoryContext cxt;			/* the batch's: all of this */
+	MemoryContext tablecxt;		/* the partials, reset when a batch is split */
+	MemoryContext rowcxt;		/* per row */
+
+	/* the pipeline */
+	int32		pipeline_id;
+	int64		batch_id;
+	Oid			state_table;
+	Oid			target;
+	Oid			late_table;
+	char	   *mode;
+	int64		size_us;
+	int64		slide_us;
+	int			nwindows;		/* windows a row falls in at most */
+	Datum		delay;			/* watermark_delay (interval), if any */
+	bool		has_delay;
+	TimestampTz w;				/* the watermark the batch started with */
+	bool		has_w;
+	bool		drop_late;		/* not in complete mode, and w is known */
+
+	/* the rows received */
+	int			et_att;
+	bool		et_is_tz;
+	int			ngroups;
+	int		   *group_att;
+	int			naggs;
+	WinAgg	   *aggs;
+	int			npartcols;		/* columns of partials in the state table */
+
+	/* the table of partials */
+	TupleDesc	keydesc;		/* window_start, the groups */
+	TupleTableSlot *keyslot;
+	TupleTableSlot *entryslot;
+	TupleHashTable hash;
+	int64		entries;		/* in the table now */
+	int64		folded;			/* entries made in the batch, over all parts */
+	int64		check_at;		/* entries at which the memory is looked at next */
+	int64		upserted;		/* state rows the parts inserted or updated */
+	int			parts;			/* times the table was merged into the state table */
+	Size		peak;			/* the most memory the table used */
+
+	/* late rows: inserted into late_into (the staging table) or found by tid */
+	Relation	late_into;
+	ItemPointerData *late_tids;
+	int			nlate;
+	int			maxlate;
+
+	/* metrics */
+	int64		dropped;		/* late (row, window) pairs */
+	int64		et_n;
+	TimestampTz et_min;
+	TimestampTz et_max;
+	int128		et_sum;			/* microseconds since 2000 */
+	TimestampTz new_w;
+	bool		has_new_w;
+	struct WindowSql *sql;		/* the statements' pieces, once needed */
+} WindowFold;
+
+typedef struct WindowReceiver
+{
+	DestReceiver pub;
+	WindowFold *fold;
+} WindowReceiver;
+
+/* the batch's, while it folds and writes: what sluice._window_partials() returns */
+static WindowFold *current_fold = NULL;
+
+#define EPOCH_OFFSET_US ((int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * USECS_PER_DAY)
+
+static int64
+floor_div(int64 a, int64 b)
+{
+	int64		q = a / b;
+
+	return (a % b != 0 && (a < 0) != (b < 0)) ? q - 1 : q;
+}
+
+static int
+column_index(TupleDesc desc, const char *name)
+{
+	for (int i = 0; i < desc->natts; i++)
+		if (!TupleDescAttr(desc, i)->attisdropped && strcmp(NameStr(TupleDescAttr(desc, i)->attname), name) == 0)
+			return i;
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_COLUMN),
+			 errmsg("column \"%s\" of the window sink is not among the columns it receives", name)));
+	return -1;					/* keep the compiler quiet */
+}
+
+/*
+ * The fold of one batch: the pipeline's settings, read under its row lock,
+ * and an empty table of partials for rows shaped like desc.
+ */
+static void
+window_fold_gone(void *arg)
+{
+	if (current_fold == arg)
+		current_fold = NULL;
+}
+
+static WindowFold *
+window_fold_begin(Pipeline *p, Batch *b, TupleDesc desc)
+{
+	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "sluice window fold",
+											  ALLOCSET_DEFAULT_SIZES);
+	MemoryContextCallback *gone = MemoryContextAlloc(cxt, sizeof(MemoryContextCallback));
+	WindowFold *f = MemoryContextAllocZero(cxt, sizeof(WindowFold));
+	Datum		value = Int32GetDatum(p->id);
+	Jsonb	   *sk;
+	bool		isnull;
+	char	   *event_time;
+	List	   *groups;
+	ListCell   *lc;
+	Oid		   *eqops;
+	Oid		   *eqfuncs;
+	FmgrInfo   *hashfuncs;
+	Oid		   *collations;
+	AttrNumber *keycols;
+	MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
+
+	/* the batch's memory goes at its end, or with its transaction */
+	f->cxt = cxt;
+	gone->func = window_fold_gone;
+	gone->arg = f;
+	MemoryContextRegisterResetCallback(cxt, gone);
+	f->pipeline_id = p->id;
+	f->batch_id = b->id;
+	catalog_exec("SELECT s, p.state_table, p.event_time, p.watermark_delay, p.watermark,"
+				 "  ((s->>'size_s')::numeric * 1000000)::int8, ((s->>'slide_s')::numeric * 1000000)::int8,"
+				 "  s->>'output_mode', (s->>'relid')::oid, (s->>'late_relid')::oid"
+				 " FROM sluice.pipeline AS p, sluice._sink(p) AS s WHERE p.id = $1 FOR UPDATE OF p",
+				 1, (Oid[]) {INT4OID}, &value, NULL, SPI_OK_SELECT);
+	if (SPI_processed != 1)
+		elog(ERROR, "pipeline %d is gone", p->id);
+	sk = DatumGetJsonbPCopy(spi_datum(0, 1, &isnull));
+	f->state_table = DatumGetObjectId(spi_datum(0, 2, &isnull));
+	event_time = spi_text(0, 3);
+	f->delay = spi_datum(0, 4, &isnull);
+	f->has_delay = !isnull;
+	if (f->has_delay)
+		f->delay = datumCopy(f->delay, false, sizeof(Interval));
+	f->w = DatumGetTimestampTz(spi_datum(0, 5, &isnull));
+	f->has_w = !isnull;
+	f->size_us = spi_int64(0, 6);
+	f->slide_us = spi_int64(0, 7);
+	f->mode = spi_text(0, 8);
+	f->target = DatumGetObjectId(spi_datum(0, 9, &isnull));
+	f->late_table = DatumGetObjectId(spi_datum(0, 10, &isnull));
+	if (isnull)
+		f->late_table = InvalidOid;
+	f->drop_late = f->has_w && strcmp(f->mode, "complete") != 0;
+	f->nwindows = (int) ((f->size_us + f->slide_us - 1) / f->slide_us);
+
+	f->et_att = column_index(desc, event_time);
+	f->et_is_tz = TupleDescAttr(desc, f->et_att)->atttypid == TIMESTAMPTZOID;
+
+	/* the aggregates, in order */
+	catalog_exec("SELECT a->>'fn', a->>'arg' FROM jsonb_array_elements($1->'aggregates') WITH ORDINALITY AS x(a, o)"
+				 " ORDER BY o", 1, (Oid[]) {JSONBOID}, (Datum[]) {JsonbPGetDatum(sk)}, NULL, SPI_OK_SELECT);
+	f->naggs = (int) SPI_processed;
+	f->aggs = palloc0(sizeof(WinAgg) * f->naggs);
+	for (int i = 0; i < f->naggs; i++)
+	{
+		WinAgg	   *a = &f->aggs[i];
+		char	   *fn = spi_text(i, 1);
+		char	   *arg = spi_text(i, 2);
+		Form_pg_attribute att;
+
+		a->att = arg ? column_index(desc, arg) : -1;
+		if (strcmp(fn, "count") == 0)
+			a->fn = arg ? WIN_COUNT : WIN_COUNT_STAR;
+		else if (strcmp(fn, "sum") == 0)
+			a->fn = WIN_SUM;
+		else if (strcmp(fn, "avg") == 0)
+			a->fn = WIN_AVG;
+		else if (strcmp(fn, "min") == 0)
+			a->fn = WIN_MIN;
+		else
+			a->fn = WIN_MAX;
+		f->npartcols += a->fn == WIN_AVG ? 2 : 1;
+		if (a->att < 0)
+			continue;
+		att = TupleDescAttr(desc, a->att);
+		a->typlen = att->attlen;
+		a->typbyval = att->attbyval;
+		a->collation = att->attcollation;
+		if (a->fn == WIN_SUM || a->fn == WIN_AVG)
+		{
+			switch (att->atttypid)
+			{
+				case INT2OID:
+				case INT4OID:
+				case INT8OID:
+					a->kind = SUM_INT;
+					break;
+				case FLOAT4OID:
+					a->kind = SUM_FLOAT4;
+					break;
+				case FLOAT8OID:
+					a->kind = SUM_FLOAT8;
+					break;
+				case NUMERICOID:
+					a->kind = SUM_NUMERIC;
+					break;
+				default:
+					ereport(ERROR,
+							(errcode(ERRCODE_DATATYPE_MISMATCH),
+							 errmsg("%s(%s) needs a number", fn, arg)));
+			}
+		}
+		else if (a->fn == WIN_MIN || a->fn == WIN_MAX)
+		{
+			TypeCacheEntry *tc = lookup_type_cache(att->atttypid, TYPECACHE_CMP_PROC_FINFO);
+
+			if (!OidIsValid(tc->cmp_proc))
+				ereport(ERROR,
+						(errcode(ERRCODE_UNDEFINED_FUNCTION),
+						 errmsg("could not identify a comparison function for type %s",
+								format_type_be(att->atttypid))));
+			fmgr_info_copy(&a->cmp, &tc->cmp_proc_finfo, f->cxt);
+		}
+	}
+
+	/* the key: window_start and the groups, with their types' hash and equality */
+	groups = jsonb_get_text_list(sk, "group_by");
+	f->ngroups = list_length(groups);
+	f->group_att = palloc(sizeof(int) * (f->ngroups + 1));
+	f->keydesc = CreateTemplateTupleDesc(f->ngroups + 1);
+	TupleDescInitEntry(f->keydesc, 1, "window_start", TIMESTAMPTZOID, -1, 0);
+	eqops = palloc(sizeof(Oid) * (f->ngroups + 1));
+	collations = palloc(sizeof(Oid) * (f->ngroups + 1));
+	keycols = palloc(sizeof(AttrNumber) * (f->ngroups + 1));
+	eqops[0] = lookup_type_cache(TIMESTAMPTZOID, TYPECACHE_EQ_OPR)->eq_opr;
+	collations[0] = InvalidOid;
+	keycols[0] = 1;
+	foreach(lc, groups)
+	{
+		int			i = foreach_current_index(lc);
+		Form_pg_attribute att;
+		TypeCacheEntry *tc;
+
+		f->group_att[i] = column_index(desc, lfirst(lc));
+		att = TupleDescAttr(desc, f->group_att[i]);
+		TupleDescCopyEntry(f->keydesc, i + 2, desc, f->group_att[i] + 1);
+		tc = lookup_type_cache(att->atttypid, TYPECACHE_EQ_OPR | TYPECACHE_HASH_PROC);
+		if (!OidIsValid(tc->eq_opr) || !OidIsValid(tc->hash_proc))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cannot group windows by column \"%s\" of type %s", (char *) lfirst(lc),
+							format_type_be(att->atttypid)),
+					 errdetail("Window sinks group rows in a hash table, and the type has no hash function.")));
+		eqops[i + 1] = tc->eq_opr;
+		collations[i + 1] = att->attcollation;
+		keycols[i + 1] = i + 2;
+	}
+	execTuplesHashPrepare(f->ngroups + 1, eqops, &eqfuncs, &hashfuncs);
+	f->tablecxt = AllocSetContextCreate(f->cxt, "sluice window partials", ALLOCSET_DEFAULT_SIZES);
+	f->rowcxt = AllocSetContextCreate(f->cxt, "sluice window row", ALLOCSET_DEFAULT_SIZES);
+	f->hash = BuildTupleHashTableExt(NULL, f->keydesc, f->ngroups + 1, keycols, eqfuncs, hashfuncs,
+									 collations, 1024, sizeof(Partial) * f->naggs, f->cxt, f->tablecxt,
+									 f->rowcxt, false);
+	f->keyslot = MakeSingleTupleTableSlot(f->keydesc, &TTSOpsVirtual);
+	f->entryslot = MakeSingleTupleTableSlot(f->keydesc, &TTSOpsMinimalTuple);
+	MemoryContextSwitchTo(oldcxt);
+	current_fold = f;
+	return f;
+}
+
+/* Add one value to a partial. */
+static void
+partial_add(WindowFold *f, WinAgg *a, Partial *part, Datum value)
+{
+	MemoryContext oldcxt;
+	Datum		sum;
+
+	part->n++;
+	switch (a->fn)
+	{
+		case WIN_COUNT_STAR:
+		case WIN_COUNT:
+			return;
+		case WIN_SUM:
+		case WIN_AVG:
+			switch (a->kind)
+			{
+				case SUM_INT:
+					{
+						int64		x = a->typlen == 2 ? DatumGetInt16(value) :
+							a->typlen == 4 ? DatumGetInt32(value) : DatumGetInt64(value);
+
+						if (!pg_add_s64_overflow(part->i, x, &part->i))
+							return;
+						/* the int64 is full: move it into the numeric sum */
+						value = NumericGetDatum(int64_to_numeric(part->i));
+						part->i = x;
+						break;
+					}
+				case SUM_FLOAT4:
+					{
+						float4		r = (float4) part->f + DatumGetFloat4(value);
+
+						if (unlikely(isinf(r)) && !isinf(part->f) && !isinf(DatumGetFloat4(value)))
+							float_overflow_error();
+						part->f = r;
+						return;
+					}
+				case SUM_FLOAT8:
+					part->f = float8_pl(part->f, DatumGetFloat8(value));
+					return;
+				case SUM_NUMERIC:
+					break;
+			}
+			if (!part->has_v)
+			{
+				oldcxt = MemoryContextSwitchTo(f->tablecxt);
+				part->v = PointerGetDatum(PG_DETOAST_DATUM_COPY(value));
+				MemoryContextSwitchTo(oldcxt);
+				part->has_v = true;
+				return;
+			}
+			/* added in the row's memory, kept in the table's */
+			oldcxt = MemoryContextSwitchTo(f->rowcxt);
+			sum = NumericGetDatum(numeric_add_opt_error(DatumGetNumeric(part->v), DatumGetNumeric(value), NULL));
+			MemoryContextSwitchTo(f->tablecxt);
+			pfree(DatumGetPointer(part->v));
+			part->v = datumCopy(sum, false, -1);
+			MemoryContextSwitchTo(oldcxt);
+			return;
+		case WIN_MIN:
+		case WIN_MAX:
+			if (part->has_v)
+			{
+				int			c = DatumGetInt32(FunctionCall2Coll(&a->cmp, a->collation, value, part->v));
+
+				if (a->fn == WIN_MIN ? c >= 0 : c <= 0)
+					return;
+				if (!a->typbyval)
+					pfree(DatumGetPointer(part->v));
+			}
+			oldcxt = MemoryContextSwitchTo(f->tablecxt);
+			part->v = datumCopy(value, a->typbyval, a->typlen);
+			MemoryContextSwitchTo(oldcxt);
+			part->has_v = true;
+			return;
+	}
+}
+
+/* Merge the table of partials into the state table, and empty it. */
+static void window_merge_into_state(WindowFold *f, const char *which);
+
+/* Fold one (row, window) pair. */
+static void
+window_fold_pair(WindowFold *f, TupleTableSlot *row, TimestampTz ws)
+{
+	TupleHashEntry entry;
+	bool		isnew;
+	Partial    *parts;
+
+	ExecClearTuple(f->keyslot);
+	f->keyslot->tts_values[0] = TimestampTzGetDatum(ws);
+	f->keyslot->tts_isnull[0] = false;
+	for (int g = 0; g < f->ngroups; g++)
+	{
+		f->keyslot->tts_values[g + 1] = row->tts_values[f->group_att[g]];
+		f->keyslot->tts_isnull[g + 1] = row->tts_isnull[f->group_att[g]];
+	}
+	ExecStoreVirtualTuple(f->keyslot);
+	entry = LookupTupleHashEntry(f->hash, f->keyslot, &isnew, NULL);
+	if (isnew)
+	{
+		entry->additional = MemoryContextAllocZero(f->tablecxt, sizeof(Partial) * f->naggs);
+		f->entries++;
+		f->folded++;
+	}
+	parts = entry->additional;
+	for (int i = 0; i < f->naggs; i++)
+	{
+		WinAgg	   *a = &f->aggs[i];
+
+		if (a->att >= 0 && row->tts_isnull[a->att])
+			continue;
+		partial_add(f, a, &parts[i], a->att >= 0 ? row->tts_values[a->att] : (Datum) 0);
+	}
+}
+
+/* Keep a late row, for the late_rows table. */
+static void
+window_keep_late(WindowFold *f, TupleTableSlot *row)
+{
+	if (!OidIsValid(f->late_table))
+		return;
+	if (f->late_into)
+		table_tuple_insert(f->late_into, row, GetCurrentCommandId(true), 0, NULL);
+	if (f->nlate == f->maxlate)
+	{
+		f->maxlate = Max(64, f->maxlate * 2);
+		f->late_tids = f->late_tids ? repalloc_huge(f->late_tids, sizeof(ItemPointerData) * f->maxlate)
+			: MemoryContextAlloc(f->cxt, sizeof(ItemPointerData) * f->maxlate);
+	}
+	f->late_tids[f->nlate++] = row->tts_tid;
+}
+
+/* Fold one row into every window it falls in that is not late. */
+static void
+window_fold_row(WindowFold *f, TupleTableSlot *row)
+{
+	MemoryContext oldcxt;
+	TimestampTz et;
+	int64		us;
+	int64		first;
+	bool		late = false;
+
+	slot_getallattrs(row);
+	if (row->tts_isnull[f->et_att])
+	{
+		/* in no window at all */
+		f->dropped++;
+		window_keep_late(f, row);
+		return;
+	}
+	et = f->et_is_tz ? DatumGetTimestampTz(row->tts_values[f->et_att]) :
+		DatumGetTimestampTz(DirectFunctionCall1(timestamp_timestamptz, row->tts_values[f->et_att]));
+	if (TIMESTAMP_NOT_FINITE(et))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("event time of a row of the batch is infinite"),
+				 errdetail("An infinite event time falls in no window.")));
+	if (f->et_n == 0 || et < f->et_min)
+		f->et_min = et;
+	if (f->et_n == 0 || et > f->et_max)
+		f->et_max = et;
+	f->et_n++;
+	f->et_sum += et;
+
+	/* windows start on multiples of the slide since 1970, as to_timestamp() counts */
+	us = et + EPOCH_OFFSET_US;
+	first = floor_div(us, f->slide_us) * f->slide_us;
+	oldcxt = MemoryContextSwitchTo(f->rowcxt);
+	for (int k = 0; k < f->nwindows; k++)
+	{
+		int64		ws = first - k * f->slide_us;
+
+		if (ws + f->size_us <= us)
+			break;
+		if (f->drop_late && ws - EPOCH_OFFSET_US + f->size_us <= f->w)
+		{
+			f->dropped++;
+			late = true;
+			continue;
+		}
+		window_fold_pair(f, row, ws - EPOCH_OFFSET_US);
+	}
+	MemoryContextSwitchTo(oldcxt);
+	MemoryContextReset(f->rowcxt);
+	if (late)
+		window_keep_late(f, row);
+
+	/* bounded memory: past the limit, the batch goes on in another part */
+	if (f->entries >= f->check_at)
+	{
+		Size		used = MemoryContextMemAllocated(f->cxt, true);
+
+		f->peak = Max(f->peak, used);
+		f->check_at = f->entries + 256;
+		if (used > (Size) sluice_window_memory * 1024)
+			window_merge_into_state(f, "all");
+	}
+}
+
+static bool
+window_receive(TupleTableSlot *slot, DestReceiver *self)
+{
+	window_fold_row(((WindowReceiver *) self)->fold, slot);
+	return true;
+}
+
+static void
+window_startup(DestReceiver *self, int operation, TupleDesc typeinfo)
+{
+}
+
+static void
+window_shutdown(DestReceiver *self)
+{
+}
+
+static void
+window_destroy(DestReceiver *self)
+{
+}
+
+/*
+ * The receiver the source hands each row to, as it parses it (rows shaped
+ * like the staging table stage, which takes the late ones).  The batch
+ * waited its turn: the pipeline's row lock is taken here.
+ */
+static DestReceiver *
+window_receiver(Pipeline *p, Batch *b, Oid stage)
+{
+	WindowReceiver *r = palloc0(sizeof(WindowReceiver));
+	Relation	rel = table_open(stage, RowExclusiveLock);
+
+	r->pub.receiveSlot = window_receive;
+	r->pub.rStartup = window_startup;
+	r->pub.rShutdown = window_shutdown;
+	r->pub.rDestroy = window_destroy;
+	r->pub.mydest = DestNone;
+	r->fold = window_fold_begin(p, b, RelationGetDescr(rel));
+	r->fold->late_into = rel;
+	b->sink_state = r->fold;
+	return &r->pub;
+}
+
+/* Fold the rows of a relation (the transform's result, or the staging table). */
+static void
+window_fold_relation(WindowFold *f, Oid input)
+{
+	Relation	rel = table_open(input, AccessShareLock);
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	Snapshot	snapshot;
+	TableScanDesc scan;
+
+	CommandCounterIncrement();
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	scan = table_beginscan(rel, snapshot, 0, NULL);
+	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+		window_fold_row(f, slot);
+	table_endscan(scan);
+	UnregisterSnapshot(snapshot);
+	ExecDropSingleTupleTableSlot(slot);
+	table_close(rel, NoLock);
+}
+
+/*
+ * sluice._window_partials(which text): the batch's table of partials, as
+ * rows of its state table (window_start, window_end, the groups, the
+ * partials): "all", or only the windows the new watermark closes
+ * ("closed") or leaves open ("open").  Only for the batch in flight of the
+ * worker calling it.
+ */
+PG_FUNCTION_INFO_V1(sluice_window_partials);
+Datum
+sluice_window_partials(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	WindowFold *f = current_fold;
+	char	   *which = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	int			natts;
+	Datum	   *values;
+	bool	   *nulls;
+	TupleHashIterator it;
+	TupleHashEntry entry;
+
+	if (f == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("sluice._window_partials() is only for the batch of a window sink")));
+	natts = 2 + f->ngroups + f->npartcols;
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	if (rsinfo->setDesc->natts != natts)
+		elog(ERROR, "sluice._window_partials() returns %d columns, not %d", natts, rsinfo->setDesc->natts);
+	values = palloc(sizeof(Datum) * natts);
+	nulls = palloc(sizeof(bool) * natts);
+
+	InitTupleHashIterator(f->hash, &it);
+	while ((entry = ScanTupleHashTable(f->hash, &it)) != NULL)
+	{
+		Partial    *parts = entry->additional;
+		TimestampTz ws;
+		TimestampTz we;
+		bool		closed;
+		int			c;
+
+		ExecStoreMinimalTuple(entry->firstTuple, f->entryslot, false);
+		slot_getallattrs(f->entryslot);
+		ws = DatumGetTimestampTz(f->entryslot->tts_values[0]);
+		we = ws + f->size_us;
+		closed = f->has_new_w && we <= f->new_w;
+		if ((strcmp(which, "closed") == 0 && !closed) || (strcmp(which, "open") == 0 && closed))
+			continue;
+		values[0] = TimestampTzGetDatum(ws);
+		values[1] = TimestampTzGetDatum(we);
+		memset(nulls, false, sizeof(bool) * natts);
+		for (int g = 0; g < f->ngroups; g++)
+		{
+			values[2 + g] = f->entryslot->tts_values[1 + g];
+			nulls[2 + g] = f->entryslot->tts_isnull[1 + g];
+		}
+		c = 2 + f->ngroups;
+		for (int i = 0; i < f->naggs; i++)
+		{
+			WinAgg	   *a = &f->aggs[i];
+			Partial    *part = &parts[i];
+
+			if (a->fn == WIN_SUM || a->fn == WIN_AVG)
+			{
+				Datum		sum = (Datum) 0;
+
+				nulls[c] = part->n == 0;
+				if (part->n > 0)
+				{
+					switch (a->kind)
+					{
+						case SUM_INT:
+							sum = NumericGetDatum(int64_to_numeric(part->i));
+							if (part->has_v)
+								sum = NumericGetDatum(numeric_add_opt_error(DatumGetNumeric(part->v),
+																			DatumGetNumeric(sum), NULL));
+							break;
+						case SUM_FLOAT4:
+							sum = DirectFunctionCall1(float4_numeric, Float4GetDatum((float4) part->f));
+							break;
+						case SUM_FLOAT8:
+							sum = DirectFunctionCall1(float8_numeric, Float8GetDatum(part->f));
+							break;
+						case SUM_NUMERIC:
+							sum = part->v;
+							break;
+					}
+				}
+				values[c++] = sum;
+				if (a->fn == WIN_AVG)
+					values[c++] = Int64GetDatum(part->n);
+			}
+			else if (a->fn == WIN_MIN || a->fn == WIN_MAX)
+			{
+				nulls[c] = !part->has_v;
+				values[c++] = part->v;
+			}
+			else
+				values[c++] = Int64GetDatum(part->n);
+		}
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/*
+ * The statements' pieces, from sluice._window_aggs() and the sink's
+ * options: the columns, and how partials merge, combine and finish.
+ */
+struct WindowSql
+{
+	char	   *state;			/* the state table, qualified */
+	char	   *target;
+	char	   *partials;		/* sluice._window_partials($2) AS p(column definitions) */
+	char	   *gsel;			/* "g1, g2, " */
+	char	   *gkeys;			/* ", g1, g2" */
+	char	   *gjoin;			/* " AND t.g1 IS NOT DISTINCT FROM s.g1 ..." */
+	char	   *gvalues;		/* "s.g1, s.g2, " */
+	char	   *part_names;
+	char	   *merges;
+	char	   *combines;
+	char	   *finals;
+	char	   *names;
+	char	   *sets;			/* "n = s.n, ..." */
+	char	   *values;			/* "s.n, ..." */
+};
+typedef struct WindowSql WindowSql;
+
+static WindowSql *
+window_sql(WindowFold *f)
+{
+	WindowSql  *s = palloc0(sizeof(WindowSql));
+	Datum		value = Int32GetDatum(f->pipeline_id);
+	StringInfoData defs;
+	Relation	rel;
+	TupleDesc	desc;
+
+	catalog_exec("SELECT a.part_names, a.merges, a.combines, a.finals, a.names,"
+				 "  (SELECT coalesce(string_agg(quote_ident(g) || ', ', '' ORDER BY o), '')"
+				 "     FROM jsonb_array_elements_text(s->'group_by') WITH ORDINALITY AS y(g, o)),"
+				 "  (SELECT coalesce(string_agg(', ' || quote_ident(g), '' ORDER BY o), '')"
+				 "     FROM jsonb_array_elements_text(s->'group_by') WITH ORDINALITY AS y(g, o)),"
+				 "  (SELECT coalesce(string_agg(format(' AND t.%1$I IS NOT DISTINCT FROM s.%1$I', g), '' ORDER BY o), '')"
+				 "     FROM jsonb_array_elements_text(s->'group_by') WITH ORDINALITY AS y(g, o)),"
+				 "  (SELECT coalesce(string_agg(format('s.%I, ', g), '' ORDER BY o), '')"
+				 "     FROM jsonb_array_elements_text(s->'group_by') WITH ORDINALITY AS y(g, o)),"
+				 "  (SELECT string_agg(format('%1$I = s.%1$I', x->>'alias'), ', ' ORDER BY o)"
+				 "     FROM jsonb_array_elements(s->'aggregates') WITH ORDINALITY AS y(x, o)),"
+				 "  (SELECT string_agg(format('s.%I', x->>'alias'), ', ' ORDER BY o)"
+				 "     FROM jsonb_array_elements(s->'aggregates') WITH ORDINALITY AS y(x, o))"
+				 " FROM sluice.pipeline AS p, sluice._sink(p) AS s, sluice._window_aggs(s, NULL) AS a"
+				 " WHERE p.id = $1",
+				 1, (Oid[]) {INT4OID}, &value, NULL, SPI_OK_SELECT);
+	s->part_names = spi_text(0, 1);
+	s->merges = spi_text(0, 2);
+	s->combines = spi_text(0, 3);
+	s->finals = spi_text(0, 4);
+	s->names = spi_text(0, 5);
+	s->gsel = spi_text(0, 6);
+	s->gkeys = spi_text(0, 7);
+	s->gjoin = spi_text(0, 8);
+	s->gvalues = spi_text(0, 9);
+	s->sets = spi_text(0, 10);
+	s->values = spi_text(0, 11);
+	s->state = sink_relation_name(f->state_table);
+	s->target = sink_relation_name(f->target);
+
+	/* the state table's columns but sluice_batch, as sluice._window_partials() returns them */
+	initStringInfo(&defs);
+	rel = table_open(f->state_table, AccessShareLock);
+	desc = RelationGetDescr(rel);
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (att->attisdropped || strcmp(NameStr(att->attname), "sluice_batch") == 0)
+			continue;
+		appendStringInfo(&defs, "%s%s %s", defs.len > 0 ? ", " : "", quote_identifier(NameStr(att->attname)),
+						 format_type_with_typemod(att->atttypid, att->atttypmod));
+	}
+	table_close(rel, NoLock);
+	s->partials = psprintf("sluice._window_partials($2) AS p(%s)", defs.data);
+	return s;
+}
+
+/*
+ * Run one statement over the user's tables, as the owner: $1 the batch, $2
+ * which partials, $3 the new watermark.  Returns the rows it processed.
+ */
+static uint64
+window_exec(WindowFold *f, const char *sql, const char *which, int expected_rc)
+{
+	Datum		args[3] = {Int64GetDatum(f->batch_id), CStringGetTextDatum(which),
+		TimestampTzGetDatum(f->new_w)};
+
+	return pinned_exec(sql, 3, (Oid[]) {INT8OID, TEXTOID, TIMESTAMPTZOID}, args,
+					   f->has_new_w ? NULL : "  n", expected_rc);
+}
+
+/*
+ * Merge the table of partials ("all", or the windows left "open") into the
+ * state table; after "all" the table is empty, and the batch goes on in
+ * another part.
+ */
+static void
+window_merge_into_state(WindowFold *f, const char *which)
+{
+	WindowSql  *s;
+
+	if (f->entries == 0)
+		return;
+	if (f->sql == NULL)
+		f->sql = window_sql(f);
+	s = f->sql;
+	f->upserted += window_exec(f, psprintf("INSERT INTO %s AS s (window_start, window_end, %s%s, sluice_batch)"
+										   " SELECT window_start, window_end, %s%s, $1 FROM %s"
+										   " ON CONFLICT (window_start, window_end%s) DO UPDATE SET %s,"
+										   "  sluice_batch = excluded.sluice_batch",
+										   s->state, s->gsel, s->part_names, s->gsel, s->part_names,
+										   s->partials, s->gkeys, s->merges),
+							   which, SPI_OK_INSERT);
+	if (strcmp(which, "all") == 0)
+	{
+		ResetTupleHashTable(f->hash);
+		MemoryContextReset(f->tablecxt);
+		f->entries = 0;
+		f->check_at = 0;
+		f->parts++;
+	}
+}
+
+/* The late rows of the batch, from the relation they were received in, into late_rows. */
+static void
+window_write_late(WindowFold *f, Oid input)
+{
+	Datum		values[4];
+	char		nulls[4] = "    ";
+	char	   *cols;
+	Datum	   *tids;
+
+	if (!OidIsValid(f->late_table) || f->nlate == 0)
+		return;
+	values[0] = ObjectIdGetDatum(f->late_table);
+	values[1] = ObjectIdGetDatum(input);
+	catalog_exec("SELECT coalesce(string_agg(', ' || quote_ident(l.attname), '' ORDER BY l.attnum), '')"
+				 " FROM pg_catalog.pg_attribute AS l"
+				 " WHERE l.attrelid = $1 AND l.attnum > 0 AND NOT l.attisdropped"
+				 "  AND l.attname NOT IN ('batch_id', 'watermark')"
+				 "  AND l.attname IN (SELECT attname FROM pg_catalog.pg_attribute"
+				 "                     WHERE attrelid = $2 AND attnum > 0 AND NOT attisdropped)",
+				 2, (Oid[]) {OIDOID, OIDOID}, values, NULL, SPI_OK_SELECT);
+	cols = spi_text(0, 1);
+	values[0] = Int64GetDatum(f->batch_id);
+	values[1] = TimestampTzGetDatum(f->w);
+	nulls[1] = f->has_w ? ' ' : 'n';
+	tids = palloc(sizeof(Datum) * f->nlate);
+	for (int i = 0; i < f->nlate; i++)
+		tids[i] = PointerGetDatum(&f->late_tids[i]);
+	values[2] = PointerGetDatum(construct_array(tids, f->nlate, TIDOID, sizeof(ItemPointerData), false,
+												TYPALIGN_SHORT));
+	pinned_exec(psprintf("INSERT INTO %s (batch_id, watermark%s) SELECT $1, $2%s FROM %s WHERE ctid = ANY ($3)",
+						 sink_relation_name(f->late_table), cols, cols,
+						 quote_qualified_identifier("pg_temp", get_rel_name(input))),
+				3, (Oid[]) {INT8OID, TIMESTAMPTZOID, TIDARRAYOID}, values, nulls, SPI_OK_INSERT);
+}
+
+/*
+ * Write the batch: fold its rows first if the source did not hand them
+ * over as it parsed them (a transform, or a careful read), then write the
+ * output mode's windows, keep the rest in the state table, and store the
+ * new watermark and the state metrics in the catalog.  Windows are written
+ * as a whole: no row-by-row isolation (rj).
+ */
 static int64
 window_write(Pipeline *p, Batch *b, Oid input, Oid stage, Rejects *rj)
 {
-	Oid			types[11] = {INT4OID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
-		TIMESTAMPTZOID, INT8OID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID};
+	WindowFold *f = b->sink_state;
+	WindowSql  *s;
 	Datum		values[11];
 	char		nulls[11];
-	Datum		args[7];
-	char		argnulls[7] = "       ";
-	bool		isnull;
-	int64		written;
+	int64		written = 0;
+	int64		removed = 0;
+	int64		total;
 
-	/* windows are written as a whole: no row-by-row isolation (rj) */
+	if (f == NULL)
+	{
+		Relation	rel = table_open(input, AccessShareLock);
+
+		f = window_fold_begin(p, b, RelationGetDescr(rel));
+		table_close(rel, NoLock);
+		window_fold_relation(f, input);
+	}
+	else if (f->late_into)
+	{
+		table_close(f->late_into, NoLock);
+		f->late_into = NULL;
+	}
+	current_fold = f;
+	f->peak = Max(f->peak, MemoryContextMemAllocated(f->cxt, true));
+
+	/* the watermark the batch leaves: append mode writes the windows it closes straight to the target */
+	f->has_new_w = f->has_w;
+	f->new_w = f->w;
+	if (f->has_delay && f->et_n > 0)
+	{
+		TimestampTz m = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_mi_interval,
+															   TimestampTzGetDatum(f->et_max), f->delay));
+
+		if (!f->has_w || m > f->w)
+			f->new_w = m;
+		f->has_new_w = true;
+	}
+	if (f->sql == NULL)
+		f->sql = window_sql(f);
+	s = f->sql;
+	window_write_late(f, input);
+
+	if (strcmp(f->mode, "append") == 0)
+	{
+		/* a batch in parts has its windows in the state table: write them from there */
+		if (f->parts > 0)
+			window_merge_into_state(f, "all");
+		if (f->has_new_w &&
+			window_exec(f, psprintf("SELECT 1 FROM %s WHERE window_end <= $3 LIMIT 1", s->state), "closed",
+						SPI_OK_SELECT) > 0)
+			written = window_exec(f, psprintf("WITH old AS (DELETE FROM %1$s WHERE window_end <= $3"
+											  "   RETURNING window_start, window_end, %2$s%3$s),"
+											  " closing (window_start, window_end, %2$s%3$s) AS"
+											  "  (SELECT window_start, window_end, %2$s%4$s FROM"
+											  "    (SELECT window_start, window_end, %2$s%3$s FROM %5$s"
+											  "     UNION ALL SELECT * FROM old) AS u"
+											  "   GROUP BY window_start, window_end%6$s)"
+											  " INSERT INTO %7$s (window_start, window_end, %2$s%8$s)"
+											  " SELECT window_start, window_end, %2$s%9$s FROM closing",
+											  s->state, s->gsel, s->part_names, s->combines, s->partials,
+											  s->gkeys, s->target, s->names, s->finals),
+								  "closed", SPI_OK_INSERT);
+		else if (f->has_new_w)
+			written = window_exec(f, psprintf("INSERT INTO %s (window_start, window_end, %s%s)"
+											  " SELECT window_start, window_end, %s%s FROM %s",
+											  s->target, s->gsel, s->names, s->gsel, s->finals, s->partials),
+								  "closed", SPI_OK_INSERT);
+		window_merge_into_state(f, "open");
+		removed = written;
+	}
+	else
+	{
+		window_merge_into_state(f, "all");
+		if (strcmp(f->mode, "update") == 0)
+		{
+			written = window_exec(f, psprintf("MERGE INTO %1$s AS t"
+											  " USING (SELECT window_start, window_end, %2$s%3$s FROM %4$s"
+											  "        WHERE sluice_batch = $1) AS s(window_start, window_end, %2$s%5$s)"
+											  " ON t.window_start = s.window_start AND t.window_end = s.window_end%6$s"
+											  " WHEN MATCHED THEN UPDATE SET %7$s"
+											  " WHEN NOT MATCHED THEN INSERT (window_start, window_end, %2$s%5$s)"
+											  "  VALUES (s.window_start, s.window_end, %8$s%9$s)",
+											  s->target, s->gsel, s->finals, s->state, s->names, s->gjoin,
+											  s->sets, s->gvalues, s->values),
+								  "all", SPI_OK_MERGE);
+			if (f->has_new_w)
+				removed = window_exec(f, psprintf("DELETE FROM %s WHERE window_end <= $3", s->state), "all",
+									  SPI_OK_DELETE);
+		}
+		else
+		{
+			window_exec(f, psprintf("DELETE FROM %s", s->target), "all", SPI_OK_DELETE);
+			written = window_exec(f, psprintf("INSERT INTO %s (window_start, window_end, %s%s)"
+											  " SELECT window_start, window_end, %s%s FROM %s",
+											  s->target, s->gsel, s->names, s->gsel, s->finals, s->state),
+								  "all", SPI_OK_INSERT);
+		}
+	}
+	window_exec(f, psprintf("SELECT count(*) FROM %s", s->state), "all", SPI_OK_SELECT);
+	total = spi_int64(0, 1);
+
+	/* the batch's row: watermarks, event time, state */
+	memset(nulls, ' ', sizeof(nulls));
 	values[0] = Int32GetDatum(p->id);
-	catalog_exec("SELECT sluice._sink(p), p.state_table, p.event_time, p.watermark_delay, p.watermark"
-				 " FROM sluice.pipeline AS p WHERE p.id = $1 FOR UPDATE",
-				 1, types, values, NULL, SPI_OK_SELECT);
-	args[0] = Int64GetDatum(b->id);
-	for (int i = 1; i <= 5; i++)
-	{
-		args[i] = spi_datum(0, i, &isnull);
-		argnulls[i] = isnull ? 'n' : ' ';
-	}
-	args[6] = ObjectIdGetDatum(input);
-	pinned_exec("SELECT * FROM sluice._window_write($1, $2, $3, $4, $5, $6, $7)", 7,
-				(Oid[]) {INT8OID, JSONBOID, REGCLASSOID, TEXTOID, INTERVALOID, TIMESTAMPTZOID, REGCLASSOID},
-				args, argnulls, SPI_OK_SELECT);
-
-	/* written, new watermark, event time min and max, dropped, total, updated, removed, event time avg */
-	written = spi_int64(0, 1);
 	values[1] = Int64GetDatum(b->id);
-	values[2] = spi_datum(0, 2, &isnull);
-	nulls[2] = isnull ? 'n' : ' ';
-	values[3] = args[5];
-	nulls[3] = argnulls[5];
-	for (int i = 4; i < 11; i++)
-	{
-		values[i] = spi_datum(0, i - 1, &isnull);
-		nulls[i] = isnull ? 'n' : ' ';
-	}
-	nulls[0] = nulls[1] = ' ';
+	values[2] = TimestampTzGetDatum(f->new_w);
+	nulls[2] = f->has_new_w ? ' ' : 'n';
+	values[3] = TimestampTzGetDatum(f->w);
+	nulls[3] = f->has_w ? ' ' : 'n';
+	values[4] = TimestampTzGetDatum(f->et_min);
+	values[5] = TimestampTzGetDatum(f->et_max);
+	values[10] = TimestampTzGetDatum((TimestampTz) rint((double) f->et_sum / (double) Max(f->et_n, 1)));
+	if (f->et_n == 0)
+		nulls[4] = nulls[5] = nulls[10] = 'n';
+	values[6] = Int64GetDatum(f->dropped);
+	values[7] = Int64GetDatum(total);
+	values[8] = Int64GetDatum(strcmp(f->mode, "append") == 0 ? f->folded : f->upserted);
+	values[9] = Int64GetDatum(removed);
 	catalog_exec("WITH w AS (UPDATE sluice.pipeline SET watermark = $3"
 				 "  WHERE id = $1 AND watermark IS DISTINCT FROM $3)"
 				 " UPDATE sluice.batch SET watermark = $4, next_watermark = $3, event_time_min = $5,"
 				 "  event_time_max = $6, num_rows_dropped_by_watermark = $7, state_rows_total = $8,"
 				 "  state_rows_updated = $9, state_rows_removed = $10, event_time_avg = $11"
 				 " WHERE pipeline_id = $1 AND batch_id = $2",
-				 11, types, values, nulls, SPI_OK_UPDATE);
+				 11, (Oid[]) {INT4OID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
+					 TIMESTAMPTZOID, INT8OID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID},
+				 values, nulls, SPI_OK_UPDATE);
+	if (f->parts > 0)
+		ereport(LOG,
+				(errmsg("batch " INT64_FORMAT " of pipeline \"%s\" was folded in %d parts", b->id, p->name,
+						f->parts + 1),
+				 errdetail("Its partial aggregates outgrew sluice.window_memory (%d kB); each part was merged into the state table.",
+						   sluice_window_memory)));
+	b->sink_state = NULL;
+	MemoryContextDelete(f->cxt);
 	return written;
 }
 
 const SinkRoutine window_sink_routine = {
 	.type = "window",
 	.direct = false,
+	.receiver = window_receiver,
 	.write = window_write,
 };

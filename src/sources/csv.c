@@ -25,6 +25,7 @@
 #include <unistd.h>
 #include <sys/stat.h>
 
+#include "access/table.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_authid.h"
 #include "commands/copy.h"
@@ -242,6 +243,28 @@ csv_copy_file(Oid target, List *attnames, List *options, const char *path)
 	DoCopy(pstate, stmt, -1, 0, &processed);
 	free_parsestate(pstate);
 	return processed;
+}
+
+/*
+ * Parse one file with COPY's parser and hand its rows to a sink's receiver
+ * (rel gives their shape), as the current user.  Returns the rows read.
+ */
+static uint64
+csv_parse_file(Oid rel, List *attnames, List *options, const char *path, DestReceiver *dest)
+{
+	Relation	r = table_open(rel, AccessShareLock);
+	List	   *attlist = NIL;
+	ListCell   *lc;
+	CopyFromState cstate;
+	uint64		rows;
+
+	foreach(lc, attnames)
+		attlist = lappend(attlist, makeString(lfirst(lc)));
+	cstate = BeginCopyFrom(make_parsestate(NULL), r, NULL, path, false, NULL, attlist, options);
+	rows = copy_to_receiver(cstate, r, dest);
+	EndCopyFrom(cstate);
+	table_close(r, NoLock);
+	return rows;
 }
 
 /*
@@ -773,7 +796,7 @@ csv_file_changed(CsvFile *f)
  * whole, later, whatever error a half-written line gave.
  */
 static uint64
-csv_read_file(CsvState *st, CsvFile *f, Oid into, Rejects *rj)
+csv_read_file(CsvState *st, CsvFile *f, Oid into, Rejects *rj, DestReceiver *dest)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	uint64		rows = 0;
@@ -782,6 +805,8 @@ csv_read_file(CsvState *st, CsvFile *f, Oid into, Rejects *rj)
 	{
 		if (rj)
 			rows = rejects_copy_file(rj, into, st->attnames, st->options, f->path, NULL);
+		else if (dest)
+			rows = csv_parse_file(into, st->attnames, st->options, f->path, dest);
 		else
 			rows = csv_copy_file(into, st->attnames, st->options, f->path);
 	}
@@ -842,7 +867,7 @@ csv_read(void *state, Pipeline *p, Batch *b, Oid into, Rejects *rj)
 			f->size = sb.st_size;
 			f->mtime = time_t_to_timestamptz(sb.st_mtime);
 		}
-		b->rows += csv_read_file(st, f, into, rj);
+		b->rows += csv_read_file(st, f, into, rj, b->dest);
 		b->bytes += f->size;
 		b->size += f->size;
 		b->units++;

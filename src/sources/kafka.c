@@ -1240,10 +1240,11 @@ kafka_error_context(void *arg)
 
 /*
  * COPY the slice into a relation through the callback, with the checks
- * DoCopy() makes: INSERT on the columns, no row-level security.
+ * DoCopy() makes: INSERT on the columns, no row-level security; or parse
+ * it and hand the rows to dest.
  */
 static uint64
-kafka_copy(KafkaState *st, Oid into)
+kafka_copy(KafkaState *st, Oid into, DestReceiver *dest)
 {
 	Relation	rel = table_open(into, RowExclusiveLock);
 	ParseState *pstate = make_parsestate(NULL);
@@ -1297,7 +1298,7 @@ kafka_copy(KafkaState *st, Oid into)
 	}
 	st->cstate = BeginCopyFrom(pstate, rel, NULL, NULL, false, kafka_copy_data, st->attnames,
 							   st->copy_options);
-	rows = CopyFrom(st->cstate);
+	rows = dest ? copy_to_receiver(st->cstate, rel, dest) : CopyFrom(st->cstate);
 	/* COPY stops only where the slice ends (no message is its end-of-data marker) */
 	if (st->ndone < st->nparts || st->pending_off < st->pending.len)
 		ereport(ERROR,
@@ -1348,7 +1349,7 @@ kafka_read(void *state, Pipeline *p, Batch *b, Oid into, Rejects *rj)
 						 errmsg("could not read partition %d of Kafka topic \"%s\"",
 								st->parts[i].partition, st->topic),
 						 errdetail("%s", rd_kafka_err2str(rd_kafka_last_error()))));
-		b->rows += kafka_copy(st, into) + st->nset_aside;	/* every message, good or bad */
+		b->rows += kafka_copy(st, into, b->dest) + st->nset_aside;	/* every message, good or bad */
 	}
 	PG_FINALLY();
 	{
