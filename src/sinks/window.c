@@ -76,14 +76,16 @@ typedef struct WinAgg
 	Oid			collation;
 } WinAgg;
 
-/* one aggregate of one (window, group) */
+/* one aggregate of one (window, group), 24 bytes */
 typedef struct Partial
 {
 	int64		n;				/* values folded (count(*): rows) */
-	int64		i;				/* SUM_INT: what is not yet in v */
-	double		f;				/* SUM_FLOAT4, SUM_FLOAT8 */
-	Datum		v;				/* numeric sum, min, max */
-	bool		has_v;
+	Datum		v;				/* min, max (once n > 0); a numeric sum, (Datum) 0 until there is one */
+	union
+	{
+		int64		i;			/* SUM_INT: what is not yet in v */
+		double		f;			/* SUM_FLOAT4, SUM_FLOAT8 */
+	}			acc;
 } Partial;
 
 typedef struct WindowFold
@@ -124,7 +126,9 @@ typedef struct WindowFold
 	TupleHashTable hash;
 	int64		entries;		/* in the table now */
 	int64		folded;			/* entries made in the batch, over all parts */
-	int64		check_at;		/* entries at which the memory is looked at next */
+	char	   *arena;			/* where the next entry's partials go */
+	Size		arena_left;
+	int64		check_at;		/* entries at which the memory is looked at next (every 64) */
 	int64		upserted;		/* state rows the parts inserted or updated */
 	int			parts;			/* times the table was merged into the state table */
 	Size		peak;			/* the most memory the table used */
@@ -378,34 +382,33 @@ partial_add(WindowFold *f, WinAgg *a, Partial *part, Datum value)
 						int64		x = a->typlen == 2 ? DatumGetInt16(value) :
 							a->typlen == 4 ? DatumGetInt32(value) : DatumGetInt64(value);
 
-						if (!pg_add_s64_overflow(part->i, x, &part->i))
+						if (!pg_add_s64_overflow(part->acc.i, x, &part->acc.i))
 							return;
 						/* the int64 is full: move it into the numeric sum */
-						value = NumericGetDatum(int64_to_numeric(part->i));
-						part->i = x;
+						value = NumericGetDatum(int64_to_numeric(part->acc.i));
+						part->acc.i = x;
 						break;
 					}
 				case SUM_FLOAT4:
 					{
-						float4		r = (float4) part->f + DatumGetFloat4(value);
+						float4		r = (float4) part->acc.f + DatumGetFloat4(value);
 
-						if (unlikely(isinf(r)) && !isinf(part->f) && !isinf(DatumGetFloat4(value)))
+						if (unlikely(isinf(r)) && !isinf(part->acc.f) && !isinf(DatumGetFloat4(value)))
 							float_overflow_error();
-						part->f = r;
+						part->acc.f = r;
 						return;
 					}
 				case SUM_FLOAT8:
-					part->f = float8_pl(part->f, DatumGetFloat8(value));
+					part->acc.f = float8_pl(part->acc.f, DatumGetFloat8(value));
 					return;
 				case SUM_NUMERIC:
 					break;
 			}
-			if (!part->has_v)
+			if (part->v == (Datum) 0)
 			{
 				oldcxt = MemoryContextSwitchTo(f->tablecxt);
 				part->v = PointerGetDatum(PG_DETOAST_DATUM_COPY(value));
 				MemoryContextSwitchTo(oldcxt);
-				part->has_v = true;
 				return;
 			}
 			/* added in the row's memory, kept in the table's */
@@ -418,7 +421,7 @@ partial_add(WindowFold *f, WinAgg *a, Partial *part, Datum value)
 			return;
 		case WIN_MIN:
 		case WIN_MAX:
-			if (part->has_v)
+			if (part->n > 1)
 			{
 				int			c = DatumGetInt32(FunctionCall2Coll(&a->cmp, a->collation, value, part->v));
 
@@ -430,7 +433,6 @@ partial_add(WindowFold *f, WinAgg *a, Partial *part, Datum value)
 			oldcxt = MemoryContextSwitchTo(f->tablecxt);
 			part->v = datumCopy(value, a->typbyval, a->typlen);
 			MemoryContextSwitchTo(oldcxt);
-			part->has_v = true;
 			return;
 	}
 }
@@ -458,7 +460,17 @@ window_fold_pair(WindowFold *f, TupleTableSlot *row, TimestampTz ws)
 	entry = LookupTupleHashEntry(f->hash, f->keyslot, &isnew, NULL);
 	if (isnew)
 	{
-		entry->additional = MemoryContextAllocZero(f->tablecxt, sizeof(Partial) * f->naggs);
+		Size		size = sizeof(Partial) * f->naggs;
+
+		/* carved from large blocks: no allocator header per entry */
+		if (f->arena_left < size)
+		{
+			f->arena_left = Max(64 * 1024, size);
+			f->arena = MemoryContextAlloc(f->tablecxt, f->arena_left);
+		}
+		entry->additional = memset(f->arena, 0, size);
+		f->arena += size;
+		f->arena_left -= size;
 		f->entries++;
 		f->folded++;
 	}
@@ -551,7 +563,7 @@ window_fold_row(WindowFold *f, TupleTableSlot *row)
 		Size		used = MemoryContextMemAllocated(f->cxt, true);
 
 		f->peak = Max(f->peak, used);
-		f->check_at = f->entries + 256;
+		f->check_at = f->entries + 64;
 		if (used > (Size) sluice_window_memory * 1024)
 			window_merge_into_state(f, "all");
 	}
@@ -621,6 +633,21 @@ window_fold_relation(WindowFold *f, Oid input)
 	table_close(rel, NoLock);
 }
 
+typedef struct SortedEntry
+{
+	TimestampTz ws;
+	TupleHashEntry entry;
+} SortedEntry;
+
+static int
+sorted_entry_cmp(const void *a, const void *b)
+{
+	TimestampTz x = ((const SortedEntry *) a)->ws;
+	TimestampTz y = ((const SortedEntry *) b)->ws;
+
+	return x < y ? -1 : x > y ? 1 : 0;
+}
+
 /*
  * sluice._window_partials(which text): the batch's table of partials, as
  * rows of its state table (window_start, window_end, the groups, the
@@ -640,6 +667,8 @@ sluice_window_partials(PG_FUNCTION_ARGS)
 	bool	   *nulls;
 	TupleHashIterator it;
 	TupleHashEntry entry;
+	SortedEntry *sorted;
+	int64		nsorted = 0;
 
 	if (f == NULL)
 		ereport(ERROR,
@@ -652,22 +681,39 @@ sluice_window_partials(PG_FUNCTION_ARGS)
 	values = palloc(sizeof(Datum) * natts);
 	nulls = palloc(sizeof(bool) * natts);
 
+	/*
+	 * In window order: the target's and the state's indexes lead with the
+	 * window, and rows inserted in its order touch few of their pages.
+	 */
+	sorted = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(SortedEntry) * Max(f->entries, 1));
 	InitTupleHashIterator(f->hash, &it);
 	while ((entry = ScanTupleHashTable(f->hash, &it)) != NULL)
 	{
-		Partial    *parts = entry->additional;
+		bool		isnull;
 		TimestampTz ws;
-		TimestampTz we;
 		bool		closed;
-		int			c;
 
 		ExecStoreMinimalTuple(entry->firstTuple, f->entryslot, false);
-		slot_getallattrs(f->entryslot);
-		ws = DatumGetTimestampTz(f->entryslot->tts_values[0]);
-		we = ws + f->size_us;
-		closed = f->has_new_w && we <= f->new_w;
+		ws = DatumGetTimestampTz(slot_getattr(f->entryslot, 1, &isnull));
+		closed = f->has_new_w && ws + f->size_us <= f->new_w;
 		if ((strcmp(which, "closed") == 0 && !closed) || (strcmp(which, "open") == 0 && closed))
 			continue;
+		sorted[nsorted].ws = ws;
+		sorted[nsorted++].entry = entry;
+	}
+	qsort(sorted, nsorted, sizeof(SortedEntry), sorted_entry_cmp);
+
+	for (int64 e = 0; e < nsorted; e++)
+	{
+		Partial    *parts;
+		TimestampTz ws = sorted[e].ws;
+		TimestampTz we = ws + f->size_us;
+		int			c;
+
+		entry = sorted[e].entry;
+		parts = entry->additional;
+		ExecStoreMinimalTuple(entry->firstTuple, f->entryslot, false);
+		slot_getallattrs(f->entryslot);
 		values[0] = TimestampTzGetDatum(ws);
 		values[1] = TimestampTzGetDatum(we);
 		memset(nulls, false, sizeof(bool) * natts);
@@ -692,16 +738,16 @@ sluice_window_partials(PG_FUNCTION_ARGS)
 					switch (a->kind)
 					{
 						case SUM_INT:
-							sum = NumericGetDatum(int64_to_numeric(part->i));
-							if (part->has_v)
+							sum = NumericGetDatum(int64_to_numeric(part->acc.i));
+							if (part->v != (Datum) 0)
 								sum = NumericGetDatum(numeric_add_opt_error(DatumGetNumeric(part->v),
 																			DatumGetNumeric(sum), NULL));
 							break;
 						case SUM_FLOAT4:
-							sum = DirectFunctionCall1(float4_numeric, Float4GetDatum((float4) part->f));
+							sum = DirectFunctionCall1(float4_numeric, Float4GetDatum((float4) part->acc.f));
 							break;
 						case SUM_FLOAT8:
-							sum = DirectFunctionCall1(float8_numeric, Float8GetDatum(part->f));
+							sum = DirectFunctionCall1(float8_numeric, Float8GetDatum(part->acc.f));
 							break;
 						case SUM_NUMERIC:
 							sum = part->v;
@@ -714,7 +760,7 @@ sluice_window_partials(PG_FUNCTION_ARGS)
 			}
 			else if (a->fn == WIN_MIN || a->fn == WIN_MAX)
 			{
-				nulls[c] = !part->has_v;
+				nulls[c] = part->n == 0;
 				values[c++] = part->v;
 			}
 			else
@@ -845,6 +891,8 @@ window_merge_into_state(WindowFold *f, const char *which)
 	{
 		ResetTupleHashTable(f->hash);
 		MemoryContextReset(f->tablecxt);
+		f->arena = NULL;
+		f->arena_left = 0;
 		f->entries = 0;
 		f->check_at = 0;
 		f->parts++;
@@ -1022,6 +1070,8 @@ window_write(Pipeline *p, Batch *b, Oid input, Oid stage, Rejects *rj)
 				 11, (Oid[]) {INT4OID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
 					 TIMESTAMPTZOID, INT8OID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID},
 				 values, nulls, SPI_OK_UPDATE);
+	elog(DEBUG1, "sluice: batch " INT64_FORMAT " of pipeline \"%s\" folded " INT64_FORMAT " partials in %zu bytes at most",
+		 b->id, p->name, f->folded, f->peak);
 	if (f->parts > 0)
 		ereport(LOG,
 				(errmsg("batch " INT64_FORMAT " of pipeline \"%s\" was folded in %d parts", b->id, p->name,
