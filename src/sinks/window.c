@@ -12,7 +12,8 @@
  * windows its watermark closes go straight to the target (merged with what
  * the state table kept of them), the others to the state table.
  *
- * The partials' memory is bounded by sluice.window_memory.  A batch whose
+ * The partials' memory (their keys and values, not the hash table's
+ * buckets) is bounded by sluice.window_memory.  A batch whose
  * partials outgrow it is split: what it holds is merged into the state
  * table, and folding goes on with an empty table; the windows are then
  * written from the state table.  Counting the same window in two parts is
@@ -465,7 +466,7 @@ window_fold_pair(WindowFold *f, TupleTableSlot *row, TimestampTz ws)
 		/* carved from large blocks: no allocator header per entry */
 		if (f->arena_left < size)
 		{
-			f->arena_left = Max(64 * 1024, size);
+			f->arena_left = Max(8 * 1024, size);
 			f->arena = MemoryContextAlloc(f->tablecxt, f->arena_left);
 		}
 		entry->additional = memset(f->arena, 0, size);
@@ -560,12 +561,15 @@ window_fold_row(WindowFold *f, TupleTableSlot *row)
 	/* bounded memory: past the limit, the batch goes on in another part */
 	if (f->entries >= f->check_at)
 	{
-		Size		used = MemoryContextMemAllocated(f->cxt, true);
+		Size		used = MemoryContextMemAllocated(f->tablecxt, true);
 
-		f->peak = Max(f->peak, used);
+		f->peak = Max(f->peak, MemoryContextMemAllocated(f->cxt, true));
 		f->check_at = f->entries + 64;
 		if (used > (Size) sluice_window_memory * 1024)
+		{
 			window_merge_into_state(f, "all");
+			f->parts++;
+		}
 	}
 }
 
@@ -895,7 +899,6 @@ window_merge_into_state(WindowFold *f, const char *which)
 		f->arena_left = 0;
 		f->entries = 0;
 		f->check_at = 0;
-		f->parts++;
 	}
 }
 

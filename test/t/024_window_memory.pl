@@ -58,6 +58,17 @@ sub digest
 	return { map { $_ => $node->safe_psql('postgres', $q{$_}) } keys %q };
 }
 
+# ALTER SYSTEM, and wait until the postmaster, which forks the workers, has it
+sub window_memory
+{
+	my ($value, $shown) = @_;
+	$node->safe_psql('postgres', $value ? "ALTER SYSTEM SET sluice.window_memory = '$value'"
+		: 'ALTER SYSTEM RESET sluice.window_memory');
+	$node->reload;
+	wait_until($node, 'SHOW sluice.window_memory', $shown, "sluice.window_memory is $shown");
+	return;
+}
+
 my $log_start = -s $node->logfile;
 for my $mode ('append', 'update')
 {
@@ -68,11 +79,9 @@ for my $mode ('append', 'update')
 		pipeline($big, $mode, $path eq 'transform' ? $shuffle : undef);
 		pipeline($small, $mode, $path eq 'transform' ? $shuffle : undef);
 		is($node->safe_psql('postgres', "SELECT sluice.run_once('$big')"), '4', "$big: 4 batches");
-		$node->safe_psql('postgres', "ALTER SYSTEM SET sluice.window_memory = '64kB'");
-		$node->reload;
+		window_memory('64kB', '64kB');
 		is($node->safe_psql('postgres', "SELECT sluice.run_once('$small')"), '4', "$small: 4 batches");
-		$node->safe_psql('postgres', 'ALTER SYSTEM RESET sluice.window_memory');
-		$node->reload;
+		window_memory(undef, '256MB');
 
 		my $want = digest($big);
 		my $got = digest($small);
