@@ -182,10 +182,7 @@ column_index(TupleDesc desc, const char *name)
 	return -1;					/* keep the compiler quiet */
 }
 
-/*
- * The fold of one batch: the pipeline's settings, read under its row lock,
- * and an empty table of partials for rows shaped like desc.
- */
+/* The batch's memory is going: sluice._window_partials() has nothing to return. */
 static void
 window_fold_gone(void *arg)
 {
@@ -193,6 +190,10 @@ window_fold_gone(void *arg)
 		current_fold = NULL;
 }
 
+/*
+ * The fold of one batch: the pipeline's settings, read under its row lock,
+ * and an empty table of partials for rows shaped like desc.
+ */
 static WindowFold *
 window_fold_begin(Pipeline *p, Batch *b, TupleDesc desc)
 {
@@ -673,6 +674,8 @@ sluice_window_partials(PG_FUNCTION_ARGS)
 	TupleHashEntry entry;
 	SortedEntry *sorted;
 	int64		nsorted = 0;
+	bool		want_closed = strcmp(which, "closed") == 0;
+	bool		want_open = strcmp(which, "open") == 0;
 
 	if (f == NULL)
 		ereport(ERROR,
@@ -700,7 +703,7 @@ sluice_window_partials(PG_FUNCTION_ARGS)
 		ExecStoreMinimalTuple(entry->firstTuple, f->entryslot, false);
 		ws = DatumGetTimestampTz(slot_getattr(f->entryslot, 1, &isnull));
 		closed = f->has_new_w && ws + f->size_us <= f->new_w;
-		if ((strcmp(which, "closed") == 0 && !closed) || (strcmp(which, "open") == 0 && closed))
+		if ((want_closed && !closed) || (want_open && closed))
 			continue;
 		sorted[nsorted].ws = ws;
 		sorted[nsorted++].entry = entry;
@@ -968,7 +971,6 @@ window_write(Pipeline *p, Batch *b, Oid input, Oid stage, Rejects *rj)
 		table_close(f->late_into, NoLock);
 		f->late_into = NULL;
 	}
-	current_fold = f;
 	f->peak = Max(f->peak, MemoryContextMemAllocated(f->cxt, true));
 
 	/* the watermark the batch leaves: append mode writes the windows it closes straight to the target */
