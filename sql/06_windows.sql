@@ -378,6 +378,74 @@ SELECT batch_id, regexp_replace(file, '^.*/', '') AS file, line, raw_line, sqlst
 SELECT count(*) FROM sluice.errors WHERE pipeline LIKE 'win%';
 
 --
+-- session windows: a session_gap instead of a size.  A row spans [t, t + gap);
+-- rows whose spans overlap or touch are one session [first t, last t + gap)
+--
+SELECT sluice.window_sink('win_app', session_gap => '5 minutes', group_by => '{k}') - 'relid' AS sink;
+SELECT sluice.window_sink('win_app', '10 minutes', session_gap => '5 minutes');
+SELECT sluice.window_sink('win_app');
+SELECT sluice.window_sink('win_app', slide => '1 minute', session_gap => '5 minutes');
+SELECT sluice.window_sink('win_app', session_gap => '0 seconds');
+SELECT sluice.window_sink('win_app', session_gap => '-1 minute');
+SELECT sluice.window_sink('win_app', session_gap => '1 month');
+SELECT sluice.create_pipeline('win_bad', sluice.csv_source(:'empty', 'id int, ts timestamptz, k text, v int'),
+                              sluice.window_sink('win_app', session_gap => '5 minutes'));
+
+-- update mode, gap 5 minutes, delay 25 minutes:
+--   batch 1: x 10:00, 10:04 and 10:13 (sessions [10:00, 10:09) and [10:13, 10:18)),
+--            y 10:01 and 10:30; W becomes 10:05
+--   batch 2: x 10:08 bridges x's two sessions into [10:00, 10:18); y 10:06
+--            touches y's first, which grows to [10:01, 10:11); x 10:05 is late (t <= W)
+--   batch 3: y 10:40 moves W to 10:15: y's first session leaves the state
+\! mkdir -p "$SLUICE_TEST_DIR"/windows/ses
+\set ses :dir/ses
+\set f :ses/a.csv
+COPY (SELECT * FROM (VALUES (1, '2024-01-01 10:00:00+00'::timestamptz, 'x', 1), (2, '2024-01-01 10:04:00+00', 'x', 2),
+                            (3, '2024-01-01 10:13:00+00', 'x', 3), (4, '2024-01-01 10:01:00+00', 'y', 4),
+                            (5, '2024-01-01 10:30:00+00', 'y', 5)) AS t(id, ts, k, v))
+  TO :'f' WITH (FORMAT csv, HEADER);
+\! touch -d @1704067201 "$SLUICE_TEST_DIR"/windows/ses/a.csv
+CREATE TABLE win_ses (window_start timestamptz, window_end timestamptz, k text, n bigint, total bigint);
+CREATE TABLE win_ses_app (LIKE win_ses);
+CREATE TABLE win_ses_late (LIKE win_late);
+SELECT sluice.create_pipeline('win_ses',
+    sluice.csv_source(:'ses', 'id int, ts timestamptz, k text, v int', max_files_per_trigger => 1),
+    sluice.window_sink('win_ses', session_gap => '5 minutes', group_by => '{k}',
+                       aggregates => '{count(*) AS n, sum(v) AS total}', output_mode => 'update',
+                       late_rows => 'win_ses_late'),
+    event_time => 'ts', watermark_delay => '25 minutes');
+SELECT sluice.run_once('win_ses');
+SELECT * FROM win_ses ORDER BY k, window_start;
+\set f :ses/b.csv
+COPY (SELECT * FROM (VALUES (6, '2024-01-01 10:08:00+00'::timestamptz, 'x', 6), (7, '2024-01-01 10:06:00+00', 'y', 7),
+                            (8, '2024-01-01 10:05:00+00', 'x', 8)) AS t(id, ts, k, v))
+  TO :'f' WITH (FORMAT csv, HEADER);
+\! touch -d @1704067202 "$SLUICE_TEST_DIR"/windows/ses/b.csv
+SELECT sluice.run_once('win_ses');
+SELECT * FROM win_ses ORDER BY k, window_start;
+SELECT * FROM sluice_state_win_ses ORDER BY k, window_start;
+\set f :ses/c.csv
+COPY (SELECT * FROM (VALUES (9, '2024-01-01 10:40:00+00'::timestamptz, 'y', 9)) AS t(id, ts, k, v))
+  TO :'f' WITH (FORMAT csv, HEADER);
+\! touch -d @1704067203 "$SLUICE_TEST_DIR"/windows/ses/c.csv
+SELECT sluice.run_once('win_ses');
+SELECT * FROM win_ses ORDER BY k, window_start;
+SELECT window_start, window_end, k, a1_n, a2_s FROM sluice_state_win_ses ORDER BY k, window_start;
+SELECT batch_id, input_rows, sink_rows, num_rows_dropped_by_watermark AS dropped, watermark, next_watermark,
+       state_rows_total, state_rows_updated, state_rows_removed
+  FROM sluice.progress('win_ses') ORDER BY batch_id;
+SELECT batch_id, watermark, id, ts, k FROM win_ses_late;
+-- the same in append mode: each session once, when W passes its end
+SELECT sluice.create_pipeline('win_ses_app',
+    sluice.csv_source(:'ses', 'id int, ts timestamptz, k text, v int', max_files_per_trigger => 1),
+    sluice.window_sink('win_ses_app', session_gap => '5 minutes', group_by => '{k}',
+                       aggregates => '{count(*) AS n, sum(v) AS total}'),
+    event_time => 'ts', watermark_delay => '25 minutes');
+SELECT sluice.run_once('win_ses_app');
+SELECT * FROM win_ses_app ORDER BY k, window_start;
+SELECT window_start, window_end, k, a1_n, a2_s FROM sluice_state_win_ses_app ORDER BY k, window_start;
+
+--
 -- drop_pipeline() drops the state table, not the target nor the late rows
 --
 SELECT sluice.drop_pipeline('win_app');
@@ -389,6 +457,7 @@ SELECT sluice.drop_pipeline(name) FROM sluice.pipelines ORDER BY name;
 SELECT count(*) FROM pg_class WHERE relname LIKE 'sluice\_state\_%';
 
 DROP SCHEMA win_s CASCADE;
+DROP TABLE win_ses, win_ses_app, win_ses_late;
 DROP TABLE win_app, win_upd, win_slide_app, win_slide_cmp, win_late, win_late2, win_tx, win_day, win_plain,
            win_bad_t1, win_bad_t2, win_bad_t3, win_bad_late1, win_bad_late2;
 \! rm -rf "$SLUICE_TEST_DIR"/windows

@@ -41,12 +41,111 @@ SELECT p.proname, p.proacl FROM pg_catalog.pg_proc AS p
  WHERE p.oid IN ('sluice.csv_source(text, text, boolean, text, text, integer, text, text, text, text, text, text, text, interval)'::pg_catalog.regprocedure,
                  'sluice.kafka_source(text, text, text, text, text, text, bigint, integer[], jsonb, text, boolean, boolean)'::pg_catalog.regprocedure,
                  'sluice.create_pipeline(text, jsonb, jsonb, text, text, text, interval)'::pg_catalog.regprocedure,
-                 'sluice.progress(text, integer)'::pg_catalog.regprocedure);
+                 'sluice.progress(text, integer)'::pg_catalog.regprocedure,
+                 'sluice.window_sink(regclass, interval, interval, text[], text[], text, regclass)'::pg_catalog.regprocedure);
 
 DROP FUNCTION sluice.csv_source(text, text, boolean, text, text, integer, text, text, text, text, text, text, text, interval);
 DROP FUNCTION sluice.kafka_source(text, text, text, text, text, text, bigint, integer[], jsonb, text, boolean, boolean);
 DROP FUNCTION sluice.create_pipeline(text, jsonb, jsonb, text, text, text, interval);
 DROP FUNCTION sluice.progress(text, integer);
+DROP FUNCTION sluice.window_sink(regclass, interval, interval, text[], text[], text, regclass);
+
+-- session windows: a session_gap instead of a size
+CREATE FUNCTION sluice.window_sink(target regclass, size interval DEFAULT NULL, slide interval DEFAULT NULL,
+                                   group_by text[] DEFAULT '{}',
+                                   aggregates text[] DEFAULT '{count(*) AS count}',
+                                   output_mode text DEFAULT 'append',
+                                   late_rows regclass DEFAULT NULL,
+                                   session_gap interval DEFAULT NULL)
+RETURNS jsonb LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    a text;
+    m text[];
+    aggs jsonb := '[]';
+    fn text;
+    arg text;
+BEGIN
+    IF target IS NULL OR group_by IS NULL OR aggregates IS NULL OR output_mode IS NULL THEN
+        RAISE EXCEPTION 'target, group_by, aggregates and output_mode of a window sink must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF size IS NOT NULL AND session_gap IS NOT NULL THEN
+        RAISE EXCEPTION 'a window sink takes a size or a session_gap, not both'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Give a size (and a slide) for tumbling or sliding windows, a session_gap for session windows.';
+    END IF;
+    IF size IS NULL AND session_gap IS NULL THEN
+        RAISE EXCEPTION 'a window sink needs a size or a session_gap'
+            USING ERRCODE = 'null_value_not_allowed',
+                  HINT = 'Give a size (and a slide) for tumbling or sliding windows, a session_gap for session windows.';
+    END IF;
+    IF session_gap IS NOT NULL AND slide IS NOT NULL THEN
+        RAISE EXCEPTION 'session windows do not slide'
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Leave slide out with a session_gap.';
+    END IF;
+    IF size <= '0'::interval OR slide <= '0'::interval OR slide > size THEN
+        RAISE EXCEPTION 'invalid window size % or slide %', size, slide
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The size must be positive, and a slide positive and at most the size.';
+    END IF;
+    IF session_gap <= '0'::interval THEN
+        RAISE EXCEPTION 'invalid session_gap %', session_gap
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'The gap must be positive.';
+    END IF;
+    IF extract(epoch FROM coalesce(size, session_gap)) <> extract(epoch FROM justify_hours(coalesce(size, session_gap)))
+       OR coalesce(size, session_gap) > '1 day'::interval AND coalesce(size, session_gap)::text ~ '(mon|year)' THEN
+        RAISE EXCEPTION 'window % % is not a fixed duration', CASE WHEN size IS NULL THEN 'session_gap' ELSE 'size' END,
+                        coalesce(size, session_gap)
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Give it in days, hours, minutes or seconds.';
+    END IF;
+    IF output_mode NOT IN ('append', 'update', 'complete') THEN
+        RAISE EXCEPTION 'invalid output_mode "%"', output_mode
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use ''append'', ''update'' or ''complete''.';
+    END IF;
+    IF cardinality(aggregates) = 0 THEN
+        RAISE EXCEPTION 'a window sink needs at least one aggregate' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOREACH a IN ARRAY aggregates LOOP
+        m := regexp_match(a, '^\s*(\w+)\s*\(\s*(\*|"[^"]+"|\w+)\s*\)\s+as\s+("[^"]+"|\w+)\s*$', 'i');
+        IF m IS NULL THEN
+            RAISE EXCEPTION 'invalid aggregate "%"', a
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Write each aggregate as function(column) AS name, as in ''sum(amount) AS total''.';
+        END IF;
+        fn := lower(m[1]);
+        IF fn NOT IN ('count', 'sum', 'min', 'max', 'avg') THEN
+            RAISE EXCEPTION 'aggregate function "%" is not supported by window sinks', m[1]
+                USING ERRCODE = 'feature_not_supported',
+                      DETAIL = 'Window sinks support count, sum, min, max and avg, whose partial results merge exactly.';
+        END IF;
+        IF m[2] = '*' AND fn <> 'count' THEN
+            RAISE EXCEPTION 'invalid aggregate "%"', a
+                USING ERRCODE = 'invalid_parameter_value', DETAIL = 'Only count takes *.';
+        END IF;
+        arg := CASE WHEN m[2] = '*' THEN NULL WHEN m[2] ~ '^"' THEN btrim(m[2], '"') ELSE lower(m[2]) END;
+        aggs := aggs || jsonb_build_object('fn', fn, 'arg', arg,
+                                           'alias', CASE WHEN m[3] ~ '^"' THEN btrim(m[3], '"') ELSE lower(m[3]) END);
+    END LOOP;
+    IF session_gap IS NOT NULL THEN
+        RETURN jsonb_build_object('type', 'window', 'target', target::text, 'relid', target::oid,
+                                  'session_gap', session_gap::text, 'gap_s', extract(epoch FROM session_gap),
+                                  'group_by', to_jsonb(group_by), 'aggregates', aggs,
+                                  'output_mode', output_mode,
+                                  'late_rows', late_rows::text, 'late_relid', late_rows::oid);
+    END IF;
+    RETURN jsonb_build_object('type', 'window', 'target', target::text, 'relid', target::oid,
+                              'size', size::text, 'slide', coalesce(slide, size)::text,
+                              'size_s', extract(epoch FROM size), 'slide_s', extract(epoch FROM coalesce(slide, size)),
+                              'group_by', to_jsonb(group_by), 'aggregates', aggs,
+                              'output_mode', output_mode,
+                              'late_rows', late_rows::text, 'late_relid', late_rows::oid);
+END
+$$;
+COMMENT ON FUNCTION sluice.window_sink IS 'a sink aggregating event-time windows (tumbling, sliding or session) with a watermark';
+
 
 CREATE FUNCTION sluice.csv_source(
     dir text,
@@ -583,7 +682,7 @@ COMMENT ON FUNCTION sluice.dashboard IS 'an SVG picture of the last n batches of
 UPDATE pg_catalog.pg_proc AS p SET proacl = a.proacl
   FROM pg_temp.sluice_acl AS a
  WHERE p.pronamespace = 'sluice'::pg_catalog.regnamespace AND p.proname = a.proname
-   AND p.proname IN ('csv_source', 'kafka_source', 'create_pipeline', 'progress');
+   AND p.proname IN ('csv_source', 'kafka_source', 'create_pipeline', 'progress', 'window_sink');
 DROP TABLE pg_temp.sluice_acl;
 
 -- the new parameters
@@ -798,7 +897,8 @@ BEGIN
                                ARRAY(SELECT format('%s(%s) AS %I', a->>'fn', coalesce(quote_ident(a->>'arg'), '*'),
                                                    a->>'alias')
                                        FROM jsonb_array_elements(sink->'aggregates') AS a),
-                               sink->>'output_mode', (sink->>'late_relid')::oid::regclass) END;
+                               sink->>'output_mode', (sink->>'late_relid')::oid::regclass,
+                               (sink->>'session_gap')::interval) END;
 
     CASE
     WHEN sink->>'type' = 'append' AND sink ? 'relid'

@@ -572,11 +572,12 @@ $$;
 
 -- Event-time windows (see README "Windows and watermarks").
 
-CREATE FUNCTION sluice.window_sink(target regclass, size interval, slide interval DEFAULT NULL,
+CREATE FUNCTION sluice.window_sink(target regclass, size interval DEFAULT NULL, slide interval DEFAULT NULL,
                                    group_by text[] DEFAULT '{}',
                                    aggregates text[] DEFAULT '{count(*) AS count}',
                                    output_mode text DEFAULT 'append',
-                                   late_rows regclass DEFAULT NULL)
+                                   late_rows regclass DEFAULT NULL,
+                                   session_gap interval DEFAULT NULL)
 RETURNS jsonb LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -587,18 +588,37 @@ DECLARE
     fn text;
     arg text;
 BEGIN
-    IF target IS NULL OR size IS NULL OR group_by IS NULL OR aggregates IS NULL OR output_mode IS NULL THEN
-        RAISE EXCEPTION 'target, size, group_by, aggregates and output_mode of a window sink must not be null'
+    IF target IS NULL OR group_by IS NULL OR aggregates IS NULL OR output_mode IS NULL THEN
+        RAISE EXCEPTION 'target, group_by, aggregates and output_mode of a window sink must not be null'
             USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF size IS NOT NULL AND session_gap IS NOT NULL THEN
+        RAISE EXCEPTION 'a window sink takes a size or a session_gap, not both'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Give a size (and a slide) for tumbling or sliding windows, a session_gap for session windows.';
+    END IF;
+    IF size IS NULL AND session_gap IS NULL THEN
+        RAISE EXCEPTION 'a window sink needs a size or a session_gap'
+            USING ERRCODE = 'null_value_not_allowed',
+                  HINT = 'Give a size (and a slide) for tumbling or sliding windows, a session_gap for session windows.';
+    END IF;
+    IF session_gap IS NOT NULL AND slide IS NOT NULL THEN
+        RAISE EXCEPTION 'session windows do not slide'
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Leave slide out with a session_gap.';
     END IF;
     IF size <= '0'::interval OR slide <= '0'::interval OR slide > size THEN
         RAISE EXCEPTION 'invalid window size % or slide %', size, slide
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'The size must be positive, and a slide positive and at most the size.';
     END IF;
-    IF extract(epoch FROM size) <> extract(epoch FROM justify_hours(size))
-       OR size > '1 day'::interval AND size::text ~ '(mon|year)' THEN
-        RAISE EXCEPTION 'window size % is not a fixed duration', size
+    IF session_gap <= '0'::interval THEN
+        RAISE EXCEPTION 'invalid session_gap %', session_gap
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'The gap must be positive.';
+    END IF;
+    IF extract(epoch FROM coalesce(size, session_gap)) <> extract(epoch FROM justify_hours(coalesce(size, session_gap)))
+       OR coalesce(size, session_gap) > '1 day'::interval AND coalesce(size, session_gap)::text ~ '(mon|year)' THEN
+        RAISE EXCEPTION 'window % % is not a fixed duration', CASE WHEN size IS NULL THEN 'session_gap' ELSE 'size' END,
+                        coalesce(size, session_gap)
             USING ERRCODE = 'invalid_parameter_value', HINT = 'Give it in days, hours, minutes or seconds.';
     END IF;
     IF output_mode NOT IN ('append', 'update', 'complete') THEN
@@ -630,6 +650,13 @@ BEGIN
         aggs := aggs || jsonb_build_object('fn', fn, 'arg', arg,
                                            'alias', CASE WHEN m[3] ~ '^"' THEN btrim(m[3], '"') ELSE lower(m[3]) END);
     END LOOP;
+    IF session_gap IS NOT NULL THEN
+        RETURN jsonb_build_object('type', 'window', 'target', target::text, 'relid', target::oid,
+                                  'session_gap', session_gap::text, 'gap_s', extract(epoch FROM session_gap),
+                                  'group_by', to_jsonb(group_by), 'aggregates', aggs,
+                                  'output_mode', output_mode,
+                                  'late_rows', late_rows::text, 'late_relid', late_rows::oid);
+    END IF;
     RETURN jsonb_build_object('type', 'window', 'target', target::text, 'relid', target::oid,
                               'size', size::text, 'slide', coalesce(slide, size)::text,
                               'size_s', extract(epoch FROM size), 'slide_s', extract(epoch FROM coalesce(slide, size)),
@@ -638,7 +665,7 @@ BEGIN
                               'late_rows', late_rows::text, 'late_relid', late_rows::oid);
 END
 $$;
-COMMENT ON FUNCTION sluice.window_sink IS 'a sink aggregating event-time windows with a watermark';
+COMMENT ON FUNCTION sluice.window_sink IS 'a sink aggregating event-time windows (tumbling, sliding or session) with a watermark';
 
 -- the window sink must find its columns in what it receives, and its target
 -- the window's, the groups' and the aggregates'
@@ -1057,7 +1084,8 @@ BEGIN
                                ARRAY(SELECT format('%s(%s) AS %I', a->>'fn', coalesce(quote_ident(a->>'arg'), '*'),
                                                    a->>'alias')
                                        FROM jsonb_array_elements(sink->'aggregates') AS a),
-                               sink->>'output_mode', (sink->>'late_relid')::oid::regclass) END;
+                               sink->>'output_mode', (sink->>'late_relid')::oid::regclass,
+                               (sink->>'session_gap')::interval) END;
 
     CASE
     WHEN sink->>'type' = 'append' AND sink ? 'relid'

@@ -19,6 +19,13 @@
  * written from the state table.  Counting the same window in two parts is
  * exact, since every partial merges exactly.
  *
+ * Session windows (a session_gap instead of a size) key the table by the
+ * group alone: each entry holds the group's sessions, in start order, none
+ * touching another.  A row at t spans [t, t + gap) and joins (or bridges)
+ * the sessions its span overlaps or touches.  Before the batch writes, the
+ * sessions of the state table that touch the batch's are taken out of it
+ * and folded in too, so that a session grows over many batches.
+ *
  * The batch folds under the pipeline's row lock, taken before it reads:
  * the watermark it starts with is then known, so late rows are dropped as
  * they are read.  The new watermark and the state metrics go to the
@@ -89,6 +96,30 @@ typedef struct Partial
 	}			acc;
 } Partial;
 
+/* a session window of one group: [start, end), then its partials */
+typedef struct Session
+{
+	TimestampTz start;
+	TimestampTz end;
+	Partial		parts[FLEXIBLE_ARRAY_MEMBER];
+} Session;
+
+/* the sessions of one group, in start order, none touching another */
+typedef struct SessionList
+{
+	int			n;
+	int			max;
+	Session   **s;
+} SessionList;
+
+/* row versions of a table, found as it was scanned */
+typedef struct TidList
+{
+	ItemPointerData *tids;
+	int			n;
+	int			max;
+} TidList;
+
 typedef struct WindowFold
 {
 	MemoryContext cxt;			/* the batch's: all of this */
@@ -104,6 +135,7 @@ typedef struct WindowFold
 	char	   *mode;
 	int64		size_us;
 	int64		slide_us;
+	int64		gap_us;			/* session windows: the gap (size_us, slide_us 0) */
 	int			nwindows;		/* windows a row falls in at most */
 	Datum		delay;			/* watermark_delay (interval), if any */
 	bool		has_delay;
@@ -125,8 +157,8 @@ typedef struct WindowFold
 	TupleTableSlot *keyslot;
 	TupleTableSlot *entryslot;
 	TupleHashTable hash;
-	int64		entries;		/* in the table now */
-	int64		folded;			/* entries made in the batch, over all parts */
+	int64		entries;		/* windows (or sessions) in the table now */
+	int64		folded;			/* windows made in the batch, over all parts; sessions written */
 	char	   *arena;			/* where the next entry's partials go */
 	Size		arena_left;
 	int64		check_at;		/* entries at which the memory is looked at next (every 64) */
@@ -136,9 +168,7 @@ typedef struct WindowFold
 
 	/* late rows: inserted into late_into (the staging table) or found by tid */
 	Relation	late_into;
-	ItemPointerData *late_tids;
-	int			nlate;
-	int			maxlate;
+	TidList		late;
 
 	/* metrics */
 	int64		dropped;		/* late (row, window) pairs */
@@ -223,7 +253,8 @@ window_fold_begin(Pipeline *p, Batch *b, TupleDesc desc)
 	f->batch_id = b->id;
 	catalog_exec("SELECT s, p.state_table, p.event_time, p.watermark_delay, p.watermark,"
 				 "  ((s->>'size_s')::numeric * 1000000)::int8, ((s->>'slide_s')::numeric * 1000000)::int8,"
-				 "  s->>'output_mode', (s->>'relid')::oid, (s->>'late_relid')::oid"
+				 "  s->>'output_mode', (s->>'relid')::oid, (s->>'late_relid')::oid,"
+				 "  ((s->>'gap_s')::numeric * 1000000)::int8"
 				 " FROM sluice.pipeline AS p, sluice._sink(p) AS s WHERE p.id = $1 FOR UPDATE OF p",
 				 1, (Oid[]) {INT4OID}, &value, NULL, SPI_OK_SELECT);
 	if (SPI_processed != 1)
@@ -244,8 +275,9 @@ window_fold_begin(Pipeline *p, Batch *b, TupleDesc desc)
 	f->late_table = DatumGetObjectId(spi_datum(0, 10, &isnull));
 	if (isnull)
 		f->late_table = InvalidOid;
+	f->gap_us = spi_int64(0, 11);
 	f->drop_late = f->has_w && strcmp(f->mode, "complete") != 0;
-	f->nwindows = (int) ((f->size_us + f->slide_us - 1) / f->slide_us);
+	f->nwindows = f->gap_us > 0 ? 1 : (int) ((f->size_us + f->slide_us - 1) / f->slide_us);
 
 	f->et_att = column_index(desc, event_time);
 	f->et_is_tz = TupleDescAttr(desc, f->et_att)->atttypid == TIMESTAMPTZOID;
@@ -362,35 +394,81 @@ window_fold_begin(Pipeline *p, Batch *b, TupleDesc desc)
 	return f;
 }
 
-/* Add one value to a partial. */
+/* Add a numeric to the numeric part of a sum, kept in the table's memory. */
 static void
-partial_add(WindowFold *f, WinAgg *a, Partial *part, Datum value)
+partial_add_numeric(WindowFold *f, Partial *part, Datum value)
 {
 	MemoryContext oldcxt;
 	Datum		sum;
 
-	part->n++;
+	if (part->v == (Datum) 0)
+	{
+		oldcxt = MemoryContextSwitchTo(f->tablecxt);
+		part->v = PointerGetDatum(PG_DETOAST_DATUM_COPY(value));
+		MemoryContextSwitchTo(oldcxt);
+		return;
+	}
+	/* added in the row's memory, kept in the table's */
+	oldcxt = MemoryContextSwitchTo(f->rowcxt);
+	sum = NumericGetDatum(numeric_add_opt_error(DatumGetNumeric(part->v), DatumGetNumeric(value), NULL));
+	MemoryContextSwitchTo(f->tablecxt);
+	pfree(DatumGetPointer(part->v));
+	part->v = datumCopy(sum, false, -1);
+	MemoryContextSwitchTo(oldcxt);
+}
+
+/* Keep value as the min or max of a partial (its first, or a better one). */
+static void
+partial_keep_extreme(WindowFold *f, WinAgg *a, Partial *part, Datum value)
+{
+	MemoryContext oldcxt;
+
+	if (part->n > 0)
+	{
+		int			c = DatumGetInt32(FunctionCall2Coll(&a->cmp, a->collation, value, part->v));
+
+		if (a->fn == WIN_MIN ? c >= 0 : c <= 0)
+			return;
+		if (!a->typbyval)
+			pfree(DatumGetPointer(part->v));
+	}
+	oldcxt = MemoryContextSwitchTo(f->tablecxt);
+	part->v = datumCopy(value, a->typbyval, a->typlen);
+	MemoryContextSwitchTo(oldcxt);
+}
+
+/* Add to the int64 part of a sum, moving it into the numeric part when it is full. */
+static void
+partial_add_int(WindowFold *f, Partial *part, int64 x)
+{
+	int64		r;
+
+	if (!pg_add_s64_overflow(part->acc.i, x, &r))
+	{
+		part->acc.i = r;
+		return;
+	}
+	partial_add_numeric(f, part, NumericGetDatum(int64_to_numeric(part->acc.i)));
+	part->acc.i = x;
+}
+
+/* Add one value to a partial. */
+static void
+partial_add(WindowFold *f, WinAgg *a, Partial *part, Datum value)
+{
 	switch (a->fn)
 	{
 		case WIN_COUNT_STAR:
 		case WIN_COUNT:
-			return;
+			break;
 		case WIN_SUM:
 		case WIN_AVG:
 			switch (a->kind)
 			{
 				case SUM_INT:
-					{
-						int64		x = a->typlen == 2 ? DatumGetInt16(value) :
-							a->typlen == 4 ? DatumGetInt32(value) : DatumGetInt64(value);
-
-						if (!pg_add_s64_overflow(part->acc.i, x, &part->acc.i))
-							return;
-						/* the int64 is full: move it into the numeric sum */
-						value = NumericGetDatum(int64_to_numeric(part->acc.i));
-						part->acc.i = x;
-						break;
-					}
+					partial_add_int(f, part, a->typlen == 2 ? DatumGetInt16(value) :
+									a->typlen == 4 ? DatumGetInt32(value) : DatumGetInt64(value));
+					break;
 				case SUM_FLOAT4:
 					{
 						float4		r = (float4) part->acc.f + DatumGetFloat4(value);
@@ -398,85 +476,102 @@ partial_add(WindowFold *f, WinAgg *a, Partial *part, Datum value)
 						if (unlikely(isinf(r)) && !isinf(part->acc.f) && !isinf(DatumGetFloat4(value)))
 							float_overflow_error();
 						part->acc.f = r;
-						return;
+						break;
 					}
 				case SUM_FLOAT8:
 					part->acc.f = float8_pl(part->acc.f, DatumGetFloat8(value));
-					return;
+					break;
 				case SUM_NUMERIC:
+					partial_add_numeric(f, part, value);
 					break;
 			}
-			if (part->v == (Datum) 0)
-			{
-				oldcxt = MemoryContextSwitchTo(f->tablecxt);
-				part->v = PointerGetDatum(PG_DETOAST_DATUM_COPY(value));
-				MemoryContextSwitchTo(oldcxt);
-				return;
-			}
-			/* added in the row's memory, kept in the table's */
-			oldcxt = MemoryContextSwitchTo(f->rowcxt);
-			sum = NumericGetDatum(numeric_add_opt_error(DatumGetNumeric(part->v), DatumGetNumeric(value), NULL));
-			MemoryContextSwitchTo(f->tablecxt);
-			pfree(DatumGetPointer(part->v));
-			part->v = datumCopy(sum, false, -1);
-			MemoryContextSwitchTo(oldcxt);
-			return;
+			break;
 		case WIN_MIN:
 		case WIN_MAX:
-			if (part->n > 1)
-			{
-				int			c = DatumGetInt32(FunctionCall2Coll(&a->cmp, a->collation, value, part->v));
-
-				if (a->fn == WIN_MIN ? c >= 0 : c <= 0)
-					return;
-				if (!a->typbyval)
-					pfree(DatumGetPointer(part->v));
-			}
-			oldcxt = MemoryContextSwitchTo(f->tablecxt);
-			part->v = datumCopy(value, a->typbyval, a->typlen);
-			MemoryContextSwitchTo(oldcxt);
-			return;
+			partial_keep_extreme(f, a, part, value);
+			break;
 	}
+	part->n++;
+}
+
+/*
+ * Merge partial "from" into "into" (sessions that come to touch, or one the
+ * state table kept: its sums are numeric, in v).
+ */
+static void
+partial_merge(WindowFold *f, WinAgg *a, Partial *into, const Partial *from)
+{
+	if (from->n == 0)
+		return;
+	switch (a->fn)
+	{
+		case WIN_COUNT_STAR:
+		case WIN_COUNT:
+			break;
+		case WIN_SUM:
+		case WIN_AVG:
+			if (a->kind == SUM_INT)
+				partial_add_int(f, into, from->acc.i);
+			else if (a->kind == SUM_FLOAT4)
+				into->acc.f = (float4) into->acc.f + (float4) from->acc.f;
+			else if (a->kind == SUM_FLOAT8)
+				into->acc.f = float8_pl(into->acc.f, from->acc.f);
+			if (from->v != (Datum) 0)
+				partial_add_numeric(f, into, from->v);
+			break;
+		case WIN_MIN:
+		case WIN_MAX:
+			partial_keep_extreme(f, a, into, from->v);
+			break;
+	}
+	into->n += from->n;
+}
+
+/* Zeroed memory for the table, carved from large blocks: no allocator header each. */
+static void *
+fold_alloc(WindowFold *f, Size size)
+{
+	void	   *p;
+
+	size = MAXALIGN(size);
+	if (f->arena_left < size)
+	{
+		f->arena_left = Max(8 * 1024, size);
+		f->arena = MemoryContextAlloc(f->tablecxt, f->arena_left);
+	}
+	p = memset(f->arena, 0, size);
+	f->arena += size;
+	f->arena_left -= size;
+	return p;
 }
 
 /* Merge the table of partials into the state table, and empty it. */
 static void window_merge_into_state(WindowFold *f, const char *which);
+static void session_absorb(WindowFold *f);
 
-/* Fold one (row, window) pair. */
-static void
-window_fold_pair(WindowFold *f, TupleTableSlot *row, TimestampTz ws)
+/*
+ * The entry of (ws, the groups) in the table, made if new (NULL if isnew is
+ * and there is none): the groups are values[atts[g]].
+ */
+static TupleHashEntry
+fold_entry(WindowFold *f, TimestampTz ws, Datum *values, bool *isnull, const int *atts, bool *isnew)
 {
-	TupleHashEntry entry;
-	bool		isnew;
-	Partial    *parts;
-
 	ExecClearTuple(f->keyslot);
 	f->keyslot->tts_values[0] = TimestampTzGetDatum(ws);
 	f->keyslot->tts_isnull[0] = false;
 	for (int g = 0; g < f->ngroups; g++)
 	{
-		f->keyslot->tts_values[g + 1] = row->tts_values[f->group_att[g]];
-		f->keyslot->tts_isnull[g + 1] = row->tts_isnull[f->group_att[g]];
+		f->keyslot->tts_values[g + 1] = values[atts[g]];
+		f->keyslot->tts_isnull[g + 1] = isnull[atts[g]];
 	}
 	ExecStoreVirtualTuple(f->keyslot);
-	entry = LookupTupleHashEntry(f->hash, f->keyslot, &isnew, NULL);
-	if (isnew)
-	{
-		Size		size = sizeof(Partial) * f->naggs;
+	return LookupTupleHashEntry(f->hash, f->keyslot, isnew, NULL);
+}
 
-		/* carved from large blocks: no allocator header per entry */
-		if (f->arena_left < size)
-		{
-			f->arena_left = Max(8 * 1024, size);
-			f->arena = MemoryContextAlloc(f->tablecxt, f->arena_left);
-		}
-		entry->additional = memset(f->arena, 0, size);
-		f->arena += size;
-		f->arena_left -= size;
-		f->entries++;
-		f->folded++;
-	}
-	parts = entry->additional;
+/* Fold the aggregated columns of a row into partials. */
+static void
+fold_values(WindowFold *f, Partial *parts, TupleTableSlot *row)
+{
 	for (int i = 0; i < f->naggs; i++)
 	{
 		WinAgg	   *a = &f->aggs[i];
@@ -487,6 +582,127 @@ window_fold_pair(WindowFold *f, TupleTableSlot *row, TimestampTz ws)
 	}
 }
 
+/* Fold one (row, window) pair. */
+static void
+window_fold_pair(WindowFold *f, TupleTableSlot *row, TimestampTz ws)
+{
+	bool		isnew;
+	TupleHashEntry entry = fold_entry(f, ws, row->tts_values, row->tts_isnull, f->group_att, &isnew);
+
+	if (isnew)
+	{
+		entry->additional = fold_alloc(f, sizeof(Partial) * f->naggs);
+		f->entries++;
+		f->folded++;
+	}
+	fold_values(f, entry->additional, row);
+}
+
+/* The first of a group's sessions that starts after t (l->n if none does). */
+static int
+session_after(SessionList *l, TimestampTz t)
+{
+	int			lo = 0;
+	int			hi = l->n;
+
+	while (lo < hi)
+	{
+		int			mid = (lo + hi) / 2;
+
+		if (l->s[mid]->start <= t)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/*
+ * The session of a group that [start, end) joins: one it overlaps or
+ * touches, grown to hold it and merged with the next ones it then touches,
+ * or a new one.
+ */
+static Session *
+session_place(WindowFold *f, SessionList *l, TimestampTz start, TimestampTz end)
+{
+	int			lo = session_after(l, start);
+	int			k;
+	Session    *s;
+
+	if (lo > 0 && start <= l->s[lo - 1]->end)
+		k = lo - 1;
+	else if (lo < l->n && end >= l->s[lo]->start)
+		k = lo;
+	else
+	{
+		if (l->n == l->max)
+		{
+			MemoryContext oldcxt = MemoryContextSwitchTo(f->tablecxt);
+
+			l->max = Max(4, l->max * 2);
+			l->s = l->s ? repalloc_huge(l->s, sizeof(Session *) * l->max) : palloc(sizeof(Session *) * l->max);
+			MemoryContextSwitchTo(oldcxt);
+		}
+		memmove(&l->s[lo + 1], &l->s[lo], sizeof(Session *) * (l->n - lo));
+		l->s[lo] = s = fold_alloc(f, offsetof(Session, parts) + sizeof(Partial) * f->naggs);
+		l->n++;
+		s->start = start;
+		s->end = end;
+		f->entries++;
+		return s;
+	}
+	s = l->s[k];
+	s->start = Min(s->start, start);
+	s->end = Max(s->end, end);
+	while (k + 1 < l->n && l->s[k + 1]->start <= s->end)
+	{
+		Session    *next = l->s[k + 1];
+
+		for (int i = 0; i < f->naggs; i++)
+			partial_merge(f, &f->aggs[i], &s->parts[i], &next->parts[i]);
+		s->end = Max(s->end, next->end);
+		memmove(&l->s[k + 1], &l->s[k + 2], sizeof(Session *) * (l->n - k - 2));
+		l->n--;
+		f->entries--;
+	}
+	return s;
+}
+
+/* The sessions of a group (values[atts[g]]), made if new. */
+static SessionList *
+session_list(WindowFold *f, Datum *values, bool *isnull, const int *atts)
+{
+	bool		isnew;
+	TupleHashEntry entry = fold_entry(f, 0, values, isnull, atts, &isnew);
+
+	if (isnew)
+		entry->additional = fold_alloc(f, sizeof(SessionList));
+	return entry->additional;
+}
+
+static void
+tid_push(MemoryContext cxt, TidList *l, ItemPointer tid)
+{
+	if (l->n == l->max)
+	{
+		l->max = Max(64, l->max * 2);
+		l->tids = l->tids ? repalloc_huge(l->tids, sizeof(ItemPointerData) * l->max)
+			: MemoryContextAlloc(cxt, sizeof(ItemPointerData) * l->max);
+	}
+	l->tids[l->n++] = *tid;
+}
+
+/* the list as a tid[] */
+static Datum
+tid_array(TidList *l)
+{
+	Datum	   *tids = palloc(sizeof(Datum) * l->n);
+
+	for (int i = 0; i < l->n; i++)
+		tids[i] = PointerGetDatum(&l->tids[i]);
+	return PointerGetDatum(construct_array(tids, l->n, TIDOID, sizeof(ItemPointerData), false, TYPALIGN_SHORT));
+}
+
 /* Keep a late row, for the late_rows table. */
 static void
 window_keep_late(WindowFold *f, TupleTableSlot *row)
@@ -495,23 +711,41 @@ window_keep_late(WindowFold *f, TupleTableSlot *row)
 		return;
 	if (f->late_into)
 		table_tuple_insert(f->late_into, row, GetCurrentCommandId(true), 0, NULL);
-	if (f->nlate == f->maxlate)
-	{
-		f->maxlate = Max(64, f->maxlate * 2);
-		f->late_tids = f->late_tids ? repalloc_huge(f->late_tids, sizeof(ItemPointerData) * f->maxlate)
-			: MemoryContextAlloc(f->cxt, sizeof(ItemPointerData) * f->maxlate);
-	}
-	f->late_tids[f->nlate++] = row->tts_tid;
+	tid_push(f->cxt, &f->late, &row->tts_tid);
 }
 
-/* Fold one row into every window it falls in that is not late. */
+/* Fold a row at et into every window it falls in that is not late; whether one was. */
+static bool
+window_fold_windows(WindowFold *f, TupleTableSlot *row, TimestampTz et)
+{
+	/* windows start on multiples of the slide since 1970, as to_timestamp() counts */
+	int64		us = et + EPOCH_OFFSET_US;
+	int64		first = floor_div(us, f->slide_us) * f->slide_us;
+	bool		late = false;
+
+	for (int k = 0; k < f->nwindows; k++)
+	{
+		int64		ws = first - k * f->slide_us;
+
+		if (ws + f->size_us <= us)
+			break;
+		if (f->drop_late && ws - EPOCH_OFFSET_US + f->size_us <= f->w)
+		{
+			f->dropped++;
+			late = true;
+			continue;
+		}
+		window_fold_pair(f, row, ws - EPOCH_OFFSET_US);
+	}
+	return late;
+}
+
+/* Fold one row into every window (or the session) it falls in that is not late. */
 static void
 window_fold_row(WindowFold *f, TupleTableSlot *row)
 {
 	MemoryContext oldcxt;
 	TimestampTz et;
-	int64		us;
-	int64		first;
 	bool		late = false;
 
 	slot_getallattrs(row);
@@ -536,24 +770,18 @@ window_fold_row(WindowFold *f, TupleTableSlot *row)
 	f->et_n++;
 	f->et_sum += et;
 
-	/* windows start on multiples of the slide since 1970, as to_timestamp() counts */
-	us = et + EPOCH_OFFSET_US;
-	first = floor_div(us, f->slide_us) * f->slide_us;
 	oldcxt = MemoryContextSwitchTo(f->rowcxt);
-	for (int k = 0; k < f->nwindows; k++)
+	if (f->gap_us == 0)
+		late = window_fold_windows(f, row, et);
+	else if (f->drop_late && et <= f->w)
 	{
-		int64		ws = first - k * f->slide_us;
-
-		if (ws + f->size_us <= us)
-			break;
-		if (f->drop_late && ws - EPOCH_OFFSET_US + f->size_us <= f->w)
-		{
-			f->dropped++;
-			late = true;
-			continue;
-		}
-		window_fold_pair(f, row, ws - EPOCH_OFFSET_US);
+		/* a session row is late when its own time is */
+		f->dropped++;
+		late = true;
 	}
+	else
+		fold_values(f, session_place(f, session_list(f, row->tts_values, row->tts_isnull, f->group_att),
+									 et, et + f->gap_us)->parts, row);
 	MemoryContextSwitchTo(oldcxt);
 	MemoryContextReset(f->rowcxt);
 	if (late)
@@ -638,10 +866,13 @@ window_fold_relation(WindowFold *f, Oid input)
 	table_close(rel, NoLock);
 }
 
+/* a window (or session) of the table, to be returned in window order */
 typedef struct SortedEntry
 {
 	TimestampTz ws;
-	TupleHashEntry entry;
+	TimestampTz we;
+	MinimalTuple key;
+	Partial    *parts;
 } SortedEntry;
 
 static int
@@ -651,6 +882,47 @@ sorted_entry_cmp(const void *a, const void *b)
 	TimestampTz y = ((const SortedEntry *) b)->ws;
 
 	return x < y ? -1 : x > y ? 1 : 0;
+}
+
+/* Put the columns of a partial aggregate from values[c] on, as the state table has them; the next c. */
+static int
+partial_values(WindowFold *f, WinAgg *a, Partial *part, Datum *values, bool *nulls, int c)
+{
+	if (a->fn == WIN_SUM || a->fn == WIN_AVG)
+	{
+		Datum		sum = (Datum) 0;
+
+		nulls[c] = part->n == 0;
+		if (part->n > 0)
+		{
+			if (a->kind == SUM_INT)
+				sum = NumericGetDatum(int64_to_numeric(part->acc.i));
+			else if (a->kind == SUM_FLOAT4)
+				sum = DirectFunctionCall1(float4_numeric, Float4GetDatum((float4) part->acc.f));
+			else if (a->kind == SUM_FLOAT8)
+				sum = DirectFunctionCall1(float8_numeric, Float8GetDatum(part->acc.f));
+			if (part->v != (Datum) 0)
+				sum = sum == (Datum) 0 ? part->v :
+					NumericGetDatum(numeric_add_opt_error(DatumGetNumeric(part->v), DatumGetNumeric(sum), NULL));
+		}
+		values[c++] = sum;
+		if (a->fn == WIN_AVG)
+		{
+			nulls[c] = false;
+			values[c++] = Int64GetDatum(part->n);
+		}
+	}
+	else if (a->fn == WIN_MIN || a->fn == WIN_MAX)
+	{
+		nulls[c] = part->n == 0;
+		values[c++] = part->v;
+	}
+	else
+	{
+		nulls[c] = false;
+		values[c++] = Int64GetDatum(part->n);
+	}
+	return c;
 }
 
 /*
@@ -696,83 +968,54 @@ sluice_window_partials(PG_FUNCTION_ARGS)
 	InitTupleHashIterator(f->hash, &it);
 	while ((entry = ScanTupleHashTable(f->hash, &it)) != NULL)
 	{
-		bool		isnull;
-		TimestampTz ws;
-		bool		closed;
+		SessionList *l = entry->additional;
+		int			n = f->gap_us > 0 ? l->n : 1;
 
-		ExecStoreMinimalTuple(entry->firstTuple, f->entryslot, false);
-		ws = DatumGetTimestampTz(slot_getattr(f->entryslot, 1, &isnull));
-		closed = f->has_new_w && ws + f->size_us <= f->new_w;
-		if ((want_closed && !closed) || (want_open && closed))
-			continue;
-		sorted[nsorted].ws = ws;
-		sorted[nsorted++].entry = entry;
+		for (int k = 0; k < n; k++)
+		{
+			SortedEntry *e = &sorted[nsorted];
+			bool		closed;
+
+			if (f->gap_us > 0)
+			{
+				e->ws = l->s[k]->start;
+				e->we = l->s[k]->end;
+				e->parts = l->s[k]->parts;
+			}
+			else
+			{
+				bool		isnull;
+
+				ExecStoreMinimalTuple(entry->firstTuple, f->entryslot, false);
+				e->ws = DatumGetTimestampTz(slot_getattr(f->entryslot, 1, &isnull));
+				e->we = e->ws + f->size_us;
+				e->parts = entry->additional;
+			}
+			closed = f->has_new_w && e->we <= f->new_w;
+			if ((want_closed && !closed) || (want_open && closed))
+				continue;
+			e->key = entry->firstTuple;
+			nsorted++;
+		}
 	}
 	qsort(sorted, nsorted, sizeof(SortedEntry), sorted_entry_cmp);
 
 	for (int64 e = 0; e < nsorted; e++)
 	{
-		Partial    *parts;
-		TimestampTz ws = sorted[e].ws;
-		TimestampTz we = ws + f->size_us;
-		int			c;
+		int			c = 2 + f->ngroups;
 
-		entry = sorted[e].entry;
-		parts = entry->additional;
-		ExecStoreMinimalTuple(entry->firstTuple, f->entryslot, false);
+		ExecStoreMinimalTuple(sorted[e].key, f->entryslot, false);
 		slot_getallattrs(f->entryslot);
-		values[0] = TimestampTzGetDatum(ws);
-		values[1] = TimestampTzGetDatum(we);
-		memset(nulls, false, sizeof(bool) * natts);
+		values[0] = TimestampTzGetDatum(sorted[e].ws);
+		values[1] = TimestampTzGetDatum(sorted[e].we);
+		nulls[0] = nulls[1] = false;
 		for (int g = 0; g < f->ngroups; g++)
 		{
 			values[2 + g] = f->entryslot->tts_values[1 + g];
 			nulls[2 + g] = f->entryslot->tts_isnull[1 + g];
 		}
-		c = 2 + f->ngroups;
 		for (int i = 0; i < f->naggs; i++)
-		{
-			WinAgg	   *a = &f->aggs[i];
-			Partial    *part = &parts[i];
-
-			if (a->fn == WIN_SUM || a->fn == WIN_AVG)
-			{
-				Datum		sum = (Datum) 0;
-
-				nulls[c] = part->n == 0;
-				if (part->n > 0)
-				{
-					switch (a->kind)
-					{
-						case SUM_INT:
-							sum = NumericGetDatum(int64_to_numeric(part->acc.i));
-							if (part->v != (Datum) 0)
-								sum = NumericGetDatum(numeric_add_opt_error(DatumGetNumeric(part->v),
-																			DatumGetNumeric(sum), NULL));
-							break;
-						case SUM_FLOAT4:
-							sum = DirectFunctionCall1(float4_numeric, Float4GetDatum((float4) part->acc.f));
-							break;
-						case SUM_FLOAT8:
-							sum = DirectFunctionCall1(float8_numeric, Float8GetDatum(part->acc.f));
-							break;
-						case SUM_NUMERIC:
-							sum = part->v;
-							break;
-					}
-				}
-				values[c++] = sum;
-				if (a->fn == WIN_AVG)
-					values[c++] = Int64GetDatum(part->n);
-			}
-			else if (a->fn == WIN_MIN || a->fn == WIN_MAX)
-			{
-				nulls[c] = part->n == 0;
-				values[c++] = part->v;
-			}
-			else
-				values[c++] = Int64GetDatum(part->n);
-		}
+			c = partial_values(f, &f->aggs[i], &sorted[e].parts[i], values, nulls, c);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
@@ -882,6 +1125,8 @@ window_merge_into_state(WindowFold *f, const char *which)
 {
 	WindowSql  *s;
 
+	if (f->gap_us > 0 && strcmp(which, "all") == 0)
+		session_absorb(f);
 	if (f->entries == 0)
 		return;
 	if (f->sql == NULL)
@@ -905,6 +1150,103 @@ window_merge_into_state(WindowFold *f, const char *which)
 	}
 }
 
+/*
+ * Sessions: take the sessions of the state table that touch the batch's out
+ * of it, and fold them into the batch's (in update mode their rows of the
+ * target go too: the batch writes what they became).  The state table's
+ * sessions of a group never touch one another, so one pass finds them all.
+ */
+static void
+session_absorb(WindowFold *f)
+{
+	Relation	rel;
+	TupleTableSlot *slot;
+	Snapshot	snapshot;
+	TableScanDesc scan;
+	TidList		gone = {0};
+	int		   *atts;
+	MemoryContext oldcxt;
+
+	if (f->entries == 0)
+		return;
+	atts = palloc(sizeof(int) * Max(f->ngroups, 1));
+	for (int g = 0; g < f->ngroups; g++)
+		atts[g] = 2 + g;
+	rel = table_open(f->state_table, RowExclusiveLock);
+	slot = table_slot_create(rel, NULL);
+	CommandCounterIncrement();
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	scan = table_beginscan(rel, snapshot, 0, NULL);
+	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+	{
+		TupleHashEntry entry;
+		SessionList *l;
+		TimestampTz ws;
+		TimestampTz we;
+		int			lo;
+		Session    *s;
+		int			c = 2 + f->ngroups;
+
+		slot_getallattrs(slot);
+		entry = fold_entry(f, 0, slot->tts_values, slot->tts_isnull, atts, NULL);
+		if (entry == NULL)
+			continue;
+		l = entry->additional;
+		ws = DatumGetTimestampTz(slot->tts_values[0]);
+		we = DatumGetTimestampTz(slot->tts_values[1]);
+
+		/* does it touch the last of the batch's sessions that start by its end? */
+		lo = session_after(l, we);
+		if (lo == 0 || ws > l->s[lo - 1]->end)
+			continue;
+
+		oldcxt = MemoryContextSwitchTo(f->rowcxt);
+		s = session_place(f, l, ws, we);
+		for (int i = 0; i < f->naggs; i++)
+		{
+			WinAgg	   *a = &f->aggs[i];
+			Partial		from = {0};
+
+			if (a->fn == WIN_COUNT_STAR || a->fn == WIN_COUNT)
+				from.n = DatumGetInt64(slot->tts_values[c]);
+			else if (!slot->tts_isnull[c])
+			{
+				from.n = 1;
+				from.v = slot->tts_values[c];
+				if (TupleDescAttr(slot->tts_tupleDescriptor, c)->attlen == -1)
+					from.v = PointerGetDatum(PG_DETOAST_DATUM_PACKED(from.v));
+			}
+			c++;
+			if (a->fn == WIN_AVG)
+				from.n = DatumGetInt64(slot->tts_values[c++]);
+			partial_merge(f, a, &s->parts[i], &from);
+		}
+		MemoryContextSwitchTo(oldcxt);
+		MemoryContextReset(f->rowcxt);
+		tid_push(f->cxt, &gone, &slot->tts_tid);
+	}
+	table_endscan(scan);
+	UnregisterSnapshot(snapshot);
+	ExecDropSingleTupleTableSlot(slot);
+	table_close(rel, NoLock);
+
+	if (gone.n > 0)
+	{
+		WindowSql  *sql = f->sql ? f->sql : (f->sql = window_sql(f));
+		Datum		tids = tid_array(&gone);
+
+		pinned_exec(strcmp(f->mode, "update") != 0 ?
+					psprintf("DELETE FROM %s WHERE ctid = ANY ($1)", sql->state) :
+					psprintf("WITH old AS (DELETE FROM %s WHERE ctid = ANY ($1) RETURNING *)"
+							 " DELETE FROM %s AS t USING old AS s"
+							 " WHERE t.window_start = s.window_start AND t.window_end = s.window_end%s",
+							 sql->state, sql->target, sql->gjoin),
+					1, (Oid[]) {TIDARRAYOID}, &tids, NULL, SPI_OK_DELETE);
+		pfree(gone.tids);
+	}
+	f->folded += f->entries;	/* the batch's sessions, as the state now has them */
+}
+
 /* The late rows of the batch, from the relation they were received in, into late_rows. */
 static void
 window_write_late(WindowFold *f, Oid input)
@@ -912,9 +1254,8 @@ window_write_late(WindowFold *f, Oid input)
 	Datum		values[4];
 	char		nulls[4] = "    ";
 	char	   *cols;
-	Datum	   *tids;
 
-	if (!OidIsValid(f->late_table) || f->nlate == 0)
+	if (!OidIsValid(f->late_table) || f->late.n == 0)
 		return;
 	values[0] = ObjectIdGetDatum(f->late_table);
 	values[1] = ObjectIdGetDatum(input);
@@ -929,11 +1270,7 @@ window_write_late(WindowFold *f, Oid input)
 	values[0] = Int64GetDatum(f->batch_id);
 	values[1] = TimestampTzGetDatum(f->w);
 	nulls[1] = f->has_w ? ' ' : 'n';
-	tids = palloc(sizeof(Datum) * f->nlate);
-	for (int i = 0; i < f->nlate; i++)
-		tids[i] = PointerGetDatum(&f->late_tids[i]);
-	values[2] = PointerGetDatum(construct_array(tids, f->nlate, TIDOID, sizeof(ItemPointerData), false,
-												TYPALIGN_SHORT));
+	values[2] = tid_array(&f->late);
 	pinned_exec(psprintf("INSERT INTO %s (batch_id, watermark%s) SELECT $1, $2%s FROM %s WHERE ctid = ANY ($3)",
 						 sink_relation_name(f->late_table), cols, cols,
 						 quote_qualified_identifier("pg_temp", get_rel_name(input))),
@@ -995,7 +1332,23 @@ window_write(Pipeline *p, Batch *b, Oid input, Oid stage, Rejects *rj)
 		/* a batch in parts has its windows in the state table: write them from there */
 		if (f->parts > 0)
 			window_merge_into_state(f, "all");
-		if (f->has_new_w &&
+		else if (f->gap_us > 0)
+			session_absorb(f);
+		if (f->gap_us > 0)
+		{
+			/* what the state kept and what the batch folded are sessions apart */
+			if (f->has_new_w)
+				written = window_exec(f, psprintf("WITH old AS (DELETE FROM %1$s WHERE window_end <= $3"
+												  "   RETURNING window_start, window_end, %2$s%3$s)"
+												  " INSERT INTO %4$s (window_start, window_end, %2$s%5$s)"
+												  " SELECT window_start, window_end, %2$s%6$s FROM"
+												  "  (SELECT * FROM old UNION ALL"
+												  "   SELECT window_start, window_end, %2$s%3$s FROM %7$s) AS u",
+												  s->state, s->gsel, s->part_names, s->target, s->names,
+												  s->finals, s->partials),
+									  "closed", SPI_OK_INSERT);
+		}
+		else if (f->has_new_w &&
 			window_exec(f, psprintf("SELECT 1 FROM %s WHERE window_end <= $3 LIMIT 1", s->state), "closed",
 						SPI_OK_SELECT) > 0)
 			written = window_exec(f, psprintf("WITH old AS (DELETE FROM %1$s WHERE window_end <= $3"

@@ -29,11 +29,7 @@ for my $k (1 .. $kills)
 {
 	# a worker in the middle of a batch (COPYing a file), a later batch
 	# each time so that the kills hit different batches
-	my $row = poll_value($node,
-		"SELECT pid || ' ' || b FROM (SELECT pid, substring(query from 'batch (\\d+):')::int AS b"
-		  . " FROM pg_stat_activity WHERE backend_type = 'sluice worker' AND application_name = 'big'"
-		  . " AND state = 'active' AND query LIKE 'batch %: reading%') s WHERE b > $after");
-	my ($pid, $batch) = split / /, $row;
+	my ($batch, $pid) = batch_reading($node, 'big', $after);
 	my $offset = log_size($node);
 	ok(kill('KILL', $pid), "kill $k: SIGKILL worker $pid in batch $batch");
 	$crashes++;
@@ -53,11 +49,7 @@ for my $k (1 .. $kills)
 # not a crash: pg_terminate_backend() ends the worker with FATAL, the batch
 # rolls back, and the launcher (notified of the exit) starts a new worker
 {
-	my $row = poll_value($node,
-		"SELECT pid || ' ' || b FROM (SELECT pid, substring(query from 'batch (\\d+):')::int AS b"
-		  . " FROM pg_stat_activity WHERE backend_type = 'sluice worker' AND application_name = 'big'"
-		  . " AND state = 'active' AND query LIKE 'batch %: reading%') s WHERE b > $after");
-	my ($pid, $batch) = split / /, $row;
+	my ($batch, $pid) = batch_reading($node, 'big', $after);
 	my $offset = log_size($node);
 	is($node->safe_psql('postgres', "SELECT pg_terminate_backend($pid)"), 't',
 		"terminate worker $pid in batch $batch");

@@ -23,16 +23,12 @@ my @paths = gen_files($dir, files => $nfiles, rows => $rows);
 create_csv_pipeline($node, 'imm', $dir, 'imm_t', max_files => 1, trigger => '100 milliseconds');
 $node->safe_psql('postgres', "SELECT sluice.start('imm')");
 
-# a batch in flight (its worker COPYing a file), later than batch $after
-my $in_flight = "SELECT b FROM (SELECT substring(query from 'batch (\\d+):')::int AS b FROM pg_stat_activity"
-  . " WHERE backend_type = 'sluice worker' AND application_name = 'imm'"
-  . " AND state = 'active' AND query LIKE 'batch %: reading%') s WHERE b > ";
 my $after = 0;
 
 for my $round (1 .. 3)
 {
 	my $mode = $round <= 2 ? 'immediate' : 'fast';
-	my $batch = poll_value($node, $in_flight . $after);
+	my ($batch) = batch_reading($node, 'imm', $after);
 	$after = $batch;
 	my $committed_before = $node->safe_psql('postgres',
 		"SELECT count(*) FROM sluice.batch WHERE status = 'committed'");

@@ -98,18 +98,14 @@ my $model = window_model(\@paths, %spec);
 create_window_pipeline($node, $name, $dir, %spec, trigger => '100 milliseconds');
 $node->safe_psql('postgres', "SELECT sluice.start('$name')");
 
-my $in_flight = "SELECT b || ' ' || pid FROM (SELECT pid, substring(query from 'batch (\\d+):')::int AS b"
-  . " FROM pg_stat_activity WHERE backend_type = 'sluice worker' AND application_name = '$name'"
-  . " AND state = 'active' AND query LIKE 'batch %: reading%') s WHERE b >= ";
-
-my ($batch, $pid) = split / /, poll_value($node, $in_flight . 2);
+my ($batch, $pid) = batch_reading($node, $name, 1);
 note "SIGKILL of worker $pid during batch $batch";
 my $offset = log_size($node);
 kill 'KILL', $pid;
 wait_for_log_count($node, qr/\(PID $pid\) was terminated by signal 9/, 1, $offset);
 wait_for_server($node);
 
-($batch) = split / /, poll_value($node, $in_flight . ($batch + 2));
+($batch) = batch_reading($node, $name, $batch + 1);
 my $committed = $node->safe_psql('postgres', files_committed($name));
 note "immediate stop during batch $batch, $committed files committed";
 $node->stop('immediate');

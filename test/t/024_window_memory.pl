@@ -1,9 +1,9 @@
 # A window batch whose partial aggregates outgrow sluice.window_memory is
 # folded in parts, each merged into the state table (src/sinks/window.c):
 # the same pipeline with 64kB and with the default writes the same windows,
-# late rows, progress and state, in append and update mode, with the rows
-# folded as COPY parses them and from a transform's result; and only the
-# small one says it split its batches.
+# late rows, progress and state, in append and update mode, for tumbling
+# and session windows, with the rows folded as COPY parses them and from a
+# transform's result; and only the small one says it split its batches.
 use strict;
 use warnings;
 
@@ -27,16 +27,17 @@ my $shuffle = "SELECT id, customer, amount, ts - ((id * 7919) % 1200) * interval
 
 sub pipeline
 {
-	my ($name, $mode, $transform) = @_;
+	my ($name, $mode, $transform, $kind) = @_;
+	my $window = $kind eq 'session' ? "session_gap => '30 minutes'" : "'10 minutes'";
 	$node->safe_psql('postgres', qq{
 CREATE TABLE ${name}_out (window_start timestamptz, window_end timestamptz, customer int,
   n bigint, total numeric, lo numeric(12,2), hi numeric(12,2), av numeric);
 CREATE TABLE ${name}_late (batch_id bigint, watermark timestamptz, id bigint, ts timestamptz);
 SELECT sluice.create_pipeline('$name',
   sluice.csv_source('$dir', '$SluiceTest::COLUMNS', max_files_per_trigger => 1),
-  sluice.window_sink('${name}_out', '10 minutes', NULL, '{customer}',
-    '{count(*) AS n, sum(amount) AS total, min(amount) AS lo, max(amount) AS hi, avg(amount) AS av}',
-    '$mode', '${name}_late'),
+  sluice.window_sink('${name}_out', $window, group_by => '{customer}',
+    aggregates => '{count(*) AS n, sum(amount) AS total, min(amount) AS lo, max(amount) AS hi, avg(amount) AS av}',
+    output_mode => '$mode', late_rows => '${name}_late'),
   event_time => 'ts', watermark_delay => '5 minutes', backpressure => false}
 	  . ($transform ? ", transform => '$transform'" : '') . ');');
 	return;
@@ -70,14 +71,18 @@ sub window_memory
 }
 
 my $log_start = -s $node->logfile;
+my @pipelines;
+for my $kind ('window', 'session')
+{
 for my $mode ('append', 'update')
 {
 	for my $path ('parsed', 'transform')
 	{
-		my $big = "${mode}_${path}_big";
-		my $small = "${mode}_${path}_small";
-		pipeline($big, $mode, $path eq 'transform' ? $shuffle : undef);
-		pipeline($small, $mode, $path eq 'transform' ? $shuffle : undef);
+		my $big = "${kind}_${mode}_${path}_big";
+		my $small = "${kind}_${mode}_${path}_small";
+		push @pipelines, "${kind}_${mode}_${path}";
+		pipeline($big, $mode, $path eq 'transform' ? $shuffle : undef, $kind);
+		pipeline($small, $mode, $path eq 'transform' ? $shuffle : undef, $kind);
 		is($node->safe_psql('postgres', "SELECT sluice.run_once('$big')"), '4', "$big: 4 batches");
 		window_memory('64kB', '64kB');
 		is($node->safe_psql('postgres', "SELECT sluice.run_once('$small')"), '4', "$small: 4 batches");
@@ -93,16 +98,13 @@ for my $mode ('append', 'update')
 		is($got->{$_}, $want->{$_}, "$small: the same $_ as with all the memory") for sort keys %$want;
 	}
 }
+}
 
 my $log = slurp_file($node->logfile, $log_start);
-for my $mode ('append', 'update')
+for my $p (@pipelines)
 {
-	for my $path ('parsed', 'transform')
-	{
-		like($log, qr/batch \d+ of pipeline "${mode}_${path}_small" was folded in \d+ parts/,
-			"${mode}_${path}_small: its batches were split");
-		unlike($log, qr/pipeline "${mode}_${path}_big" was folded/, "${mode}_${path}_big: its batches were not");
-	}
+	like($log, qr/batch \d+ of pipeline "${p}_small" was folded in \d+ parts/, "${p}_small: its batches were split");
+	unlike($log, qr/pipeline "${p}_big" was folded/, "${p}_big: its batches were not");
 }
 
 $node->stop;

@@ -21,7 +21,7 @@ our @EXPORT = qw(
   sluice_node gen_files files_stats table_stats check_table
   create_csv_pipeline pipeline_id set_crash_at
   log_size log_count wait_for_log_count wait_for_server
-  wait_until poll_value start_session progress_summary
+  wait_until poll_value batch_reading start_session progress_summary
   gen_window_feed window_model create_window_pipeline
   window_db_target window_db_late window_db_progress window_db_state
   rows_match us_ts csv_rows fmt_cents last_per_customer
@@ -314,6 +314,17 @@ sub poll_value
 		usleep(20_000);
 	}
 	die "timed out polling: $sql";
+}
+
+# (batch, pid): a worker of pipeline $name in the middle of reading a batch
+# later than $after, polled for until there is one.
+sub batch_reading
+{
+	my ($node, $name, $after) = @_;
+	return split / /, poll_value($node,
+		"SELECT b || ' ' || pid FROM (SELECT pid, substring(query from 'batch (\\d+):')::int AS b"
+		  . " FROM pg_stat_activity WHERE backend_type = 'sluice worker' AND application_name = '$name'"
+		  . " AND state = 'active' AND query LIKE 'batch %: reading%') s WHERE b > $after ORDER BY b LIMIT 1");
 }
 
 # "batch:status:attempts:files" of every batch, oldest first.
@@ -632,13 +643,16 @@ sub window_model
 }
 
 # Target <name>_out, late rows <name>_late, pipeline <name> reading $dir
-# one file per batch, event time ts, group by customer_id, $WIN_AGGS.
+# one file per batch, event time ts, group by customer_id, $WIN_AGGS;
+# windows of size_s (slide_s), or sessions of gap_s.
 sub create_window_pipeline
 {
 	my ($node, $name, $dir, %o) = @_;
 	my $slide = defined $o{slide_s} ? "'$o{slide_s} seconds'" : 'NULL';
 	my $delay = defined $o{delay_s} ? "'$o{delay_s} seconds'" : 'NULL';
 	my $trigger = $o{trigger} // '1 second';
+	my $window = defined $o{gap_s} ? 'NULL, NULL' : "'$o{size_s} seconds', $slide";
+	my $gap = defined $o{gap_s} ? ", session_gap => '$o{gap_s} seconds'" : '';
 	$node->safe_psql(
 		'postgres', qq{
 CREATE TABLE ${name}_out (window_start timestamptz, window_end timestamptz, customer_id int,
@@ -647,8 +661,8 @@ CREATE TABLE ${name}_late (batch_id bigint, watermark timestamptz, id bigint, cu
   amount numeric(12,2), ts timestamptz);
 SELECT sluice.create_pipeline('$name',
   sluice.csv_source('$dir', '$WIN_COLUMNS', max_files_per_trigger => 1),
-  sluice.window_sink('${name}_out', '$o{size_s} seconds', $slide, '{customer_id}', '$WIN_AGGS',
-                     '$o{mode}', '${name}_late'),
+  sluice.window_sink('${name}_out', $window, '{customer_id}', '$WIN_AGGS',
+                     '$o{mode}', '${name}_late'$gap),
   '$trigger', event_time => 'ts', watermark_delay => $delay, backpressure => false);
 });
 	return;
