@@ -445,6 +445,21 @@ SELECT sluice.run_once('win_ses_app');
 SELECT * FROM win_ses_app ORDER BY k, window_start;
 SELECT window_start, window_end, k, a1_n, a2_s FROM sluice_state_win_ses_app ORDER BY k, window_start;
 
+-- sums of integers past the range of bigint go on in numeric, as sum(bigint) does
+\! mkdir -p "$SLUICE_TEST_DIR"/windows/big
+\set f :dir/big/a.csv
+COPY (SELECT i, '2024-01-01 10:00:00+00'::timestamptz + i * interval '1 second', 9223372036854775800 + i
+        FROM generate_series(1, 5) AS i) TO :'f' WITH (FORMAT csv, HEADER);
+\set big :dir/big
+CREATE TABLE win_big (window_start timestamptz, window_end timestamptz, total numeric, mean numeric, n bigint);
+SELECT sluice.create_pipeline('win_big', sluice.csv_source(:'big', 'id int, ts timestamptz, v bigint'),
+    sluice.window_sink('win_big', '1 hour', aggregates => '{sum(v) AS total, avg(v) AS mean, count(v) AS n}',
+                       output_mode => 'update'),
+    event_time => 'ts');
+SELECT sluice.run_once('win_big');
+SELECT total, mean, n, total = (SELECT sum(9223372036854775800 + i) FROM generate_series(1, 5) AS i) AS exact
+  FROM win_big;
+
 --
 -- drop_pipeline() drops the state table, not the target nor the late rows
 --
@@ -457,7 +472,7 @@ SELECT sluice.drop_pipeline(name) FROM sluice.pipelines ORDER BY name;
 SELECT count(*) FROM pg_class WHERE relname LIKE 'sluice\_state\_%';
 
 DROP SCHEMA win_s CASCADE;
-DROP TABLE win_ses, win_ses_app, win_ses_late;
+DROP TABLE win_ses, win_ses_app, win_ses_late, win_big;
 DROP TABLE win_app, win_upd, win_slide_app, win_slide_cmp, win_late, win_late2, win_tx, win_day, win_plain,
            win_bad_t1, win_bad_t2, win_bad_t3, win_bad_late1, win_bad_late2;
 \! rm -rf "$SLUICE_TEST_DIR"/windows
