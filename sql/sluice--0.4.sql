@@ -48,6 +48,8 @@ CREATE TABLE sluice.pipeline (
     max_retries int CHECK (max_retries >= 0),   -- transient failures in a row before it fails; NULL: no end
     uid         uuid NOT NULL DEFAULT gen_random_uuid(),  -- progress_json's id
     run_id      uuid,               -- new at each start(), run_once()
+    dedupe      text[],             -- the key of streaming deduplication
+    dedupe_table regclass,          -- its keys, dropped with the pipeline
     CHECK (min_workers >= 1 AND max_workers >= min_workers)
 );
 COMMENT ON TABLE sluice.pipeline IS 'sluice pipelines; state is the desired state, or failed';
@@ -80,6 +82,8 @@ CREATE TABLE sluice.batch (
     run_id       uuid,               -- the pipeline's run that planned it
     backlog      bigint,             -- what its plan left for later (files, Kafka offsets)
     event_time_avg timestamptz,
+    num_duplicates_dropped bigint,  -- rows whose dedupe key was seen before
+    dedupe_state_rows bigint,       -- dedupe keys remembered after the batch
     PRIMARY KEY (pipeline_id, batch_id)
 );
 CREATE INDEX batch_planned ON sluice.batch (pipeline_id, batch_id) WHERE status = 'planned';
@@ -831,6 +835,95 @@ CREATE FUNCTION sluice._window_partials(which text)
 RETURNS SETOF record LANGUAGE c VOLATILE STRICT
 AS 'MODULE_PATHNAME', 'sluice_window_partials';
 
+-- Streaming deduplication (see README "Deduplication").
+
+-- event_time and watermark_delay are for a window sink or dedupe; dedupe's
+-- key must be among the columns the sink receives
+CREATE FUNCTION sluice._check_dedupe(pipeline_name text, sink jsonb, cols jsonb, event_time text,
+                                     watermark_delay interval, dedupe text[])
+RETURNS void LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    c text;
+    t regtype;
+BEGIN
+    IF dedupe IS NULL THEN
+        IF (event_time IS NOT NULL OR watermark_delay IS NOT NULL) AND sink->>'type' IS DISTINCT FROM 'window' THEN
+            RAISE EXCEPTION 'event_time and watermark_delay of pipeline "%" need a window sink or dedupe', pipeline_name
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        RETURN;
+    END IF;
+    IF event_time IS NULL OR watermark_delay IS NULL THEN
+        RAISE EXCEPTION 'dedupe of pipeline "%" needs an event_time and a watermark_delay', pipeline_name
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A key is remembered until the watermark passes its event time.',
+                  HINT = 'Give create_pipeline an event_time => ''column'' and a watermark_delay => interval.';
+    END IF;
+    IF watermark_delay < '0'::interval THEN
+        RAISE EXCEPTION 'watermark_delay must not be negative' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF cardinality(dedupe) = 0 OR EXISTS (SELECT 1 FROM unnest(dedupe) AS k WHERE k IS NULL) THEN
+        RAISE EXCEPTION 'dedupe of pipeline "%" needs at least one column, and no null', pipeline_name
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF (SELECT count(DISTINCT k) FROM unnest(dedupe) AS k) < cardinality(dedupe) THEN
+        RAISE EXCEPTION 'dedupe of pipeline "%" names a column twice', pipeline_name
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    t := (SELECT (x->>'type')::regtype FROM jsonb_array_elements(cols) x WHERE x->>'name' = event_time);
+    IF t IS NULL OR t NOT IN ('timestamptz'::regtype, 'timestamp'::regtype) THEN
+        RAISE EXCEPTION 'event time column "%" of pipeline "%" is not a timestamp among the columns it receives',
+                        event_time, pipeline_name
+            USING ERRCODE = 'undefined_column';
+    END IF;
+    FOREACH c IN ARRAY dedupe LOOP
+        IF NOT EXISTS (SELECT 1 FROM jsonb_array_elements(cols) x WHERE x->>'name' = c) THEN
+            RAISE EXCEPTION 'dedupe column "%" of pipeline "%" is not among the columns it receives', c, pipeline_name
+                USING ERRCODE = 'undefined_column';
+        END IF;
+        IF c IN ('sluice_event_time', 'sluice_batch') THEN
+            RAISE EXCEPTION 'dedupe column "%" of pipeline "%" has a name sluice keeps for itself', c, pipeline_name
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- the keys a dedupe pipeline remembers, beside its target (or its sink
+-- function): the key columns, the event time of the row that first had the
+-- key, the batch that kept it
+CREATE FUNCTION sluice._dedupe_create_state(pipeline_id int, pipeline_name text, sink jsonb, cols jsonb,
+                                            dedupe text[])
+RETURNS regclass LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    nsp name := coalesce((SELECT n.nspname FROM pg_namespace n JOIN pg_class c ON c.relnamespace = n.oid
+                           WHERE c.oid = (sink->>'relid')::oid),
+                         (SELECT n.nspname FROM pg_namespace n JOIN pg_proc f ON f.pronamespace = n.oid
+                           WHERE f.oid = (sink->>'fnoid')::oid));
+    tbl text := format('%I.%I', nsp,
+                   CASE WHEN octet_length('sluice_dedupe_' || pipeline_name) <= 63 THEN 'sluice_dedupe_' || pipeline_name
+                        ELSE format('sluice_dedupe_%s_%s', left(pipeline_name, 30), pipeline_id) END);
+    msg text;
+BEGIN
+    EXECUTE format('CREATE TABLE %s (%s, sluice_event_time timestamptz NOT NULL, sluice_batch bigint NOT NULL,'
+                   ' UNIQUE NULLS NOT DISTINCT (%s))', tbl,
+                   (SELECT string_agg(format('%I %s', k, (SELECT x->>'type' FROM jsonb_array_elements(cols) x
+                                                           WHERE x->>'name' = k)), ', ' ORDER BY o)
+                      FROM unnest(dedupe) WITH ORDINALITY AS d(k, o)),
+                   (SELECT string_agg(quote_ident(k), ', ' ORDER BY o) FROM unnest(dedupe) WITH ORDINALITY AS d(k, o)));
+    RETURN tbl::regclass;
+EXCEPTION WHEN undefined_object THEN
+    GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+    RAISE EXCEPTION 'cannot dedupe pipeline "%" by %', pipeline_name, array_to_string(dedupe, ', ')
+        USING ERRCODE = 'feature_not_supported', DETAIL = msg || '.',
+              HINT = 'Its keys are kept in a table with a unique index: a key column needs a type with a default btree operator class.';
+END
+$$;
+
 -- Pipelines.
 
 -- the columns a transform returns, found by planning it over an empty
@@ -1104,10 +1197,6 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Describe the sink with sluice.append_sink(), sluice.merge_sink(), sluice.function_sink() or sluice.window_sink().';
     END CASE;
-    IF (event_time IS NOT NULL OR watermark_delay IS NOT NULL) AND sink->>'type' IS DISTINCT FROM 'window' THEN
-        RAISE EXCEPTION 'event_time and watermark_delay of pipeline "%" need a window sink', name
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
 
     new_source := source;
     target := (sink->>'relid')::oid::regclass;
@@ -1125,7 +1214,8 @@ CREATE FUNCTION sluice.create_pipeline(name text, source jsonb, sink jsonb,
                                        backpressure boolean DEFAULT true,
                                        min_workers int DEFAULT 1,
                                        max_workers int DEFAULT 1,
-                                       max_retries int DEFAULT NULL)
+                                       max_retries int DEFAULT NULL,
+                                       dedupe text[] DEFAULT NULL)
 RETURNS void LANGUAGE C VOLATILE
 AS 'MODULE_PATHNAME', 'sluice_create_pipeline';
 COMMENT ON FUNCTION sluice.create_pipeline IS 'create a stopped pipeline from a source, through an optional transform, to a sink';
@@ -1368,7 +1458,7 @@ RETURNS TABLE (batch_id bigint, status text, attempts int, files int, input_rows
                state_rows_total bigint, state_rows_updated bigint, state_rows_removed bigint, rows_per_second numeric, duration_ms jsonb,
                start_offset jsonb, end_offset jsonb,
                planned_at timestamptz, committed_at timestamptz, size_limit bigint, backlog bigint,
-               event_time_avg timestamptz)
+               event_time_avg timestamptz, num_duplicates_dropped bigint)
 LANGUAGE plpgsql STABLE STRICT
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -1383,12 +1473,14 @@ BEGIN
     RETURN QUERY
     SELECT b.batch_id, b.status, b.attempts, b.files, b.input_rows, b.sink_rows, b.rejected_rows, b.bytes,
            b.num_rows_dropped_by_watermark, b.watermark, b.next_watermark, b.event_time_min, b.event_time_max,
-           b.state_rows_total, b.state_rows_updated, b.state_rows_removed,
+           CASE WHEN b.state_rows_total IS NOT NULL OR b.dedupe_state_rows IS NOT NULL
+                THEN coalesce(b.state_rows_total, 0) + coalesce(b.dedupe_state_rows, 0) END,
+           b.state_rows_updated, b.state_rows_removed,
            round(b.input_rows * 1000.0 / nullif((b.durations->>'total')::numeric, 0), 1),
            b.durations,
            coalesce(b.slice->'start', jsonb_build_object('log_offset', b.batch_id - 1)),
            sluice._batch_offsets(b.pipeline_id, b.batch_id),
-           b.planned_at, b.committed_at, b.size_limit, b.backlog, b.event_time_avg
+           b.planned_at, b.committed_at, b.size_limit, b.backlog, b.event_time_avg, b.num_duplicates_dropped
       FROM sluice.batch AS b
      WHERE b.pipeline_id = pid
      ORDER BY b.batch_id DESC
@@ -1426,12 +1518,17 @@ BEGIN
                    'max', to_char(b.event_time_max AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
                    'avg', to_char(b.event_time_avg AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
                    'watermark', to_char(b.watermark AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')) END,
-               'stateOperators', CASE WHEN p.state_table IS NOT NULL THEN jsonb_build_array(jsonb_build_object(
+               'stateOperators', CASE WHEN p.dedupe_table IS NOT NULL THEN jsonb_build_array(jsonb_build_object(
+                   'operatorName', 'dedupe',
+                   'numRowsTotal', b.dedupe_state_rows,
+                   'numDroppedDuplicateRows', b.num_duplicates_dropped,
+                   'memoryUsedBytes', pg_total_relation_size(p.dedupe_table))) ELSE '[]' END
+                 || CASE WHEN p.state_table IS NOT NULL THEN jsonb_build_array(jsonb_build_object(
                    'operatorName', 'window',
                    'numRowsTotal', b.state_rows_total, 'numRowsUpdated', b.state_rows_updated,
                    'numRowsRemoved', b.state_rows_removed,
                    'numRowsDroppedByWatermark', b.num_rows_dropped_by_watermark,
-                   'memoryUsedBytes', pg_total_relation_size(p.state_table))) END,
+                   'memoryUsedBytes', pg_total_relation_size(p.state_table))) ELSE '[]' END,
                'sources', jsonb_build_array(jsonb_build_object(
                    'description', CASE p.source->>'type'
                                   WHEN 'kafka' THEN format('KafkaV2[Subscribe[%s]]', p.source->>'topic')

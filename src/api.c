@@ -111,6 +111,7 @@ sluice_create_pipeline(PG_FUNCTION_ARGS)
 	bool		isnull;
 	bool		window;
 	Datum		cols;
+	Datum		dedupe;
 	int32		id;
 
 	check_database();
@@ -161,6 +162,12 @@ sluice_create_pipeline(PG_FUNCTION_ARGS)
 				 errhint("NULL retries a batch that fails for a while for ever.")));
 	cols = spi_datum(0, 6, &isnull);	/* the columns the sink receives */
 	window = DatumGetBool(spi_datum(0, 7, &isnull));
+	/* dedupe, or event_time and watermark_delay for a window sink alone */
+	dedupe = PG_NARGS() > 11 && !PG_ARGISNULL(11) ? PG_GETARG_DATUM(11) : (Datum) 0;
+	pinned_exec("SELECT sluice._check_dedupe($1, $2, $3, $4, $5, $6)", 6,
+				(Oid[]) {TEXTOID, JSONBOID, JSONBOID, TEXTOID, INTERVALOID, TEXTARRAYOID},
+				(Datum[]) {args[0], args[2], cols, args[5], args[6], dedupe},
+				(char[]) {' ', ' ', ' ', argnulls[5], argnulls[6], dedupe ? ' ' : 'n'}, SPI_OK_SELECT);
 
 	if (catalog_exec("SELECT 1 FROM sluice.pipeline WHERE name = $1", 1, rowtypes, row, NULL,
 					 SPI_OK_SELECT) > 0)
@@ -176,20 +183,34 @@ sluice_create_pipeline(PG_FUNCTION_ARGS)
 	owners_add(GetUserId());
 	sluice_wake_launcher();		/* which keeps the owners from the catalog */
 
-	if (window)
+	if (window || dedupe)
 	{
-		Oid			types[4] = {INT4OID, TEXTOID, JSONBOID, JSONBOID};
-		Datum		values[4] = {Int32GetDatum(id), args[0], 0, cols};
+		Oid			types[5] = {INT4OID, TEXTOID, JSONBOID, JSONBOID, TEXTARRAYOID};
+		Datum		values[5] = {Int32GetDatum(id), args[0], 0, cols, dedupe};
+		Datum		sink;
 
-		/* the state table belongs to the owner, whose worker writes it */
+		/* the state tables belong to the owner, whose worker writes them */
 		catalog_exec("SELECT sluice._sink(p) FROM sluice.pipeline AS p WHERE id = $1",
 					 1, types, values, NULL, SPI_OK_SELECT);
-		values[2] = spi_datum(0, 1, &isnull);
-		pinned_exec("SELECT sluice._window_create_state($1, $2, $3, $4)", 4, types, values, NULL,
-					SPI_OK_SELECT);
-		values[1] = spi_datum(0, 1, &isnull);
-		catalog_exec("UPDATE sluice.pipeline SET state_table = $2 WHERE id = $1",
-					 2, (Oid[]) {INT4OID, REGCLASSOID}, values, NULL, SPI_OK_UPDATE);
+		sink = spi_datum(0, 1, &isnull);
+		if (window)
+		{
+			values[2] = sink;
+			pinned_exec("SELECT sluice._window_create_state($1, $2, $3, $4)", 4, types, values, NULL,
+						SPI_OK_SELECT);
+			catalog_exec("UPDATE sluice.pipeline SET state_table = $2 WHERE id = $1",
+						 2, (Oid[]) {INT4OID, REGCLASSOID}, (Datum[]) {values[0], spi_datum(0, 1, &isnull)},
+						 NULL, SPI_OK_UPDATE);
+		}
+		if (dedupe)
+		{
+			values[2] = sink;
+			pinned_exec("SELECT sluice._dedupe_create_state($1, $2, $3, $4, $5)", 5, types, values, NULL,
+						SPI_OK_SELECT);
+			catalog_exec("UPDATE sluice.pipeline SET dedupe = $3, dedupe_table = $2 WHERE id = $1",
+						 3, (Oid[]) {INT4OID, REGCLASSOID, TEXTARRAYOID},
+						 (Datum[]) {values[0], spi_datum(0, 1, &isnull), dedupe}, NULL, SPI_OK_UPDATE);
+		}
 	}
 	SPI_finish();
 	PG_RETURN_VOID();
@@ -272,6 +293,7 @@ sluice_set_state(PG_FUNCTION_ARGS)
 	Datum		values[2];
 	bool		isnull;
 	Datum		state_table;
+	Datum		dedupe_table;
 	bool		drop = PG_ARGISNULL(1);
 
 	if (PG_ARGISNULL(0))
@@ -287,19 +309,24 @@ sluice_set_state(PG_FUNCTION_ARGS)
 	values[0] = PG_GETARG_DATUM(0);
 	SPI_connect();
 	/* as the caller: row-level security shows her own pipelines only */
-	if (pinned_exec("SELECT id, state_table FROM sluice.pipeline WHERE name = $1",
+	if (pinned_exec("SELECT id, state_table, dedupe_table FROM sluice.pipeline WHERE name = $1",
 					1, (Oid[]) {TEXTOID}, values, NULL, SPI_OK_SELECT) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("pipeline \"%s\" does not exist", TextDatumGetCString(values[0]))));
 	values[0] = spi_datum(0, 1, &isnull);
 	state_table = spi_datum(0, 2, &isnull);
+	state_table = isnull ? (Datum) 0 : state_table;
+	dedupe_table = spi_datum(0, 3, &isnull);
+	dedupe_table = isnull ? (Datum) 0 : dedupe_table;
 	if (drop)
 	{
 		catalog_exec("DELETE FROM sluice.pipeline WHERE id = $1", 1, (Oid[]) {INT4OID}, values, NULL,
 					 SPI_OK_DELETE);
-		if (!isnull)
+		if (state_table)
 			drop_state_table(DatumGetObjectId(state_table));
+		if (dedupe_table)
+			drop_state_table(DatumGetObjectId(dedupe_table));
 	}
 	else
 	{

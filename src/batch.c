@@ -206,7 +206,8 @@ pipeline_load(int32 id)
 					 "  CASE WHEN p.trigger = 'available_now' THEN 0"
 					 "       ELSE (extract(epoch FROM p.trigger::interval) * 1000)::int8 END,"
 					 "  p.source, sluice._sink(p), p.target::oid, p.transform,"
-					 "  p.source->>'type', p.sink->>'type', p.backpressure, coalesce(p.max_retries, -1)"
+					 "  p.source->>'type', p.sink->>'type', p.backpressure, coalesce(p.max_retries, -1),"
+					 "  p.dedupe_table IS NOT NULL"
 					 " FROM sluice.pipeline AS p WHERE p.id = $1",
 					 1, (Oid[]) {INT4OID}, &value, NULL, SPI_OK_SELECT) == 0)
 		return NULL;
@@ -230,6 +231,7 @@ pipeline_load(int32 id)
 	p->keep_rejects = on_error != NULL && strcmp(on_error, "reject") == 0;
 	p->backpressure = DatumGetBool(spi_datum(0, 10, &isnull));
 	p->max_retries = DatumGetInt32(spi_datum(0, 11, &isnull));
+	p->dedupe = DatumGetBool(spi_datum(0, 12, &isnull));
 	return p;
 }
 
@@ -248,8 +250,9 @@ batch_check_catalog(PipelineRun *run, Pipeline *p)
 	if (run->catalog_whole)
 		return;
 	catalog_exec("SELECT p.committed_batch > coalesce(b.last, 0) OR coalesce(b.files, 0) > f.files"
-				 "   OR (p.state_table IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_index i"
-				 "                                              WHERE i.indrelid = p.state_table AND i.indisunique))"
+				 "   OR EXISTS (SELECT 1 FROM unnest(ARRAY[p.state_table, p.dedupe_table]) AS s(t)"
+				 "               WHERE t IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_index i"
+				 "                                                    WHERE i.indrelid = t AND i.indisunique))"
 				 " FROM sluice.pipeline AS p,"
 				 "  LATERAL (SELECT max(batch_id) AS last, sum(files) AS files FROM sluice.batch"
 				 "            WHERE pipeline_id = p.id AND status = 'committed') AS b,"
@@ -487,9 +490,11 @@ batch_process(PipelineRun *run, Batch *b, double plan_ms, bool careful)
 	 * An append sink without a transform takes the rows straight, at COPY's
 	 * speed; a sink that folds rows takes them one by one as they are
 	 * parsed, in its turn, and the staging table only gives their shape.
+	 * Deduplication takes the rows out of the staging table (or the
+	 * transform's result) that the sink must not see.
 	 */
-	fold = !careful && p->transform == NULL && p->sink_routine->receiver != NULL;
-	staged = careful || p->transform != NULL || !p->sink_routine->direct;
+	fold = !careful && p->transform == NULL && p->sink_routine->receiver != NULL && !p->dedupe;
+	staged = careful || p->transform != NULL || !p->sink_routine->direct || p->dedupe;
 	into = staged ? create_stage(p->columns) : p->target;
 	if (fold)
 	{
@@ -523,6 +528,8 @@ batch_process(PipelineRun *run, Batch *b, double plan_ms, bool careful)
 	/* read and transformed side by side with other workers; written in batch order */
 	if (!fold)
 		batch_wait_turn(run, b);
+	if (p->dedupe)
+		dedupe_batch(p, b, input);
 	if (staged)
 		sink_rows = p->sink_routine->write(p, b, input, into, careful ? &rj : NULL);
 	else

@@ -282,7 +282,7 @@ sluice_on_drop(PG_FUNCTION_ARGS)
 	if (catalog_exec("SELECT p.name, d.object_identity, p.owner::oid FROM pg_catalog.pg_event_trigger_dropped_objects() AS d,"
 					 "  sluice.pipeline AS p"
 					 " WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objsubid = 0"
-					 "   AND d.objid IN (p.target, p.late_rows, p.state_table) LIMIT 1",
+					 "   AND d.objid IN (p.target, p.late_rows, p.state_table, p.dedupe_table) LIMIT 1",
 					 0, NULL, NULL, NULL, SPI_OK_SELECT) > 0)
 	{
 		bool		isnull;

@@ -10,6 +10,7 @@
 #include "postgres.h"
 
 #include "commands/copy.h"
+#include "executor/tuptable.h"
 #include "nodes/pg_list.h"
 #include "utils/jsonb.h"
 #include "storage/itemptr.h"
@@ -211,6 +212,7 @@ typedef struct Pipeline
 	bool		keep_rejects;	/* on_error is 'reject' */
 	bool		backpressure;	/* batches sized from the last ones' speed (flow.c) */
 	int			max_retries;	/* transient failures in a row before it fails; -1: no end */
+	bool		dedupe;			/* rows whose key was seen are dropped before the sink (dedupe.c) */
 	const struct SourceRoutine *source_routine;
 	const struct SinkRoutine *sink_routine;
 } Pipeline;
@@ -229,7 +231,19 @@ typedef struct Batch
 	/* a sink that folds rows as they are parsed takes them here, not in a relation */
 	struct _DestReceiver *dest;
 	void	   *sink_state;		/* what that sink folded, for its write */
+	/* what deduplication saw of the batch's event times, before it dropped rows */
+	struct EventTimes *seen;
 } Batch;
+
+/* the event times of a batch's rows, and the rows late for its watermark */
+typedef struct EventTimes
+{
+	int64		n;				/* rows with an event time */
+	TimestampTz min;
+	TimestampTz max;
+	int128		sum;			/* microseconds since 2000 */
+	int64		late;			/* rows dropped by the watermark (or with no event time) */
+} EventTimes;
 
 typedef struct PipelineRun
 {
@@ -257,6 +271,15 @@ typedef struct PipelineRun
 } PipelineRun;
 
 extern BatchOutcome batch_run(PipelineRun *run);
+
+/* watermark.c */
+extern bool event_time_get(TupleTableSlot *row, int att, bool is_tz, TimestampTz *et);
+extern void event_times_add(EventTimes *e, TimestampTz et);
+extern TimestampTz event_times_avg(EventTimes *e);
+extern TimestampTz watermark_next(TimestampTz w, bool *has_w, EventTimes *e, Datum delay, bool has_delay);
+
+/* dedupe.c */
+extern void dedupe_batch(Pipeline *p, Batch *b, Oid input);
 
 /* flow.c */
 extern int64 flow_limit(PipelineRun *run, char **throttled_by);

@@ -172,10 +172,7 @@ typedef struct WindowFold
 
 	/* metrics */
 	int64		dropped;		/* late (row, window) pairs */
-	int64		et_n;
-	TimestampTz et_min;
-	TimestampTz et_max;
-	int128		et_sum;			/* microseconds since 2000 */
+	EventTimes	et;				/* of the rows received (or what deduplication saw) */
 	TimestampTz new_w;
 	bool		has_new_w;
 	struct WindowSql *sql;		/* the statements' pieces, once needed */
@@ -749,26 +746,14 @@ window_fold_row(WindowFold *f, TupleTableSlot *row)
 	bool		late = false;
 
 	slot_getallattrs(row);
-	if (row->tts_isnull[f->et_att])
+	if (!event_time_get(row, f->et_att, f->et_is_tz, &et))
 	{
 		/* in no window at all */
 		f->dropped++;
 		window_keep_late(f, row);
 		return;
 	}
-	et = f->et_is_tz ? DatumGetTimestampTz(row->tts_values[f->et_att]) :
-		DatumGetTimestampTz(DirectFunctionCall1(timestamp_timestamptz, row->tts_values[f->et_att]));
-	if (TIMESTAMP_NOT_FINITE(et))
-		ereport(ERROR,
-				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
-				 errmsg("event time of a row of the batch is infinite"),
-				 errdetail("An infinite event time falls in no window.")));
-	if (f->et_n == 0 || et < f->et_min)
-		f->et_min = et;
-	if (f->et_n == 0 || et > f->et_max)
-		f->et_max = et;
-	f->et_n++;
-	f->et_sum += et;
+	event_times_add(&f->et, et);
 
 	oldcxt = MemoryContextSwitchTo(f->rowcxt);
 	if (f->gap_us == 0)
@@ -1311,17 +1296,14 @@ window_write(Pipeline *p, Batch *b, Oid input, Oid stage, Rejects *rj)
 	f->peak = Max(f->peak, MemoryContextMemAllocated(f->cxt, true));
 
 	/* the watermark the batch leaves: append mode writes the windows it closes straight to the target */
-	f->has_new_w = f->has_w;
-	f->new_w = f->w;
-	if (f->has_delay && f->et_n > 0)
+	if (b->seen)
 	{
-		TimestampTz m = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_mi_interval,
-															   TimestampTzGetDatum(f->et_max), f->delay));
-
-		if (!f->has_w || m > f->w)
-			f->new_w = m;
-		f->has_new_w = true;
+		/* deduplication saw the batch's rows first, and dropped the late ones */
+		f->et = *b->seen;
+		f->dropped += b->seen->late;
 	}
+	f->has_new_w = f->has_w;
+	f->new_w = watermark_next(f->w, &f->has_new_w, &f->et, f->delay, f->has_delay);
 	if (f->sql == NULL)
 		f->sql = window_sql(f);
 	s = f->sql;
@@ -1410,10 +1392,10 @@ window_write(Pipeline *p, Batch *b, Oid input, Oid stage, Rejects *rj)
 	nulls[2] = f->has_new_w ? ' ' : 'n';
 	values[3] = TimestampTzGetDatum(f->w);
 	nulls[3] = f->has_w ? ' ' : 'n';
-	values[4] = TimestampTzGetDatum(f->et_min);
-	values[5] = TimestampTzGetDatum(f->et_max);
-	values[10] = TimestampTzGetDatum((TimestampTz) rint((double) f->et_sum / (double) Max(f->et_n, 1)));
-	if (f->et_n == 0)
+	values[4] = TimestampTzGetDatum(f->et.min);
+	values[5] = TimestampTzGetDatum(f->et.max);
+	values[10] = TimestampTzGetDatum(event_times_avg(&f->et));
+	if (f->et.n == 0)
 		nulls[4] = nulls[5] = nulls[10] = 'n';
 	values[6] = Int64GetDatum(f->dropped);
 	values[7] = Int64GetDatum(total);

@@ -98,18 +98,7 @@ my $model = window_model(\@paths, %spec);
 create_window_pipeline($node, $name, $dir, %spec, trigger => '100 milliseconds');
 $node->safe_psql('postgres', "SELECT sluice.start('$name')");
 
-my ($batch, $pid) = batch_reading($node, $name, 1);
-note "SIGKILL of worker $pid during batch $batch";
-my $offset = log_size($node);
-kill 'KILL', $pid;
-wait_for_log_count($node, qr/\(PID $pid\) was terminated by signal 9/, 1, $offset);
-wait_for_server($node);
-
-($batch) = batch_reading($node, $name, $batch + 1);
-my $committed = $node->safe_psql('postgres', files_committed($name));
-note "immediate stop during batch $batch, $committed files committed";
-$node->stop('immediate');
-$node->start;
+kill_then_stop($node, $name);
 
 wait_until($node, files_committed($name), $nkill, 'kill: all files committed');
 cmp_ok($node->safe_psql('postgres', "SELECT count(*) FROM sluice.progress('$name', 1000) WHERE attempts > 1"),

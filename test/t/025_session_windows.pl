@@ -267,16 +267,7 @@ my $model = session_model(\@kp, %spec);
 create_window_pipeline($node, $name, $kdir, %spec, trigger => '100 milliseconds');
 $node->safe_psql('postgres', "SELECT sluice.start('$name')");
 
-my ($batch, $pid) = batch_reading($node, $name, 1);
-note "SIGKILL of worker $pid during batch $batch";
-my $offset = log_size($node);
-kill 'KILL', $pid;
-wait_for_log_count($node, qr/\(PID $pid\) was terminated by signal 9/, 1, $offset);
-wait_for_server($node);
-($batch) = batch_reading($node, $name, $batch + 1);
-note "immediate stop during batch $batch";
-$node->stop('immediate');
-$node->start;
+kill_then_stop($node, $name);
 wait_until($node, "SELECT count(*) FROM sluice.progress('$name', 1000) WHERE status = 'committed'", $nkill,
 	'kill: all batches committed');
 cmp_ok($node->safe_psql('postgres', "SELECT count(*) FROM sluice.progress('$name', 1000) WHERE attempts > 1"),

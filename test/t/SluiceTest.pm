@@ -21,7 +21,7 @@ our @EXPORT = qw(
   sluice_node gen_files files_stats table_stats check_table
   create_csv_pipeline pipeline_id set_crash_at
   log_size log_count wait_for_log_count wait_for_server
-  wait_until poll_value batch_reading start_session progress_summary
+  wait_until poll_value batch_reading kill_then_stop start_session progress_summary
   gen_window_feed window_model create_window_pipeline
   window_db_target window_db_late window_db_progress window_db_state
   rows_match us_ts csv_rows fmt_cents last_per_customer
@@ -327,6 +327,25 @@ sub batch_reading
 		  . " AND state = 'active' AND query LIKE 'batch %: reading%') s WHERE b > $after ORDER BY b LIMIT 1");
 }
 
+# A running pipeline's worker killed with SIGKILL in the middle of a batch
+# after the first, then the server stopped in immediate mode in the middle
+# of a later batch, and started again.
+sub kill_then_stop
+{
+	my ($node, $name) = @_;
+	my ($batch, $pid) = batch_reading($node, $name, 1);
+	note "SIGKILL of worker $pid during batch $batch";
+	my $offset = log_size($node);
+	kill 'KILL', $pid;
+	wait_for_log_count($node, qr/\(PID $pid\) was terminated by signal 9/, 1, $offset);
+	wait_for_server($node);
+	($batch) = batch_reading($node, $name, $batch + 1);
+	note "immediate stop during batch $batch";
+	$node->stop('immediate');
+	$node->start;
+	return;
+}
+
 # "batch:status:attempts:files" of every batch, oldest first.
 sub progress_summary
 {
@@ -522,7 +541,8 @@ sub _win_final
 # The reference model of sluice's window sink (CONTEXT.md, issue 4), on the
 # window sink created by create_window_pipeline: group by customer_id,
 # aggregates $WIN_AGGS.  One batch per file, in the order given.
-#   size_s, slide_s (undef: tumbling), delay_s (undef: no watermark), mode.
+#   size_s, slide_s (undef: tumbling), delay_s (undef: no watermark), mode;
+#   watermarks: the watermark each batch leaves (seconds), if not its own.
 # Returns {target => [lines], late => [lines], batches => [lines],
 # state => [lines], W => final watermark (us or undef)}; line formats as
 # window_db_target / window_db_late / window_db_progress / window_db_state.
@@ -598,7 +618,12 @@ sub window_model
 			$s->{hi} = $p->{hi} if defined $p->{hi} && (!defined $s->{hi} || $p->{hi} > $s->{hi});
 		}
 		my $newW = $W;
-		if (defined $delay && defined $etmax)
+		if ($o{watermarks})
+		{
+			my $w = $o{watermarks}[ $b - 1 ];
+			$newW = $w eq '' ? undef : $w * 1_000_000;
+		}
+		elsif (defined $delay && defined $etmax)
 		{
 			$newW = $etmax - $delay if !defined $newW || $etmax - $delay > $newW;
 		}
@@ -653,6 +678,7 @@ sub create_window_pipeline
 	my $trigger = $o{trigger} // '1 second';
 	my $window = defined $o{gap_s} ? 'NULL, NULL' : "'$o{size_s} seconds', $slide";
 	my $gap = defined $o{gap_s} ? ", session_gap => '$o{gap_s} seconds'" : '';
+	my $dedupe = defined $o{dedupe} ? ", dedupe => '$o{dedupe}'" : '';
 	$node->safe_psql(
 		'postgres', qq{
 CREATE TABLE ${name}_out (window_start timestamptz, window_end timestamptz, customer_id int,
@@ -663,7 +689,7 @@ SELECT sluice.create_pipeline('$name',
   sluice.csv_source('$dir', '$WIN_COLUMNS', max_files_per_trigger => 1),
   sluice.window_sink('${name}_out', $window, '{customer_id}', '$WIN_AGGS',
                      '$o{mode}', '${name}_late'$gap),
-  '$trigger', event_time => 'ts', watermark_delay => $delay, backpressure => false);
+  '$trigger', event_time => 'ts', watermark_delay => $delay, backpressure => false$dedupe);
 });
 	return;
 }

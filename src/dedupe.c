@@ -1,0 +1,319 @@
+/*
+ * dedupe.c
+ *		Streaming deduplication within a watermark: create_pipeline(...,
+ *		dedupe => '{columns}'), Spark's dropDuplicatesWithinWatermark.
+ *
+ * Once the batch is read (and transformed), before its sink sees it, its
+ * rows are scanned in the order they were read.  A row whose event time is
+ * at or before W, the watermark the batch started with, or is NULL, is
+ * late; a row whose key a row before it in the batch had is a duplicate.
+ * The first rows of the other keys are inserted into the pipeline's key
+ * table with ON CONFLICT DO NOTHING: those whose key the table already held
+ * are duplicates of earlier batches.  Late rows and duplicates are deleted
+ * from the relation the sink then reads.  After the batch W advances, and
+ * the keys whose event time it passed are forgotten: the table holds what
+ * can still come again.  All of it is in the batch's transaction, so a
+ * replayed batch reads the same rows in the same order against the same
+ * keys, and drops exactly the same rows.
+ *
+ * The keys are compared in a TupleHashTable with the types' own equality
+ * and hash (NULLs equal, as GROUP BY has them), and in the key table by its
+ * UNIQUE NULLS NOT DISTINCT index.
+ *
+ * A window sink after it takes the batch's event times and late rows from
+ * here (Batch.seen) and moves the watermark itself; for other sinks the
+ * watermark and the event-time metrics go to the catalog here.
+ */
+#include "postgres.h"
+
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/executor.h"
+#include "executor/spi.h"
+#include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/typcache.h"
+
+#include "sink.h"
+
+typedef struct Tids
+{
+	ItemPointerData *tids;
+	int64		n;
+	int64		max;
+} Tids;
+
+static void
+tids_push(Tids *l, ItemPointer tid)
+{
+	if (l->n == l->max)
+	{
+		l->max = Max(256, l->max * 2);
+		l->tids = l->tids ? repalloc_huge(l->tids, sizeof(ItemPointerData) * l->max)
+			: palloc(sizeof(ItemPointerData) * l->max);
+	}
+	l->tids[l->n++] = *tid;
+}
+
+static Datum
+tids_array(Tids *l)
+{
+	Datum	   *d = palloc(sizeof(Datum) * Max(l->n, 1));
+
+	for (int64 i = 0; i < l->n; i++)
+		d[i] = PointerGetDatum(&l->tids[i]);
+	return PointerGetDatum(construct_array(d, (int) l->n, TIDOID, sizeof(ItemPointerData), false, TYPALIGN_SHORT));
+}
+
+static int
+input_column(TupleDesc desc, const char *name, const char *pipeline)
+{
+	for (int i = 0; i < desc->natts; i++)
+		if (!TupleDescAttr(desc, i)->attisdropped && strcmp(NameStr(TupleDescAttr(desc, i)->attname), name) == 0)
+			return i;
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_COLUMN),
+			 errmsg("column \"%s\" of the dedupe of pipeline \"%s\" is not among the columns the batch has",
+					name, pipeline)));
+	return -1;					/* keep the compiler quiet */
+}
+
+/*
+ * Drop the late rows and the duplicates of the batch from input (a
+ * temporary table), remember its new keys, forget the ones the watermark
+ * passed.
+ */
+void
+dedupe_batch(Pipeline *p, Batch *b, Oid input)
+{
+	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "sluice dedupe", ALLOCSET_DEFAULT_SIZES);
+	MemoryContext tablecxt = AllocSetContextCreate(cxt, "sluice dedupe keys", ALLOCSET_DEFAULT_SIZES);
+	MemoryContext tempcxt = AllocSetContextCreate(cxt, "sluice dedupe row", ALLOCSET_DEFAULT_SIZES);
+	MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
+	Datum		value = Int32GetDatum(p->id);
+	EventTimes *seen = palloc0(sizeof(EventTimes));
+	bool		isnull;
+	char	   *event_time;
+	Datum		delay;
+	TimestampTz w;
+	bool		has_w;
+	TimestampTz new_w;
+	bool		has_new_w;
+	Oid			keys_table;
+	bool		window;
+	int			nkeys;
+	int		   *key_att;
+	int			et_att;
+	bool		et_is_tz;
+	char	   *key_list;
+	Relation	rel;
+	TupleDesc	desc;
+	TupleDesc	keydesc;
+	TupleTableSlot *slot;
+	TupleTableSlot *keyslot;
+	AttrNumber *keycols;
+	Oid		   *eqops;
+	Oid		   *eqfuncs;
+	FmgrInfo   *hashfuncs;
+	Oid		   *collations;
+	TupleHashTable hash;
+	Snapshot	snapshot;
+	TableScanDesc scan;
+	Tids		drops = {0};
+	Tids		firsts = {0};
+	bool	   *fresh;
+	int64		dups = 0;
+	int64		total;
+	char	   *keys_name;
+	char	   *input_name = quote_qualified_identifier("pg_temp", get_rel_name(input));
+
+	/* the settings, under the pipeline's row lock: the batch is in its turn */
+	catalog_exec("SELECT p.event_time, p.watermark_delay, p.watermark, p.dedupe_table, p.sink->>'type' = 'window',"
+				 "  (SELECT string_agg(quote_ident(k), ', ' ORDER BY o) FROM unnest(p.dedupe) WITH ORDINALITY AS u(k, o))"
+				 " FROM sluice.pipeline AS p WHERE p.id = $1 FOR UPDATE",
+				 1, (Oid[]) {INT4OID}, &value, NULL, SPI_OK_SELECT);
+	if (SPI_processed != 1)
+		elog(ERROR, "pipeline %d is gone", p->id);
+	event_time = spi_text(0, 1);
+	delay = datumCopy(spi_datum(0, 2, &isnull), false, sizeof(Interval));
+	w = DatumGetTimestampTz(spi_datum(0, 3, &isnull));
+	has_w = !isnull;
+	keys_table = DatumGetObjectId(spi_datum(0, 4, &isnull));
+	window = DatumGetBool(spi_datum(0, 5, &isnull));
+	key_list = spi_text(0, 6);
+	keys_name = sink_relation_name(keys_table);
+	catalog_exec("SELECT k FROM sluice.pipeline AS p, unnest(p.dedupe) WITH ORDINALITY AS u(k, o)"
+				 " WHERE p.id = $1 ORDER BY o", 1, (Oid[]) {INT4OID}, &value, NULL, SPI_OK_SELECT);
+	nkeys = (int) SPI_processed;
+
+	rel = table_open(input, RowExclusiveLock);
+	desc = RelationGetDescr(rel);
+	et_att = input_column(desc, event_time, p->name);
+	et_is_tz = TupleDescAttr(desc, et_att)->atttypid == TIMESTAMPTZOID;
+	key_att = palloc(sizeof(int) * nkeys);
+	keydesc = CreateTemplateTupleDesc(nkeys);
+	keycols = palloc(sizeof(AttrNumber) * nkeys);
+	eqops = palloc(sizeof(Oid) * nkeys);
+	collations = palloc(sizeof(Oid) * nkeys);
+	for (int k = 0; k < nkeys; k++)
+	{
+		Form_pg_attribute att;
+		TypeCacheEntry *tc;
+
+		key_att[k] = input_column(desc, spi_text(k, 1), p->name);
+		att = TupleDescAttr(desc, key_att[k]);
+		TupleDescCopyEntry(keydesc, k + 1, desc, key_att[k] + 1);
+		tc = lookup_type_cache(att->atttypid, TYPECACHE_EQ_OPR | TYPECACHE_HASH_PROC);
+		if (!OidIsValid(tc->eq_opr) || !OidIsValid(tc->hash_proc))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cannot dedupe by column \"%s\" of type %s", NameStr(att->attname),
+							format_type_be(att->atttypid)),
+					 errdetail("Dedupe keys are looked up in a hash table, and the type has no hash function.")));
+		eqops[k] = tc->eq_opr;
+		collations[k] = att->attcollation;
+		keycols[k] = k + 1;
+	}
+	execTuplesHashPrepare(nkeys, eqops, &eqfuncs, &hashfuncs);
+	hash = BuildTupleHashTableExt(NULL, keydesc, nkeys, keycols, eqfuncs, hashfuncs, collations, 1024, 0,
+								  cxt, tablecxt, tempcxt, false);
+	slot = table_slot_create(rel, NULL);
+	keyslot = MakeSingleTupleTableSlot(keydesc, &TTSOpsVirtual);
+
+	/* the rows in the order they were read: late ones, and keys seen before in the batch */
+	CommandCounterIncrement();
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	scan = table_beginscan(rel, snapshot, 0, NULL);
+	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+	{
+		TimestampTz et;
+		TupleHashEntry entry;
+		bool		isnew;
+
+		slot_getallattrs(slot);
+		if (!event_time_get(slot, et_att, et_is_tz, &et))
+		{
+			seen->late++;
+			tids_push(&drops, &slot->tts_tid);
+			continue;
+		}
+		event_times_add(seen, et);
+		if (has_w && et <= w)
+		{
+			seen->late++;
+			tids_push(&drops, &slot->tts_tid);
+			continue;
+		}
+		ExecClearTuple(keyslot);
+		for (int k = 0; k < nkeys; k++)
+		{
+			keyslot->tts_values[k] = slot->tts_values[key_att[k]];
+			keyslot->tts_isnull[k] = slot->tts_isnull[key_att[k]];
+		}
+		ExecStoreVirtualTuple(keyslot);
+		entry = LookupTupleHashEntry(hash, keyslot, &isnew, NULL);
+		if (!isnew)
+		{
+			dups++;
+			tids_push(&drops, &slot->tts_tid);
+			continue;
+		}
+		entry->additional = (void *) (uintptr_t) firsts.n;
+		tids_push(&firsts, &slot->tts_tid);
+	}
+	table_endscan(scan);
+	UnregisterSnapshot(snapshot);
+	ExecDropSingleTupleTableSlot(slot);
+
+	/* the batch's new keys: those the table held are duplicates of earlier batches */
+	fresh = palloc0(sizeof(bool) * Max(firsts.n, 1));
+	if (firsts.n > 0)
+	{
+		Datum		args[2] = {Int64GetDatum(b->id), tids_array(&firsts)};
+
+		pinned_exec(psprintf("INSERT INTO %s (%s, sluice_event_time, sluice_batch)"
+							 " SELECT %s, %s::timestamptz, $1 FROM %s WHERE ctid = ANY ($2)"
+							 " ON CONFLICT DO NOTHING RETURNING %s",
+							 keys_name, key_list, key_list, quote_identifier(event_time), input_name, key_list),
+					2, (Oid[]) {INT8OID, TIDARRAYOID}, args, NULL, SPI_OK_INSERT_RETURNING);
+		for (uint64 r = 0; r < SPI_processed; r++)
+		{
+			TupleHashEntry entry;
+
+			ExecClearTuple(keyslot);
+			for (int k = 0; k < nkeys; k++)
+				keyslot->tts_values[k] = spi_datum(r, k + 1, &keyslot->tts_isnull[k]);
+			ExecStoreVirtualTuple(keyslot);
+			entry = LookupTupleHashEntry(hash, keyslot, NULL, NULL);
+			if (entry == NULL)
+				elog(ERROR, "sluice dedupe: a key inserted is not among the batch's");
+			fresh[(uintptr_t) entry->additional] = true;
+		}
+		for (int64 i = 0; i < firsts.n; i++)
+			if (!fresh[i])
+			{
+				dups++;
+				tids_push(&drops, &firsts.tids[i]);
+			}
+	}
+	if (drops.n > 0)
+	{
+		Datum		arg = tids_array(&drops);
+
+		pinned_exec(psprintf("DELETE FROM %s WHERE ctid = ANY ($1)", input_name),
+					1, (Oid[]) {TIDARRAYOID}, &arg, NULL, SPI_OK_DELETE);
+	}
+	table_close(rel, NoLock);
+
+	/* forget the keys the watermark the batch leaves has passed */
+	has_new_w = has_w;
+	new_w = watermark_next(w, &has_new_w, seen, delay, true);
+	if (has_new_w)
+		pinned_exec(psprintf("DELETE FROM %s WHERE sluice_event_time <= $1", keys_name),
+					1, (Oid[]) {TIMESTAMPTZOID}, (Datum[]) {TimestampTzGetDatum(new_w)}, NULL, SPI_OK_DELETE);
+	pinned_exec(psprintf("SELECT count(*) FROM %s", keys_name), 0, NULL, NULL, NULL, SPI_OK_SELECT);
+	total = spi_int64(0, 1);
+
+	if (window)
+	{
+		/* the window sink moves the watermark, from all the batch's event times */
+		MemoryContextSwitchTo(oldcxt);
+		b->seen = palloc(sizeof(EventTimes));
+		*b->seen = *seen;
+		catalog_exec("UPDATE sluice.batch SET num_duplicates_dropped = $3, dedupe_state_rows = $4"
+					 " WHERE pipeline_id = $1 AND batch_id = $2",
+					 4, (Oid[]) {INT4OID, INT8OID, INT8OID, INT8OID},
+					 (Datum[]) {value, Int64GetDatum(b->id), Int64GetDatum(dups), Int64GetDatum(total)},
+					 NULL, SPI_OK_UPDATE);
+	}
+	else
+	{
+		Datum		values[10] = {value, Int64GetDatum(b->id), TimestampTzGetDatum(new_w), TimestampTzGetDatum(w),
+			TimestampTzGetDatum(seen->min), TimestampTzGetDatum(seen->max),
+			TimestampTzGetDatum(event_times_avg(seen)), Int64GetDatum(seen->late), Int64GetDatum(dups),
+		Int64GetDatum(total)};
+		char		nulls[10] = "          ";
+
+		nulls[2] = has_new_w ? ' ' : 'n';
+		nulls[3] = has_w ? ' ' : 'n';
+		if (seen->n == 0)
+			nulls[4] = nulls[5] = nulls[6] = 'n';
+		catalog_exec("WITH w AS (UPDATE sluice.pipeline SET watermark = $3"
+					 "  WHERE id = $1 AND watermark IS DISTINCT FROM $3)"
+					 " UPDATE sluice.batch SET watermark = $4, next_watermark = $3, event_time_min = $5,"
+					 "  event_time_max = $6, event_time_avg = $7, num_rows_dropped_by_watermark = $8,"
+					 "  num_duplicates_dropped = $9, dedupe_state_rows = $10"
+					 " WHERE pipeline_id = $1 AND batch_id = $2",
+					 10, (Oid[]) {INT4OID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
+						 TIMESTAMPTZOID, TIMESTAMPTZOID, INT8OID, INT8OID, INT8OID},
+					 values, nulls, SPI_OK_UPDATE);
+		MemoryContextSwitchTo(oldcxt);
+	}
+	MemoryContextDelete(cxt);
+}
