@@ -445,6 +445,43 @@ SELECT sluice.run_once('win_ses_app');
 SELECT * FROM win_ses_app ORDER BY k, window_start;
 SELECT window_start, window_end, k, a1_n, a2_s FROM sluice_state_win_ses_app ORDER BY k, window_start;
 
+-- a session that would end past the range of timestamptz fails the batch
+\! mkdir -p "$SLUICE_TEST_DIR"/windows/far
+\! printf 'id,ts,k,v\n1,294276-12-31 23:00:00+00,x,1\n' > "$SLUICE_TEST_DIR"/windows/far/a.csv
+\set far :dir/far
+CREATE TABLE win_far (LIKE win_ses);
+SELECT sluice.create_pipeline('win_far', sluice.csv_source(:'far', 'id int, ts timestamptz, k text, v int'),
+    sluice.window_sink('win_far', session_gap => '1 day', group_by => '{k}',
+                       aggregates => '{count(*) AS n, sum(v) AS total}', output_mode => 'update'),
+    event_time => 'ts');
+SELECT sluice.run_once('win_far');
+SELECT sluice.drop_pipeline('win_far');
+-- group_by a type with no hash function
+CREATE TABLE win_tsv (window_start timestamptz, window_end timestamptz, k tsvector, n bigint);
+SELECT sluice.create_pipeline('win_tsv', sluice.csv_source(:'far', 'id int, ts timestamptz, k tsvector, v int'),
+    sluice.window_sink('win_tsv', '1 hour', group_by => '{k}', aggregates => '{count(*) AS n}', output_mode => 'update'),
+    event_time => 'ts');
+-- a state table the owner altered, and a trigger that asks the batch's
+-- partials for other types, fail the batch (the worker must not read a
+-- datum as another type's)
+ALTER TABLE sluice_state_win_ses ALTER COLUMN a1_n TYPE numeric;
+\set f :ses/e.csv
+COPY (SELECT 10, '2024-01-01 11:00:00+00'::timestamptz, 'y', 10) TO :'f' WITH (FORMAT csv, HEADER);
+\! touch -d @1704067204 "$SLUICE_TEST_DIR"/windows/ses/e.csv
+SELECT sluice.run_once('win_ses');
+ALTER TABLE sluice_state_win_ses ALTER COLUMN a1_n TYPE bigint;
+CREATE FUNCTION win_peek() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM * FROM sluice._window_partials('all') AS p(a text, b text, c text, d text, e text);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER win_peek AFTER INSERT ON win_ses_app FOR EACH STATEMENT EXECUTE FUNCTION win_peek();
+SELECT sluice.run_once('win_ses_app');
+DROP TRIGGER win_peek ON win_ses_app;
+DROP FUNCTION win_peek();
+SELECT sluice.run_once('win_ses_app');
+SELECT count(*) FROM win_ses_app;
+
 -- sums of integers past the range of bigint go on in numeric, as sum(bigint) does
 \! mkdir -p "$SLUICE_TEST_DIR"/windows/big
 \set f :dir/big/a.csv
@@ -472,7 +509,7 @@ SELECT sluice.drop_pipeline(name) FROM sluice.pipelines ORDER BY name;
 SELECT count(*) FROM pg_class WHERE relname LIKE 'sluice\_state\_%';
 
 DROP SCHEMA win_s CASCADE;
-DROP TABLE win_ses, win_ses_app, win_ses_late, win_big;
+DROP TABLE win_ses, win_ses_app, win_ses_late, win_big, win_far, win_tsv;
 DROP TABLE win_app, win_upd, win_slide_app, win_slide_cmp, win_late, win_late2, win_tx, win_day, win_plain,
            win_bad_t1, win_bad_t2, win_bad_t3, win_bad_late1, win_bad_late2;
 \! rm -rf "$SLUICE_TEST_DIR"/windows

@@ -42,6 +42,13 @@ SELECT sluice.create_pipeline('dd_point', sluice.csv_source(:'dir', :'cols'), sl
                               event_time => 'ts', watermark_delay => '1 minute', dedupe => '{id, v}');
 SELECT count(*) FROM sluice.pipeline WHERE name = 'dd_point';
 
+-- a key with no hash function
+CREATE TABLE dd_ts (id int, k tsvector, ts timestamptz);
+SELECT sluice.create_pipeline('dd_bad', sluice.csv_source(:'dir', 'id int, k tsvector, ts timestamptz'),
+                              sluice.append_sink('dd_ts'), event_time => 'ts', watermark_delay => '1 minute',
+                              dedupe => '{k}');
+DROP TABLE dd_ts;
+
 -- by id, delay 10 minutes:
 --   batch 1: 1 at 10:00, 2 at 10:01, 1 again, 3 with no time (late): W becomes 9:51
 --   batch 2: 2 again (10:01), 4 at 10:30, 5 at 9:40 (late: at or before W): W becomes 10:20,
@@ -67,6 +74,12 @@ SELECT j->'batchId' AS batch, (j->'stateOperators'->0) - 'memoryUsedBytes' AS st
        j->'eventTime'->>'watermark' AS watermark
   FROM sluice.progress_json('dd', 3) AS j;
 SELECT name, watermark FROM sluice.pipelines WHERE name = 'dd';
+-- a key table the owner altered fails the batch, which loses nothing
+ALTER TABLE sluice_dedupe_dd ALTER COLUMN id TYPE bigint;
+\! printf 'id,k,ts,v\n9,z,2024-01-01 10:40:00+00,\n' > "$SLUICE_TEST_DIR"/dd/d.csv && touch -d @1700000004 "$SLUICE_TEST_DIR"/dd/d.csv
+SELECT sluice.run_once('dd');
+SELECT count(*) FROM dd_t WHERE id = 9;
+SELECT state FROM sluice.pipelines WHERE name = 'dd';
 -- the sink and the event time cannot change; the keys go with the pipeline
 SELECT sluice.alter_pipeline('dd', event_time => 'k');
 SELECT sluice.drop_pipeline('dd');

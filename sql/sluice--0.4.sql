@@ -893,7 +893,8 @@ $$;
 
 -- the keys a dedupe pipeline remembers, beside its target (or its sink
 -- function): the key columns, the event time of the row that first had the
--- key, the batch that kept it
+-- key, the batch that kept it (each type given must read as a type name,
+-- which create_pipeline's are)
 CREATE FUNCTION sluice._dedupe_create_state(pipeline_id int, pipeline_name text, sink jsonb, cols jsonb,
                                             dedupe text[])
 RETURNS regclass LANGUAGE plpgsql VOLATILE
@@ -906,13 +907,15 @@ DECLARE
                            WHERE f.oid = (sink->>'fnoid')::oid));
     tbl text := format('%I.%I', nsp,
                    CASE WHEN octet_length('sluice_dedupe_' || pipeline_name) <= 63 THEN 'sluice_dedupe_' || pipeline_name
-                        ELSE format('sluice_dedupe_%s_%s', left(pipeline_name, 30), pipeline_id) END);
+                        ELSE format('sluice_dedupe_%s', pipeline_id) END);
     msg text;
 BEGIN
     EXECUTE format('CREATE TABLE %s (%s, sluice_event_time timestamptz NOT NULL, sluice_batch bigint NOT NULL,'
                    ' UNIQUE NULLS NOT DISTINCT (%s))', tbl,
                    (SELECT string_agg(format('%I %s', k, (SELECT x->>'type' FROM jsonb_array_elements(cols) x
-                                                           WHERE x->>'name' = k)), ', ' ORDER BY o)
+                                                           WHERE x->>'name' = k
+                                                             AND (x->>'type')::regtype IS NOT NULL)),
+                                      ', ' ORDER BY o)
                       FROM unnest(dedupe) WITH ORDINALITY AS d(k, o)),
                    (SELECT string_agg(quote_ident(k), ', ' ORDER BY o) FROM unnest(dedupe) WITH ORDINALITY AS d(k, o)));
     RETURN tbl::regclass;

@@ -32,6 +32,7 @@
 #include "utils/fmgrprotos.h"
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
+#include "utils/typcache.h"
 
 #include "source.h"
 #include "sluice.h"
@@ -60,6 +61,36 @@ check_database(void)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("sluice pipelines run only in database \"%s\"", sluice_database),
 				 errhint("Set sluice.database in postgresql.conf and restart the server.")));
+}
+
+/*
+ * A window sink's group_by columns and a dedupe's key columns key a hash
+ * table: their types need a hash function, checked here rather than at the
+ * first batch.  cols: the columns the sink receives.
+ */
+static void
+check_hashable(Datum cols, Datum sink, Datum dedupe)
+{
+	catalog_exec("SELECT x->>'name', (x->>'type')::regtype::oid, k.what FROM jsonb_array_elements($1) AS x"
+				 " JOIN (SELECT unnest($3) AS name, 'dedupe by' AS what"
+				 "       UNION ALL SELECT jsonb_array_elements_text(CASE WHEN jsonb_typeof($2->'group_by') = 'array'"
+				 "                                                   THEN $2->'group_by' END), 'group windows by') AS k"
+				 "   ON k.name = x->>'name'",
+				 3, (Oid[]) {JSONBOID, JSONBOID, TEXTARRAYOID}, (Datum[]) {cols, sink, dedupe},
+				 dedupe ? NULL : "  n", SPI_OK_SELECT);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		Oid			type = DatumGetObjectId(spi_datum(i, 2, &isnull));
+		TypeCacheEntry *tc = lookup_type_cache(type, TYPECACHE_EQ_OPR | TYPECACHE_HASH_PROC);
+
+		if (!OidIsValid(tc->eq_opr) || !OidIsValid(tc->hash_proc))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cannot %s column \"%s\" of type %s", spi_text(i, 3), spi_text(i, 1),
+							format_type_be(type)),
+					 errdetail("Its rows are looked up in a hash table, and the type has no hash function.")));
+	}
 }
 
 /* A pipeline's worker counts: 1 <= min_workers <= max_workers <= sluice.max_workers. */
@@ -168,6 +199,7 @@ sluice_create_pipeline(PG_FUNCTION_ARGS)
 				(Oid[]) {TEXTOID, JSONBOID, JSONBOID, TEXTOID, INTERVALOID, TEXTARRAYOID},
 				(Datum[]) {args[0], args[2], cols, args[5], args[6], dedupe},
 				(char[]) {' ', ' ', ' ', argnulls[5], argnulls[6], dedupe ? ' ' : 'n'}, SPI_OK_SELECT);
+	check_hashable(cols, args[2], dedupe);
 
 	if (catalog_exec("SELECT 1 FROM sluice.pipeline WHERE name = $1", 1, rowtypes, row, NULL,
 					 SPI_OK_SELECT) > 0)

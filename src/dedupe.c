@@ -71,6 +71,33 @@ tids_array(Tids *l)
 	return PointerGetDatum(construct_array(d, (int) l->n, TIDOID, sizeof(ItemPointerData), false, TYPALIGN_SHORT));
 }
 
+/*
+ * The key table, or the keys an INSERT into it returned, must have the
+ * batch's key columns' types (then the event time and the batch, for the
+ * table): the owner may have altered her key table, and a datum taken for
+ * another type's would crash the worker.
+ */
+static void
+check_key_columns(TupleDesc desc, TupleDesc keydesc, bool table, const char *pipeline)
+{
+	bool		ok = desc->natts == keydesc->natts + (table ? 2 : 0);
+
+	for (int i = 0; ok && i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		ok = !att->attisdropped &&
+			att->atttypid == (i < keydesc->natts ? TupleDescAttr(keydesc, i)->atttypid :
+							  i == keydesc->natts ? TIMESTAMPTZOID : INT8OID);
+	}
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the key table of pipeline \"%s\" does not have the columns its dedupe made", pipeline),
+				 errdetail("It needs the dedupe columns, of the types the batch has, then sluice_event_time and sluice_batch, and no other column."),
+				 errhint("The key table was altered: drop the pipeline and create it again.")));
+}
+
 static int
 input_column(TupleDesc desc, const char *name, const char *pipeline)
 {
@@ -113,6 +140,7 @@ dedupe_batch(Pipeline *p, Batch *b, Oid input)
 	bool		et_is_tz;
 	char	   *key_list;
 	Relation	rel;
+	Relation	keys_rel;
 	TupleDesc	desc;
 	TupleDesc	keydesc;
 	TupleTableSlot *slot;
@@ -185,6 +213,9 @@ dedupe_batch(Pipeline *p, Batch *b, Oid input)
 								  cxt, tablecxt, tempcxt, false);
 	slot = table_slot_create(rel, NULL);
 	keyslot = MakeSingleTupleTableSlot(keydesc, &TTSOpsVirtual);
+	keys_rel = table_open(keys_table, RowExclusiveLock);
+	check_key_columns(RelationGetDescr(keys_rel), keydesc, true, p->name);
+	table_close(keys_rel, NoLock);
 
 	/* the rows in the order they were read: late ones, and keys seen before in the batch */
 	CommandCounterIncrement();
@@ -242,6 +273,7 @@ dedupe_batch(Pipeline *p, Batch *b, Oid input)
 							 " ON CONFLICT DO NOTHING RETURNING %s",
 							 keys_name, key_list, key_list, quote_identifier(event_time), input_name, key_list),
 					2, (Oid[]) {INT8OID, TIDARRAYOID}, args, NULL, SPI_OK_INSERT_RETURNING);
+		check_key_columns(SPI_tuptable->tupdesc, keydesc, false, p->name);
 		for (uint64 r = 0; r < SPI_processed; r++)
 		{
 			TupleHashEntry entry;

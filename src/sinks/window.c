@@ -151,6 +151,8 @@ typedef struct WindowFold
 	int			naggs;
 	WinAgg	   *aggs;
 	int			npartcols;		/* columns of partials in the state table */
+	Oid		   *coltypes;		/* of the state table's columns (but sluice_batch), in order */
+	char	   *name;			/* the pipeline's */
 
 	/* the table of partials */
 	TupleDesc	keydesc;		/* window_start, the groups */
@@ -209,6 +211,34 @@ column_index(TupleDesc desc, const char *name)
 	return -1;					/* keep the compiler quiet */
 }
 
+/*
+ * Rows of the state table (desc, with sluice_batch last when with_batch) or
+ * the row type asked of sluice._window_partials() must have the columns the
+ * fold reads and writes, of the types it made them with: the owner may have
+ * altered her state table, and a datum taken for another type's would
+ * crash the worker.
+ */
+static void
+window_check_columns(WindowFold *f, TupleDesc desc, bool with_batch, const char *what)
+{
+	int			n = 2 + f->ngroups + f->npartcols;
+	bool		ok = desc->natts == n + (with_batch ? 1 : 0);
+
+	for (int i = 0; ok && i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		ok = !att->attisdropped && att->atttypid == (i < n ? f->coltypes[i] : INT8OID);
+	}
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s of the window sink of pipeline \"%s\" does not have the columns the sink made", what,
+						f->name),
+				 errdetail("It needs window_start and window_end, the group_by columns, the partial aggregates and sluice_batch, of the types they were created with, and no other column."),
+				 errhint("The state table was altered: drop the pipeline and create it again.")));
+}
+
 /* The batch's memory is going: sluice._window_partials() has nothing to return. */
 static void
 window_fold_gone(void *arg)
@@ -239,6 +269,7 @@ window_fold_begin(Pipeline *p, Batch *b, TupleDesc desc)
 	FmgrInfo   *hashfuncs;
 	Oid		   *collations;
 	AttrNumber *keycols;
+	Relation	state;
 	MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
 
 	/* the batch's memory goes at its end, or with its transaction */
@@ -247,6 +278,7 @@ window_fold_begin(Pipeline *p, Batch *b, TupleDesc desc)
 	gone->arg = f;
 	MemoryContextRegisterResetCallback(cxt, gone);
 	f->pipeline_id = p->id;
+	f->name = pstrdup(p->name);
 	f->batch_id = b->id;
 	catalog_exec("SELECT s, p.state_table, p.event_time, p.watermark_delay, p.watermark,"
 				 "  ((s->>'size_s')::numeric * 1000000)::int8, ((s->>'slide_s')::numeric * 1000000)::int8,"
@@ -386,6 +418,26 @@ window_fold_begin(Pipeline *p, Batch *b, TupleDesc desc)
 									 f->rowcxt, false);
 	f->keyslot = MakeSingleTupleTableSlot(f->keydesc, &TTSOpsVirtual);
 	f->entryslot = MakeSingleTupleTableSlot(f->keydesc, &TTSOpsMinimalTuple);
+
+	/* the state table's columns, as sluice._window_create_state() made them */
+	f->coltypes = palloc(sizeof(Oid) * (2 + f->ngroups + f->npartcols));
+	f->coltypes[0] = f->coltypes[1] = TIMESTAMPTZOID;
+	for (int g = 0; g < f->ngroups; g++)
+		f->coltypes[2 + g] = TupleDescAttr(desc, f->group_att[g])->atttypid;
+	for (int i = 0, c = 2 + f->ngroups; i < f->naggs; i++)
+	{
+		WinAgg	   *a = &f->aggs[i];
+
+		if (a->fn == WIN_SUM || a->fn == WIN_AVG)
+			f->coltypes[c++] = NUMERICOID;
+		if (a->fn == WIN_MIN || a->fn == WIN_MAX)
+			f->coltypes[c++] = TupleDescAttr(desc, a->att)->atttypid;
+		if (a->fn != WIN_SUM && a->fn != WIN_MIN && a->fn != WIN_MAX)
+			f->coltypes[c++] = INT8OID;
+	}
+	state = table_open(f->state_table, RowExclusiveLock);
+	window_check_columns(f, RelationGetDescr(state), true, "the state table");
+	table_close(state, NoLock);
 	MemoryContextSwitchTo(oldcxt);
 	current_fold = f;
 	return f;
@@ -711,6 +763,20 @@ window_keep_late(WindowFold *f, TupleTableSlot *row)
 	tid_push(f->cxt, &f->late, &row->tts_tid);
 }
 
+/* The end of a window (or session) from start that lasts us, which must be a timestamptz. */
+static TimestampTz
+window_end(TimestampTz start, int64 us)
+{
+	TimestampTz end;
+
+	if (pg_add_s64_overflow(start, us, &end) || !IS_VALID_TIMESTAMP(end))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("a window of a row of the batch ends past the range of timestamptz"),
+				 errdetail("The window starts at %s.", timestamptz_to_str(start))));
+	return end;
+}
+
 /* Fold a row at et into every window it falls in that is not late; whether one was. */
 static bool
 window_fold_windows(WindowFold *f, TupleTableSlot *row, TimestampTz et)
@@ -726,6 +792,7 @@ window_fold_windows(WindowFold *f, TupleTableSlot *row, TimestampTz et)
 
 		if (ws + f->size_us <= us)
 			break;
+		(void) window_end(ws - EPOCH_OFFSET_US, f->size_us);
 		if (f->drop_late && ws - EPOCH_OFFSET_US + f->size_us <= f->w)
 		{
 			f->dropped++;
@@ -766,7 +833,7 @@ window_fold_row(WindowFold *f, TupleTableSlot *row)
 	}
 	else
 		fold_values(f, session_place(f, session_list(f, row->tts_values, row->tts_isnull, f->group_att),
-									 et, et + f->gap_us)->parts, row);
+									 et, window_end(et, f->gap_us))->parts, row);
 	MemoryContextSwitchTo(oldcxt);
 	MemoryContextReset(f->rowcxt);
 	if (late)
@@ -924,7 +991,7 @@ sluice_window_partials(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	WindowFold *f = current_fold;
 	char	   *which = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	int			natts;
+	int			natts = 0;
 	Datum	   *values;
 	bool	   *nulls;
 	TupleHashIterator it;
@@ -940,8 +1007,7 @@ sluice_window_partials(PG_FUNCTION_ARGS)
 				 errmsg("sluice._window_partials() is only for the batch of a window sink")));
 	natts = 2 + f->ngroups + f->npartcols;
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
-	if (rsinfo->setDesc->natts != natts)
-		elog(ERROR, "sluice._window_partials() returns %d columns, not %d", natts, rsinfo->setDesc->natts);
+	window_check_columns(f, rsinfo->setDesc, false, "the row type asked of sluice._window_partials()");
 	values = palloc(sizeof(Datum) * natts);
 	nulls = palloc(sizeof(bool) * natts);
 
@@ -1158,6 +1224,7 @@ session_absorb(WindowFold *f)
 	for (int g = 0; g < f->ngroups; g++)
 		atts[g] = 2 + g;
 	rel = table_open(f->state_table, RowExclusiveLock);
+	window_check_columns(f, RelationGetDescr(rel), true, "the state table");
 	slot = table_slot_create(rel, NULL);
 	CommandCounterIncrement();
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
