@@ -6,19 +6,21 @@
  * Once the batch is read (and transformed), before its sink sees it, its
  * rows are scanned in the order they were read.  A row whose event time is
  * at or before W, the watermark the batch started with, or is NULL, is
- * late; a row whose key a row before it in the batch had is a duplicate.
- * The first rows of the other keys are inserted into the pipeline's key
- * table with ON CONFLICT DO NOTHING: those whose key the table already held
- * are duplicates of earlier batches.  Late rows and duplicates are deleted
- * from the relation the sink then reads.  After the batch W advances, and
- * the keys whose event time it passed are forgotten: the table holds what
- * can still come again.  All of it is in the batch's transaction, so a
+ * late; a row whose key a row before it in the batch had is a duplicate,
+ * and so is the first row of a key that the pipeline's key table holds, an
+ * earlier batch's (looked up in its unique index).  Late rows and
+ * duplicates are deleted from the relation the sink then reads, and the
+ * other keys go into the key table.  After the batch W advances, and the
+ * keys whose event time it passed are forgotten: the table holds what can
+ * still come again.  All of it is in the batch's transaction, so a
  * replayed batch reads the same rows in the same order against the same
  * keys, and drops exactly the same rows.
  *
  * The keys are compared in a TupleHashTable with the types' own equality
- * and hash (NULLs equal, as GROUP BY has them), and in the key table by its
- * UNIQUE NULLS NOT DISTINCT index.
+ * and hash (NULLs equal, as GROUP BY has them), and in the key table's
+ * UNIQUE NULLS NOT DISTINCT index with its btree equality (IS NULL for a
+ * NULL).  The number of keys remembered is the batch before's, plus those
+ * added, less those forgotten.
  *
  * A window sink after it takes the batch's event times and late rows from
  * here (Batch.seen) and moves the watermark itself; for other sinks the
@@ -26,6 +28,8 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/nbtree.h"
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
@@ -35,6 +39,7 @@
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/lsyscache.h"
+#include "utils/relcache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
@@ -72,15 +77,14 @@ tids_array(Tids *l)
 }
 
 /*
- * The key table, or the keys an INSERT into it returned, must have the
- * batch's key columns' types (then the event time and the batch, for the
- * table): the owner may have altered her key table, and a datum taken for
- * another type's would crash the worker.
+ * The key table must have the batch's key columns' types, then the event
+ * time and the batch: the owner may have altered her key table, and a datum
+ * taken for another type's would crash the worker.
  */
 static void
-check_key_columns(TupleDesc desc, TupleDesc keydesc, bool table, const char *pipeline)
+check_key_columns(TupleDesc desc, TupleDesc keydesc, const char *pipeline)
 {
-	bool		ok = desc->natts == keydesc->natts + (table ? 2 : 0);
+	bool		ok = desc->natts == keydesc->natts + 2;
 
 	for (int i = 0; ok && i < desc->natts; i++)
 	{
@@ -96,6 +100,32 @@ check_key_columns(TupleDesc desc, TupleDesc keydesc, bool table, const char *pip
 				 errmsg("the key table of pipeline \"%s\" does not have the columns its dedupe made", pipeline),
 				 errdetail("It needs the dedupe columns, of the types the batch has, then sluice_event_time and sluice_batch, and no other column."),
 				 errhint("The key table was altered: drop the pipeline and create it again.")));
+}
+
+/* The key table's unique index on the keys, open. */
+static Relation
+key_index_open(Relation keys, int nkeys, const char *pipeline)
+{
+	List	   *indexes = RelationGetIndexList(keys);
+	ListCell   *lc;
+
+	foreach(lc, indexes)
+	{
+		Relation	idx = index_open(lfirst_oid(lc), AccessShareLock);
+		bool		ok = idx->rd_index->indisunique && idx->rd_index->indnkeyatts == nkeys &&
+			idx->rd_rel->relam == BTREE_AM_OID && idx->rd_indexprs == NIL;
+
+		for (int k = 0; ok && k < nkeys; k++)
+			ok = idx->rd_index->indkey.values[k] == k + 1;
+		if (ok)
+			return idx;
+		index_close(idx, AccessShareLock);
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("the key table of pipeline \"%s\" has no unique index on its keys", pipeline),
+			 errhint("The key table was altered: drop the pipeline and create it again.")));
+	return NULL;				/* keep the compiler quiet */
 }
 
 static int
@@ -154,10 +184,15 @@ dedupe_batch(Pipeline *p, Batch *b, Oid input)
 	Snapshot	snapshot;
 	TableScanDesc scan;
 	Tids		drops = {0};
-	Tids		firsts = {0};
-	bool	   *fresh;
+	Tids		fresh = {0};
 	int64		dups = 0;
 	int64		total;
+	int64		pruned = 0;
+	Relation	key_index;
+	IndexScanDesc probe;
+	TupleTableSlot *probe_slot;
+	ScanKeyData *skeys;
+	FmgrInfo   *eqprocs;
 	char	   *keys_name;
 	char	   *input_name = quote_qualified_identifier("pg_temp", get_rel_name(input));
 
@@ -214,17 +249,27 @@ dedupe_batch(Pipeline *p, Batch *b, Oid input)
 	slot = table_slot_create(rel, NULL);
 	keyslot = MakeSingleTupleTableSlot(keydesc, &TTSOpsVirtual);
 	keys_rel = table_open(keys_table, RowExclusiveLock);
-	check_key_columns(RelationGetDescr(keys_rel), keydesc, true, p->name);
-	table_close(keys_rel, NoLock);
+	check_key_columns(RelationGetDescr(keys_rel), keydesc, p->name);
+	key_index = key_index_open(keys_rel, nkeys, p->name);
+	eqprocs = palloc(sizeof(FmgrInfo) * nkeys);
+	skeys = palloc(sizeof(ScanKeyData) * nkeys);
+	for (int k = 0; k < nkeys; k++)
+	{
+		Oid			type = key_index->rd_opcintype[k];
+
+		fmgr_info(get_opcode(get_opfamily_member(key_index->rd_opfamily[k], type, type, BTEqualStrategyNumber)),
+				  &eqprocs[k]);
+	}
+	probe_slot = table_slot_create(keys_rel, NULL);
 
 	/* the rows in the order they were read: late ones, and keys seen before in the batch */
 	CommandCounterIncrement();
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	scan = table_beginscan(rel, snapshot, 0, NULL);
+	probe = index_beginscan(keys_rel, key_index, snapshot, nkeys, 0);
 	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
 	{
 		TimestampTz et;
-		TupleHashEntry entry;
 		bool		isnew;
 
 		slot_getallattrs(slot);
@@ -248,51 +293,48 @@ dedupe_batch(Pipeline *p, Batch *b, Oid input)
 			keyslot->tts_isnull[k] = slot->tts_isnull[key_att[k]];
 		}
 		ExecStoreVirtualTuple(keyslot);
-		entry = LookupTupleHashEntry(hash, keyslot, &isnew, NULL);
+		(void) LookupTupleHashEntry(hash, keyslot, &isnew, NULL);
+		if (isnew)
+		{
+			/* first in the batch: is it in the key table, from an earlier one? */
+			for (int k = 0; k < nkeys; k++)
+			{
+				if (keyslot->tts_isnull[k])
+					ScanKeyEntryInitialize(&skeys[k], SK_ISNULL | SK_SEARCHNULL, k + 1, InvalidStrategy,
+										   InvalidOid, InvalidOid, InvalidOid, (Datum) 0);
+				else
+					ScanKeyEntryInitializeWithInfo(&skeys[k], 0, k + 1, BTEqualStrategyNumber, InvalidOid,
+												   key_index->rd_indcollation[k], &eqprocs[k],
+												   keyslot->tts_values[k]);
+			}
+			index_rescan(probe, skeys, nkeys, NULL, 0);
+			isnew = !index_getnext_slot(probe, ForwardScanDirection, probe_slot);
+		}
 		if (!isnew)
 		{
 			dups++;
 			tids_push(&drops, &slot->tts_tid);
 			continue;
 		}
-		entry->additional = (void *) (uintptr_t) firsts.n;
-		tids_push(&firsts, &slot->tts_tid);
+		tids_push(&fresh, &slot->tts_tid);
 	}
+	index_endscan(probe);
 	table_endscan(scan);
 	UnregisterSnapshot(snapshot);
 	ExecDropSingleTupleTableSlot(slot);
+	ExecDropSingleTupleTableSlot(probe_slot);
+	index_close(key_index, NoLock);
+	table_close(keys_rel, NoLock);
 
-	/* the batch's new keys: those the table held are duplicates of earlier batches */
-	fresh = palloc0(sizeof(bool) * Max(firsts.n, 1));
-	if (firsts.n > 0)
+	/* the batch's new keys */
+	if (fresh.n > 0)
 	{
-		Datum		args[2] = {Int64GetDatum(b->id), tids_array(&firsts)};
+		Datum		args[2] = {Int64GetDatum(b->id), tids_array(&fresh)};
 
 		pinned_exec(psprintf("INSERT INTO %s (%s, sluice_event_time, sluice_batch)"
-							 " SELECT %s, %s::timestamptz, $1 FROM %s WHERE ctid = ANY ($2)"
-							 " ON CONFLICT DO NOTHING RETURNING %s",
-							 keys_name, key_list, key_list, quote_identifier(event_time), input_name, key_list),
-					2, (Oid[]) {INT8OID, TIDARRAYOID}, args, NULL, SPI_OK_INSERT_RETURNING);
-		check_key_columns(SPI_tuptable->tupdesc, keydesc, false, p->name);
-		for (uint64 r = 0; r < SPI_processed; r++)
-		{
-			TupleHashEntry entry;
-
-			ExecClearTuple(keyslot);
-			for (int k = 0; k < nkeys; k++)
-				keyslot->tts_values[k] = spi_datum(r, k + 1, &keyslot->tts_isnull[k]);
-			ExecStoreVirtualTuple(keyslot);
-			entry = LookupTupleHashEntry(hash, keyslot, NULL, NULL);
-			if (entry == NULL)
-				elog(ERROR, "sluice dedupe: a key inserted is not among the batch's");
-			fresh[(uintptr_t) entry->additional] = true;
-		}
-		for (int64 i = 0; i < firsts.n; i++)
-			if (!fresh[i])
-			{
-				dups++;
-				tids_push(&drops, &firsts.tids[i]);
-			}
+							 " SELECT %s, %s::timestamptz, $1 FROM %s WHERE ctid = ANY ($2)",
+							 keys_name, key_list, key_list, quote_identifier(event_time), input_name),
+					2, (Oid[]) {INT8OID, TIDARRAYOID}, args, NULL, SPI_OK_INSERT);
 	}
 	if (drops.n > 0)
 	{
@@ -307,10 +349,21 @@ dedupe_batch(Pipeline *p, Batch *b, Oid input)
 	has_new_w = has_w;
 	new_w = watermark_next(w, &has_new_w, seen, delay, true);
 	if (has_new_w)
-		pinned_exec(psprintf("DELETE FROM %s WHERE sluice_event_time <= $1", keys_name),
-					1, (Oid[]) {TIMESTAMPTZOID}, (Datum[]) {TimestampTzGetDatum(new_w)}, NULL, SPI_OK_DELETE);
-	pinned_exec(psprintf("SELECT count(*) FROM %s", keys_name), 0, NULL, NULL, NULL, SPI_OK_SELECT);
-	total = spi_int64(0, 1);
+		pruned = pinned_exec(psprintf("DELETE FROM %s WHERE sluice_event_time <= $1", keys_name),
+							 1, (Oid[]) {TIMESTAMPTZOID}, (Datum[]) {TimestampTzGetDatum(new_w)}, NULL,
+							 SPI_OK_DELETE);
+
+	/* the keys remembered: the batch before's, and what this one added and forgot */
+	catalog_exec("SELECT dedupe_state_rows FROM sluice.batch WHERE pipeline_id = $1 AND batch_id < $2"
+				 " AND status = 'committed' ORDER BY batch_id DESC LIMIT 1",
+				 2, (Oid[]) {INT4OID, INT8OID}, (Datum[]) {value, Int64GetDatum(b->id)}, NULL, SPI_OK_SELECT);
+	if (SPI_processed == 1 && (spi_datum(0, 1, &isnull), !isnull))
+		total = spi_int64(0, 1) + fresh.n - pruned;
+	else
+	{
+		pinned_exec(psprintf("SELECT count(*) FROM %s", keys_name), 0, NULL, NULL, NULL, SPI_OK_SELECT);
+		total = spi_int64(0, 1);
+	}
 
 	if (window)
 	{
