@@ -440,12 +440,77 @@ batch_plan(PipelineRun *run, int *attempts)
 	values[4] = Int64GetDatum(run->backlog);
 	catalog_exec("INSERT INTO sluice.batch (pipeline_id, batch_id, status, attempts, planned_at, slice, size_limit,"
 				 "  run_id, backlog)"
-				 " SELECT $1, $2, 'planned', 1, now(), $3, $4, p.run_id, $5 FROM sluice.pipeline AS p WHERE p.id = $1",
+				 " SELECT $1, $2, 'planned', 1, clock_timestamp(), $3, $4, p.run_id, $5 FROM sluice.pipeline AS p WHERE p.id = $1",
 				 5, types, values, slice ? (limit ? "     " : "   n ") : (limit ? "  n  " : "  nn "),
 				 SPI_OK_INSERT);
 	*attempts = 1;
 	batch_lease(run, batch_id);
 	return batch_id;
+}
+
+/* Milliseconds since start. */
+static double
+elapsed_ms(instr_time start)
+{
+	instr_time	now;
+
+	INSTR_TIME_SET_CURRENT(now);
+	INSTR_TIME_SUBTRACT(now, start);
+	return INSTR_TIME_GET_MILLISEC(now);
+}
+
+/*
+ * run_once() with more waiting: plan the next batch in the transaction of
+ * this one, which then commits both, so that a drain of N batches commits
+ * N + 1 times, not 2N (the planned batch is durable either way).  Its size
+ * comes from this batch's speed, as after a commit.  A plan that fails is
+ * rolled back alone (a subtransaction) and made again in a transaction of
+ * its own.
+ */
+static void
+batch_plan_ahead(PipelineRun *run, Pipeline *p, Batch *b, double plan_ms, instr_time start, bool careful)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	instr_time	now;
+
+	if (!run->run_once || careful || run->backlog <= 0 || p->source_routine->plan_ahead == NULL ||
+		!p->source_routine->plan_ahead(run->source_state))
+		return;
+	INSTR_TIME_SET_CURRENT(now);
+	INSTR_TIME_SUBTRACT(now, start);
+	flow_observe(run, b->size, plan_ms + INSTR_TIME_GET_MILLISEC(now), run->backlog);
+	b->observed = true;
+
+	INSTR_TIME_SET_CURRENT(now);
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		run->next_batch = batch_plan(run, &run->next_attempts);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+			PG_RE_THROW();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		ereport(LOG,
+				(errmsg("sluice pipeline \"%s\": the batch after batch " INT64_FORMAT " could not be planned with it: %s",
+						run->name, b->id, edata->message),
+				 errdetail("It is planned in a transaction of its own.")));
+		run->next_batch = 0;
+		batch_lease(run, b->id);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	run->next_plan_ms = elapsed_ms(now);
 }
 
 /*
@@ -584,6 +649,7 @@ batch_process(PipelineRun *run, Batch *b, double plan_ms, bool careful)
 				 " WHERE pg_notification_queue_usage() < 0.5",
 				 6, (Oid[]) {INT4OID, INT8OID, TEXTOID, INT8OID, FLOAT8OID, BOOLOID}, values, NULL, SPI_OK_SELECT);
 
+	batch_plan_ahead(run, p, b, plan_ms, start, careful);
 	crash_point("before_commit", b->attempts);
 	return true;
 }
@@ -667,18 +733,28 @@ batch_try(PipelineRun *run, bool careful, int64 *batch_id_out, ErrorData **edata
 	PG_TRY();
 	{
 		instr_time	start;
-		instr_time	elapsed;
 		bool		ours;
+		double		plan_ms;
 
 		INSTR_TIME_SET_CURRENT(start);
-		run->backlog = -1;		/* unknown when a planned batch is replayed */
-		run->attempts = 0;
-		xact_begin("planning a batch");
-		batch_id = b.id = batch_plan(run, &b.attempts);
+		if (run->next_batch > 0)
+		{
+			/* planned with the batch before */
+			batch_id = b.id = run->next_batch;
+			b.attempts = run->next_attempts;
+			plan_ms = run->next_plan_ms;
+			run->next_batch = 0;
+		}
+		else
+		{
+			run->backlog = -1;	/* unknown when a planned batch is replayed */
+			run->attempts = 0;
+			xact_begin("planning a batch");
+			batch_id = b.id = batch_plan(run, &b.attempts);
+			xact_end();
+			plan_ms = elapsed_ms(start);
+		}
 		run->attempts = b.attempts;
-		xact_end();
-		INSTR_TIME_SET_CURRENT(elapsed);
-		INSTR_TIME_SUBTRACT(elapsed, start);
 
 		if (b.id < 0)
 			outcome = BATCH_STOP;
@@ -688,7 +764,7 @@ batch_try(PipelineRun *run, bool careful, int64 *batch_id_out, ErrorData **edata
 			crash_point("after_plan", b.attempts);
 
 			xact_begin(careful ? "processing a batch row by row" : "processing a batch");
-			ours = batch_process(run, &b, INSTR_TIME_GET_MILLISEC(elapsed), careful);
+			ours = batch_process(run, &b, plan_ms, careful);
 			xact_end();			/* if not ours, nothing was written */
 			ConditionVariableBroadcast(&sluice_shared->batch_committed);
 			if (ours)
@@ -698,7 +774,8 @@ batch_try(PipelineRun *run, bool careful, int64 *batch_id_out, ErrorData **edata
 				INSTR_TIME_SET_CURRENT(took);
 				INSTR_TIME_SUBTRACT(took, start);
 				stats_add_batch(run->id, (int64) INSTR_TIME_GET_MICROSEC(took));
-				flow_observe(run, b.size, INSTR_TIME_GET_MILLISEC(took), run->backlog);
+				if (!b.observed)
+					flow_observe(run, b.size, INSTR_TIME_GET_MILLISEC(took), run->backlog);
 				crash_point("after_commit", b.attempts);
 				if (run->backlog >= 0)
 					stats_set_backlog(run->id, run->backlog);
@@ -708,7 +785,7 @@ batch_try(PipelineRun *run, bool careful, int64 *batch_id_out, ErrorData **edata
 			LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
 			if (ours)
 				run->slot->batches_committed++;
-			run->slot->current_batch = 0;
+			run->slot->current_batch = run->next_batch;	/* still leased, if planned ahead */
 			LWLockRelease(sluice_shared->lock);
 			outcome = BATCH_COMMITTED;
 		}
@@ -717,6 +794,7 @@ batch_try(PipelineRun *run, bool careful, int64 *batch_id_out, ErrorData **edata
 	{
 		*edata_out = xact_catch(run->run_cxt);
 		outcome = BATCH_FAILED;
+		run->next_batch = 0;	/* rolled back with its batch, or left planned for a replay */
 		batch_lease(run, 0);	/* the batch is left planned, for whichever worker plans next */
 	}
 	PG_END_TRY();

@@ -228,6 +228,7 @@ typedef struct Batch
 	int32		units;			/* files, partitions */
 	const char *unit;			/* what is being read, for the error context */
 	int64		size;			/* in the source's measure (flow.c), set by its read */
+	bool		observed;		/* its speed went to flow.c before it committed */
 	/* a sink that folds rows as they are parsed takes them here, not in a relation */
 	struct _DestReceiver *dest;
 	void	   *sink_state;		/* what that sink folded, for its write */
@@ -268,6 +269,10 @@ typedef struct PipelineRun
 	long		retry_ms;		/* how long to wait before the next try */
 	/* the source's routine, once it is open (kept: after a commit the catalog is gone) */
 	const struct SourceRoutine *source;
+	/* run_once(): the next batch, planned in the transaction of the one before */
+	int64		next_batch;
+	int			next_attempts;
+	double		next_plan_ms;
 } PipelineRun;
 
 extern BatchOutcome batch_run(PipelineRun *run);

@@ -41,6 +41,10 @@
  *	owner_refused	why the owner may no longer run the source (NULL if
  *				it may), with a hint; asked by the launcher before it starts
  *				a worker
+ *	plan_ahead	whether the next batch may be planned in the transaction
+ *				of the one before it, before that one commits (may be NULL:
+ *				never): its plan must not act on what that commit makes
+ *				final
  *	initial_size	the limit of a worker's first batch under backpressure,
  *				in the source's measure of a batch's size (bytes of files,
  *				Kafka offsets), which plan's limit and b->size use too
@@ -66,6 +70,7 @@ typedef struct SourceRoutine
 	Jsonb	   *(*describe) (int32 pipeline_id, int64 batch_id);
 	bool		(*offsets_missing) (int32 pipeline_id);
 	char	   *(*owner_refused) (Oid owner, const char **hint);
+	bool		(*plan_ahead) (void *state);
 	int64		initial_size;
 } SourceRoutine;
 

@@ -897,6 +897,16 @@ csv_commit(void *state, Pipeline *p, Batch *b)
 	st->batch_files = NIL;
 }
 
+/*
+ * A plan deletes or archives the files of committed batches: not before the
+ * batch before it commits, so only a source that keeps its files plans ahead.
+ */
+static bool
+csv_plan_ahead(void *state)
+{
+	return strcmp(((CsvState *) state)->after, "keep") == 0;
+}
+
 /* The files of a batch, as the caller sees them. */
 static Jsonb *
 csv_describe(int32 pipeline_id, int64 batch_id)
@@ -921,5 +931,6 @@ const SourceRoutine csv_source_routine = {
 	.after_commit = NULL,
 	.describe = csv_describe,
 	.owner_refused = csv_owner_refused,
+	.plan_ahead = csv_plan_ahead,
 	.initial_size = 1,			/* bytes: one file */
 };

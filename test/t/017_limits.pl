@@ -3,7 +3,8 @@
 # a Kafka source's max_rate_per_partition (messages a second per partition,
 # times the trigger interval, bounds every batch), and min_offsets_per_trigger
 # with max_trigger_delay (a batch waits for enough messages, but not longer
-# than the delay since the last batch).
+# than the delay since the last batch).  Then run_once planning each batch
+# in the transaction of the one before.
 use strict;
 use warnings;
 
@@ -152,6 +153,60 @@ produce_ids('few', 0, 7);
 $node->safe_psql('postgres', "SELECT sluice.stop('few')");
 is($node->safe_psql('postgres', "SELECT sluice.run_once('few')"), '1', 'few: run_once reads the 7 at once');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM t_few'), '122', 'few: all 122 there');
+
+# ---------------------------------------------------------------------------
+# run_once plans each batch in the transaction of the one before it: a drain
+# of N one-file batches commits about N + 1 transactions (and the worker's
+# few of its own), not 2N; a source that archives its files plans apart
+my %ahead;
+for my $after ('keep', 'archive')
+{
+	my $name = "ahead_$after";
+	my $adir = $node->basedir . "/$name";
+	gen_files($adir, files => 12, rows => 50, first_id => 1, prefix => 'a');
+	mkdir $node->basedir . "/${name}_done";
+	create_csv_pipeline($node, $name, $adir, "${name}_t", max_files => 1,
+		$after eq 'archive' ? (extra => ", after => 'archive', archive_dir => '" . $node->basedir . "/${name}_done'") : ());
+	# (each psql session's own commits reach the counters when it exits)
+	my $commits = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()";
+	my $c0 = $node->safe_psql('postgres', $commits);
+	is($node->safe_psql('postgres', "SELECT sluice.run_once('$name')"), '12', "$name: 12 batches");
+	$ahead{$after} = $node->safe_psql('postgres', $commits) - $c0;
+	note "$name: $ahead{$after} transactions committed";
+	is($node->safe_psql('postgres', "SELECT count(*), count(DISTINCT id) FROM ${name}_t"), '600|600',
+		"$name: every row once");
+	is($node->safe_psql('postgres', "SELECT count(*) FROM sluice.progress('$name', 100)"
+			  . " WHERE status = 'committed' AND attempts = 1 AND files = 1"), '12', "$name: each batch once, one file");
+}
+# crashed before the commit that holds a batch and the plan of the next, and
+# after it: run_once again until the files are in, every row once
+for my $stage ('before_commit', 'after_commit')
+{
+	my $name = "ahead_crash_$stage";
+	my $cdir = $node->basedir . "/$name";
+	gen_files($cdir, files => 4, rows => 50, first_id => 1, prefix => 'c');
+	create_csv_pipeline($node, $name, $cdir, "${name}_t", max_files => 1);
+	set_crash_at($node, $stage);
+	my $offset = log_size($node);
+	my $committed = "SELECT count(*) FROM sluice.progress('$name', 100) WHERE status = 'committed'";
+	for my $try (1 .. 10)
+	{
+		$node->psql('postgres', "SELECT sluice.run_once('$name')");
+		wait_for_server($node);
+		last if $node->safe_psql('postgres', $committed) eq '4';
+	}
+	set_crash_at($node, '');
+	cmp_ok(log_count($node, qr/kills itself at stage "\Q$stage\E"/, $offset), '>=', 2, "$name: the worker killed itself");
+	is($node->safe_psql('postgres', "SELECT count(*), count(DISTINCT id) FROM ${name}_t"), '200|200',
+		"$name: every row once");
+	is($node->safe_psql('postgres', "SELECT count(*), sum(files) FROM sluice.progress('$name', 100)"), '4|4',
+		"$name: 4 batches of one file each, all committed");
+	is($node->safe_psql('postgres', $committed), '4', "$name: all committed");
+}
+
+cmp_ok($ahead{archive}, '>=', 2 * 12, 'a source that archives: a plan and a commit a batch');
+cmp_ok($ahead{archive} - $ahead{keep}, '>=', 8,
+	'a source that keeps its files: fewer commits for 12 batches (11 fewer, less what other sessions, as the launcher, commit meanwhile)');
 
 $node->stop;
 $kafka->stop;

@@ -173,11 +173,12 @@ sub create_csv_pipeline
 	# the tests count batches: backpressure (018) would make the first of a
 	# worker small
 	my $bp = $o{backpressure} ? 'true' : 'false';
+	my $extra = $o{extra} // '';    # more csv_source() arguments, after a comma
 	$node->safe_psql(
 		'postgres', qq{
 CREATE TABLE $table (id bigint, customer int, amount numeric(12,2), ts timestamptz);
 SELECT sluice.create_pipeline('$name',
-  sluice.csv_source('$dir', '$COLUMNS', max_files_per_trigger => $max),
+  sluice.csv_source('$dir', '$COLUMNS', max_files_per_trigger => $max$extra),
   sluice.append_sink('$table'), '$trigger', backpressure => $bp);
 });
 	return;
