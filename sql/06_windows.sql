@@ -138,11 +138,19 @@ SELECT sluice.create_pipeline(repeat('w', 50) || '_one', sluice.csv_source(:'emp
                               sluice.window_sink('win_bad_t3', '10 minutes', output_mode => 'update'), event_time => 'ts');
 SELECT sluice.create_pipeline(repeat('w', 50) || '_two', sluice.csv_source(:'empty', 'id int, ts timestamptz, k text, v int'),
                               sluice.window_sink('win_bad_t3', '10 minutes', output_mode => 'update'), event_time => 'ts');
+-- so do two whose names of 4-byte characters share their first 20
+SELECT sluice.create_pipeline(repeat(U&'\+01D538', 20) || 'a', sluice.csv_source(:'empty', 'id int, ts timestamptz, k text, v int'),
+                              sluice.window_sink('win_bad_t3', '10 minutes', output_mode => 'update'), event_time => 'ts');
+SELECT sluice.create_pipeline(repeat(U&'\+01D538', 20) || 'b', sluice.csv_source(:'empty', 'id int, ts timestamptz, k text, v int'),
+                              sluice.window_sink('win_bad_t3', '10 minutes', output_mode => 'update'), event_time => 'ts');
 RESET client_min_messages;
 SELECT count(*) AS pipelines, count(DISTINCT state_table) AS state_tables
   FROM sluice.pipeline WHERE name LIKE 'wwwww%';
+SELECT count(*) AS pipelines, count(DISTINCT state_table) AS state_tables,
+       bool_and(state_table::text ~ ('_' || id || '"?$')) AS named_by_id
+  FROM sluice.pipeline WHERE name LIKE repeat(U&'\+01D538', 20) || '_';
 SET client_min_messages = warning;
-SELECT sluice.drop_pipeline(name) FROM sluice.pipeline WHERE name LIKE 'wwwww%' ORDER BY name;
+SELECT sluice.drop_pipeline(name) FROM sluice.pipeline WHERE name LIKE 'wwwww%' OR name LIKE U&'\+01D538%' ORDER BY name;
 RESET client_min_messages;
 -- nothing was created, no state table was left behind
 SELECT count(*) FROM sluice.pipelines;

@@ -410,6 +410,83 @@ COMMENT ON FUNCTION sluice.kafka_source IS 'a source reading a Kafka topic, exac
 -- connecting the server to brokers is granted, as reading its files is
 REVOKE EXECUTE ON FUNCTION sluice.kafka_source FROM PUBLIC;
 
+-- type names are parsed before they go into CREATE TABLE; a long multibyte
+-- pipeline name keeps the id at the end of its state table's name
+-- partial-aggregate columns of the state table (typed by the received
+-- columns cols), their names, how to compute, merge and finish them
+CREATE OR REPLACE FUNCTION sluice._window_aggs(sink jsonb, cols jsonb,
+    OUT state_cols text, OUT part_names text, OUT partials text, OUT merges text,
+    OUT combines text, OUT finals text, OUT names text)
+LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT string_agg(CASE a->>'fn'
+                      WHEN 'count' THEN format('a%s_n bigint', o)
+                      WHEN 'avg' THEN format('a%s_s numeric, a%s_n bigint', o, o)
+                      WHEN 'sum' THEN format('a%s_s numeric', o)
+                      ELSE format('a%s_v %s', o, (SELECT x->>'type' FROM jsonb_array_elements(cols) x
+                                                  WHERE x->>'name' = a->>'arg'
+                                                    AND (x->>'type')::regtype IS NOT NULL)) END, ', ' ORDER BY o),
+           string_agg(CASE a->>'fn'
+                      WHEN 'count' THEN format('a%s_n', o)
+                      WHEN 'avg' THEN format('a%s_s, a%s_n', o, o)
+                      WHEN 'sum' THEN format('a%s_s', o)
+                      ELSE format('a%s_v', o) END, ', ' ORDER BY o),
+           string_agg(CASE a->>'fn'
+                      WHEN 'count' THEN format('count(%s)', coalesce(quote_ident(a->>'arg'), '*'))
+                      WHEN 'avg' THEN format('sum(%I)::numeric, count(%1$I)', a->>'arg')
+                      WHEN 'sum' THEN format('sum(%I)::numeric', a->>'arg')
+                      ELSE format('%s(%I)', a->>'fn', a->>'arg') END, ', ' ORDER BY o),
+           string_agg(CASE a->>'fn'
+                      WHEN 'count' THEN format('a%s_n = s.a%1$s_n + excluded.a%1$s_n', o)
+                      WHEN 'avg' THEN format('a%s_s = coalesce(s.a%1$s_s + excluded.a%1$s_s, s.a%1$s_s, excluded.a%1$s_s),'
+                                             ' a%1$s_n = s.a%1$s_n + excluded.a%1$s_n', o)
+                      WHEN 'sum' THEN format('a%s_s = coalesce(s.a%1$s_s + excluded.a%1$s_s, s.a%1$s_s, excluded.a%1$s_s)', o)
+                      WHEN 'min' THEN format('a%s_v = least(s.a%1$s_v, excluded.a%1$s_v)', o)
+                      ELSE format('a%s_v = greatest(s.a%1$s_v, excluded.a%1$s_v)', o) END, ', ' ORDER BY o),
+           string_agg(CASE a->>'fn'
+                      WHEN 'count' THEN format('sum(a%s_n)::bigint', o)
+                      WHEN 'avg' THEN format('sum(a%s_s), sum(a%1$s_n)::bigint', o)
+                      WHEN 'sum' THEN format('sum(a%s_s)', o)
+                      ELSE format('%s(a%s_v)', a->>'fn', o) END, ', ' ORDER BY o),
+           string_agg(CASE a->>'fn'
+                      WHEN 'count' THEN format('a%s_n', o)
+                      WHEN 'avg' THEN format('a%s_s / nullif(a%1$s_n, 0)', o)
+                      WHEN 'sum' THEN format('a%s_s', o)
+                      ELSE format('a%s_v', o) END, ', ' ORDER BY o),
+           string_agg(quote_ident(a->>'alias'), ', ' ORDER BY o)
+      FROM jsonb_array_elements(sink->'aggregates') WITH ORDINALITY AS x(a, o)
+$$;
+
+-- the state table of a window pipeline, beside its target: one row per
+-- window and group, holding partial aggregates (each type given must read
+-- as a type name, which create_pipeline's are)
+CREATE OR REPLACE FUNCTION sluice._window_create_state(pipeline_id int, pipeline_name text, sink jsonb, cols jsonb)
+RETURNS regclass LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    tbl text := format('%I.%I', (SELECT nspname FROM pg_namespace n JOIN pg_class c ON c.relnamespace = n.oid
+                                  WHERE c.oid = (sink->>'relid')::oid),
+                   CASE WHEN octet_length('sluice_state_' || pipeline_name) <= 63 THEN 'sluice_state_' || pipeline_name
+                        ELSE format('sluice_state_%s_%s', (SELECT left(pipeline_name, n) FROM generate_series(30, 1, -1) AS n
+                                                            WHERE octet_length(left(pipeline_name, n)) <= 30 LIMIT 1),
+                                    pipeline_id) END);
+    groups text := (SELECT string_agg(format('%I %s, ', g, (SELECT x->>'type' FROM jsonb_array_elements(cols) x
+                                                               WHERE x->>'name' = g
+                                                                 AND (x->>'type')::regtype IS NOT NULL)), '' ORDER BY o)
+                      FROM jsonb_array_elements_text(sink->'group_by') WITH ORDINALITY AS y(g, o));
+    keys text := (SELECT string_agg(', ' || quote_ident(g), '' ORDER BY o)
+                    FROM jsonb_array_elements_text(sink->'group_by') WITH ORDINALITY AS y(g, o));
+BEGIN
+    EXECUTE format('CREATE TABLE %s (window_start timestamptz NOT NULL, window_end timestamptz NOT NULL, %s'
+                   ' %s, sluice_batch bigint NOT NULL,'
+                   ' UNIQUE NULLS NOT DISTINCT (window_start, window_end %s))',
+                   tbl, coalesce(groups, ''), (sluice._window_aggs(sink, cols)).state_cols, coalesce(keys, ''));
+    RETURN tbl::regclass;
+END
+$$;
+
 -- Streaming deduplication (see README "Deduplication").
 
 -- event_time and watermark_delay are for a window sink or dedupe; dedupe's

@@ -769,7 +769,8 @@ AS $$
                       WHEN 'avg' THEN format('a%s_s numeric, a%s_n bigint', o, o)
                       WHEN 'sum' THEN format('a%s_s numeric', o)
                       ELSE format('a%s_v %s', o, (SELECT x->>'type' FROM jsonb_array_elements(cols) x
-                                                  WHERE x->>'name' = a->>'arg')) END, ', ' ORDER BY o),
+                                                  WHERE x->>'name' = a->>'arg'
+                                                    AND (x->>'type')::regtype IS NOT NULL)) END, ', ' ORDER BY o),
            string_agg(CASE a->>'fn'
                       WHEN 'count' THEN format('a%s_n', o)
                       WHEN 'avg' THEN format('a%s_s, a%s_n', o, o)
@@ -802,7 +803,8 @@ AS $$
 $$;
 
 -- the state table of a window pipeline, beside its target: one row per
--- window and group, holding partial aggregates
+-- window and group, holding partial aggregates (each type given must read
+-- as a type name, which create_pipeline's are)
 CREATE FUNCTION sluice._window_create_state(pipeline_id int, pipeline_name text, sink jsonb, cols jsonb)
 RETURNS regclass LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -811,9 +813,12 @@ DECLARE
     tbl text := format('%I.%I', (SELECT nspname FROM pg_namespace n JOIN pg_class c ON c.relnamespace = n.oid
                                   WHERE c.oid = (sink->>'relid')::oid),
                    CASE WHEN octet_length('sluice_state_' || pipeline_name) <= 63 THEN 'sluice_state_' || pipeline_name
-                        ELSE format('sluice_state_%s_%s', left(pipeline_name, 30), pipeline_id) END);
+                        ELSE format('sluice_state_%s_%s', (SELECT left(pipeline_name, n) FROM generate_series(30, 1, -1) AS n
+                                                            WHERE octet_length(left(pipeline_name, n)) <= 30 LIMIT 1),
+                                    pipeline_id) END);
     groups text := (SELECT string_agg(format('%I %s, ', g, (SELECT x->>'type' FROM jsonb_array_elements(cols) x
-                                                               WHERE x->>'name' = g)), '' ORDER BY o)
+                                                               WHERE x->>'name' = g
+                                                                 AND (x->>'type')::regtype IS NOT NULL)), '' ORDER BY o)
                       FROM jsonb_array_elements_text(sink->'group_by') WITH ORDINALITY AS y(g, o));
     keys text := (SELECT string_agg(', ' || quote_ident(g), '' ORDER BY o)
                     FROM jsonb_array_elements_text(sink->'group_by') WITH ORDINALITY AS y(g, o));
