@@ -27,7 +27,10 @@
 #include "utils/fmgroids.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "common/hashfn.h"
 #include "utils/jsonb.h"
+#include "utils/memutils.h"
 #include "utils/numeric.h"
 #include "utils/rel.h"
 
@@ -114,6 +117,67 @@ check_extension_version(void)
 }
 
 /*
+ * A worker runs the same few statements at every batch: it keeps their
+ * plans (the plan cache replans them when what they use changes).  Keyed
+ * by a hash of the statement, its argument types and whose it is; a
+ * collision, or a full cache, runs the statement unkept.
+ */
+#define KEPT_PLANS_MAX 256
+
+typedef struct KeptPlan
+{
+	uint64		key;
+	char	   *sql;
+	Oid		   *types;
+	int			nargs;
+	bool		as_owner;
+	SPIPlanPtr	plan;
+} KeptPlan;
+
+static HTAB *kept_plans = NULL;
+
+static SPIPlanPtr
+kept_plan(bool as_owner, const char *sql, int nargs, Oid *types)
+{
+	uint64		key = hash_bytes_extended((const unsigned char *) sql, (int) strlen(sql), as_owner);
+	KeptPlan   *kp;
+	bool		found;
+	SPIPlanPtr	plan;
+
+	if (!IsBackgroundWorker)
+		return NULL;
+	if (nargs > 0)
+		key = hash_bytes_extended((const unsigned char *) types, (int) (sizeof(Oid) * nargs), key);
+	if (kept_plans == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(uint64);
+		ctl.entrysize = sizeof(KeptPlan);
+		ctl.hcxt = TopMemoryContext;
+		kept_plans = hash_create("sluice kept plans", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	kp = hash_search(kept_plans, &key, HASH_FIND, NULL);
+	if (kp != NULL)
+		return kp->as_owner == as_owner && kp->nargs == nargs && strcmp(kp->sql, sql) == 0 &&
+			(nargs == 0 || memcmp(kp->types, types, sizeof(Oid) * nargs) == 0) ? kp->plan : NULL;
+	if (hash_get_num_entries(kept_plans) >= KEPT_PLANS_MAX)
+		return NULL;
+	plan = SPI_prepare(sql, nargs, types);
+	if (plan == NULL || SPI_keepplan(plan) != 0)
+		return NULL;
+	kp = hash_search(kept_plans, &key, HASH_ENTER, &found);
+	kp->sql = MemoryContextStrdup(TopMemoryContext, sql);
+	kp->types = nargs > 0 ? MemoryContextAlloc(TopMemoryContext, sizeof(Oid) * nargs) : NULL;
+	if (nargs > 0)
+		memcpy(kp->types, types, sizeof(Oid) * nargs);
+	kp->nargs = nargs;
+	kp->as_owner = as_owner;
+	kp->plan = plan;
+	return plan;
+}
+
+/*
  * Run one statement with search_path pinned, as the extension's owner
  * (catalog statements) or as the current user (our statements over the
  * user's objects).  Fails unless SPI returns expected_rc; returns the
@@ -127,6 +191,7 @@ pinned_exec_as(bool as_owner, const char *sql, int nargs, Oid *types, Datum *val
 	int			save_sec;
 	int			nestlevel;
 	int			rc;
+	SPIPlanPtr	plan;
 
 	GetUserIdAndSecContext(&save_userid, &save_sec);
 	if (as_owner)
@@ -135,7 +200,9 @@ pinned_exec_as(bool as_owner, const char *sql, int nargs, Oid *types, Datum *val
 	(void) set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
 
-	rc = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
+	plan = kept_plan(as_owner, sql, nargs, types);
+	rc = plan ? SPI_execute_plan(plan, values, nulls, false, 0) :
+		SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
 
 	AtEOXact_GUC(true, nestlevel);
 	SetUserIdAndSecContext(save_userid, save_sec);
