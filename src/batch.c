@@ -487,7 +487,9 @@ batch_plan_ahead(PipelineRun *run, Pipeline *p, Batch *b, double plan_ms, instr_
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
-		run->next_batch = batch_plan(run, &run->next_attempts);
+		int64		next = batch_plan(run, &run->next_attempts);
+
+		run->next_batch = next > 0 ? next : 0;	/* -1: stop, which the next plan says again */
 		ReleaseCurrentSubTransaction();
 	}
 	PG_CATCH();
