@@ -20,11 +20,13 @@
 #include "access/table.h"
 #include "catalog/indexing.h"
 #include "catalog/pg_extension.h"
+#include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "storage/proc.h"
 #include "utils/fmgroids.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
@@ -244,6 +246,32 @@ Datum
 spi_datum(int row, int col, bool *isnull)
 {
 	return SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, isnull);
+}
+
+void
+tid_list_push(TidList *l, ItemPointer tid)
+{
+	if (l->n == l->max)
+	{
+		l->max = Max(64, l->max * 2);
+		l->tids = l->tids ? repalloc_huge(l->tids, sizeof(ItemPointerData) * l->max)
+			: MemoryContextAllocHuge(l->cxt ? l->cxt : CurrentMemoryContext, sizeof(ItemPointerData) * l->max);
+	}
+	l->tids[l->n++] = *tid;
+}
+
+/* n row versions as a tid[] */
+Datum
+tid_array(const ItemPointerData *tids, int64 n)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
+	ArrayType  *arr;
+
+	for (int64 i = 0; i < n; i++)
+		elems[i] = PointerGetDatum(&tids[i]);
+	arr = construct_array(elems, (int) n, TIDOID, sizeof(ItemPointerData), false, TYPALIGN_SHORT);
+	pfree(elems);
+	return PointerGetDatum(arr);
 }
 
 /*

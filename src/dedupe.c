@@ -47,35 +47,6 @@
 
 #include "sink.h"
 
-typedef struct Tids
-{
-	ItemPointerData *tids;
-	int64		n;
-	int64		max;
-} Tids;
-
-static void
-tids_push(Tids *l, ItemPointer tid)
-{
-	if (l->n == l->max)
-	{
-		l->max = Max(256, l->max * 2);
-		l->tids = l->tids ? repalloc_huge(l->tids, sizeof(ItemPointerData) * l->max)
-			: palloc(sizeof(ItemPointerData) * l->max);
-	}
-	l->tids[l->n++] = *tid;
-}
-
-static Datum
-tids_array(Tids *l)
-{
-	Datum	   *d = palloc(sizeof(Datum) * Max(l->n, 1));
-
-	for (int64 i = 0; i < l->n; i++)
-		d[i] = PointerGetDatum(&l->tids[i]);
-	return PointerGetDatum(construct_array(d, (int) l->n, TIDOID, sizeof(ItemPointerData), false, TYPALIGN_SHORT));
-}
-
 /*
  * The key table must have the batch's key columns' types, then the event
  * time and the batch: the owner may have altered her key table, and a datum
@@ -183,8 +154,8 @@ dedupe_batch(Pipeline *p, Batch *b, Oid input)
 	TupleHashTable hash;
 	Snapshot	snapshot;
 	TableScanDesc scan;
-	Tids		drops = {0};
-	Tids		fresh = {0};
+	TidList		drops = {0};
+	TidList		fresh = {0};
 	int64		dups = 0;
 	int64		total;
 	int64		pruned = 0;
@@ -276,14 +247,14 @@ dedupe_batch(Pipeline *p, Batch *b, Oid input)
 		if (!event_time_get(slot, et_att, et_is_tz, &et))
 		{
 			seen->late++;
-			tids_push(&drops, &slot->tts_tid);
+			tid_list_push(&drops, &slot->tts_tid);
 			continue;
 		}
 		event_times_add(seen, et);
 		if (has_w && et <= w)
 		{
 			seen->late++;
-			tids_push(&drops, &slot->tts_tid);
+			tid_list_push(&drops, &slot->tts_tid);
 			continue;
 		}
 		ExecClearTuple(keyslot);
@@ -313,10 +284,10 @@ dedupe_batch(Pipeline *p, Batch *b, Oid input)
 		if (!isnew)
 		{
 			dups++;
-			tids_push(&drops, &slot->tts_tid);
+			tid_list_push(&drops, &slot->tts_tid);
 			continue;
 		}
-		tids_push(&fresh, &slot->tts_tid);
+		tid_list_push(&fresh, &slot->tts_tid);
 	}
 	index_endscan(probe);
 	table_endscan(scan);
@@ -329,7 +300,7 @@ dedupe_batch(Pipeline *p, Batch *b, Oid input)
 	/* the batch's new keys */
 	if (fresh.n > 0)
 	{
-		Datum		args[2] = {Int64GetDatum(b->id), tids_array(&fresh)};
+		Datum		args[2] = {Int64GetDatum(b->id), tid_array(fresh.tids, fresh.n)};
 
 		pinned_exec(psprintf("INSERT INTO %s (%s, sluice_event_time, sluice_batch)"
 							 " SELECT %s, %s::timestamptz, $1 FROM %s WHERE ctid = ANY ($2)",
@@ -338,7 +309,7 @@ dedupe_batch(Pipeline *p, Batch *b, Oid input)
 	}
 	if (drops.n > 0)
 	{
-		Datum		arg = tids_array(&drops);
+		Datum		arg = tid_array(drops.tids, drops.n);
 
 		pinned_exec(psprintf("DELETE FROM %s WHERE ctid = ANY ($1)", input_name),
 					1, (Oid[]) {TIDARRAYOID}, &arg, NULL, SPI_OK_DELETE);

@@ -392,17 +392,11 @@ write_rows(SinkState *st, ItemPointerData *tids, uint64 n, bool failed)
 
 	if (!failed)
 	{
-		Datum	   *elems = palloc(sizeof(Datum) * n);
-		ArrayType  *arr;
 		ErrorData  *edata;
 
-		for (uint64 i = 0; i < n; i++)
-			elems[i] = PointerGetDatum(&tids[i]);
-		arr = construct_array(elems, (int) n, TIDOID, sizeof(ItemPointerData), false, TYPALIGN_SHORT);
-		st->values[1] = PointerGetDatum(arr);
+		st->values[1] = tid_array(tids, (int64) n);
 		edata = try_in_subxact(sink_rows, st);
-		pfree(arr);
-		pfree(elems);
+		pfree(DatumGetPointer(st->values[1]));
 		if (edata == NULL)
 		{
 			st->written += (int64) st->processed;

@@ -152,6 +152,18 @@ extern uint64 pinned_exec(const char *sql, int nargs, Oid *types, Datum *values,
 extern char *spi_text(int row, int col);
 extern int64 spi_int64(int row, int col);
 extern Datum spi_datum(int row, int col, bool *isnull);
+
+/* row versions found as a relation was scanned, for "WHERE ctid = ANY ($n)" */
+typedef struct TidList
+{
+	ItemPointerData *tids;
+	int64		n;
+	int64		max;
+	MemoryContext cxt;			/* where the list grows; the current context if NULL */
+} TidList;
+
+extern void tid_list_push(TidList *l, ItemPointer tid);
+extern Datum tid_array(const ItemPointerData *tids, int64 n);
 extern char *jsonb_get_text(Jsonb *j, const char *key);
 extern int64 jsonb_get_int64(Jsonb *j, const char *key, int64 missing);
 extern bool jsonb_get_bool(Jsonb *j, const char *key, bool missing);

@@ -112,14 +112,6 @@ typedef struct SessionList
 	Session   **s;
 } SessionList;
 
-/* row versions of a table, found as it was scanned */
-typedef struct TidList
-{
-	ItemPointerData *tids;
-	int			n;
-	int			max;
-} TidList;
-
 typedef struct WindowFold
 {
 	MemoryContext cxt;			/* the batch's: all of this */
@@ -274,6 +266,7 @@ window_fold_begin(Pipeline *p, Batch *b, TupleDesc desc)
 
 	/* the batch's memory goes at its end, or with its transaction */
 	f->cxt = cxt;
+	f->late.cxt = cxt;
 	gone->func = window_fold_gone;
 	gone->arg = f;
 	MemoryContextRegisterResetCallback(cxt, gone);
@@ -501,6 +494,17 @@ partial_add_int(WindowFold *f, Partial *part, int64 x)
 	part->acc.i = x;
 }
 
+/* Add to a real sum, in real, as sum(real) adds. */
+static void
+partial_add_float4(Partial *part, float4 x)
+{
+	float4		r = (float4) part->acc.f + x;
+
+	if (unlikely(isinf(r)) && !isinf(part->acc.f) && !isinf(x))
+		float_overflow_error();
+	part->acc.f = r;
+}
+
 /* Add one value to a partial. */
 static void
 partial_add(WindowFold *f, WinAgg *a, Partial *part, Datum value)
@@ -519,14 +523,8 @@ partial_add(WindowFold *f, WinAgg *a, Partial *part, Datum value)
 									a->typlen == 4 ? DatumGetInt32(value) : DatumGetInt64(value));
 					break;
 				case SUM_FLOAT4:
-					{
-						float4		r = (float4) part->acc.f + DatumGetFloat4(value);
-
-						if (unlikely(isinf(r)) && !isinf(part->acc.f) && !isinf(DatumGetFloat4(value)))
-							float_overflow_error();
-						part->acc.f = r;
-						break;
-					}
+					partial_add_float4(part, DatumGetFloat4(value));
+					break;
 				case SUM_FLOAT8:
 					part->acc.f = float8_pl(part->acc.f, DatumGetFloat8(value));
 					break;
@@ -562,7 +560,7 @@ partial_merge(WindowFold *f, WinAgg *a, Partial *into, const Partial *from)
 			if (a->kind == SUM_INT)
 				partial_add_int(f, into, from->acc.i);
 			else if (a->kind == SUM_FLOAT4)
-				into->acc.f = (float4) into->acc.f + (float4) from->acc.f;
+				partial_add_float4(into, (float4) from->acc.f);
 			else if (a->kind == SUM_FLOAT8)
 				into->acc.f = float8_pl(into->acc.f, from->acc.f);
 			if (from->v != (Datum) 0)
@@ -729,29 +727,6 @@ session_list(WindowFold *f, Datum *values, bool *isnull, const int *atts)
 	return entry->additional;
 }
 
-static void
-tid_push(MemoryContext cxt, TidList *l, ItemPointer tid)
-{
-	if (l->n == l->max)
-	{
-		l->max = Max(64, l->max * 2);
-		l->tids = l->tids ? repalloc_huge(l->tids, sizeof(ItemPointerData) * l->max)
-			: MemoryContextAlloc(cxt, sizeof(ItemPointerData) * l->max);
-	}
-	l->tids[l->n++] = *tid;
-}
-
-/* the list as a tid[] */
-static Datum
-tid_array(TidList *l)
-{
-	Datum	   *tids = palloc(sizeof(Datum) * l->n);
-
-	for (int i = 0; i < l->n; i++)
-		tids[i] = PointerGetDatum(&l->tids[i]);
-	return PointerGetDatum(construct_array(tids, l->n, TIDOID, sizeof(ItemPointerData), false, TYPALIGN_SHORT));
-}
-
 /* Keep a late row, for the late_rows table. */
 static void
 window_keep_late(WindowFold *f, TupleTableSlot *row)
@@ -760,7 +735,7 @@ window_keep_late(WindowFold *f, TupleTableSlot *row)
 		return;
 	if (f->late_into)
 		table_tuple_insert(f->late_into, row, GetCurrentCommandId(true), 0, NULL);
-	tid_push(f->cxt, &f->late, &row->tts_tid);
+	tid_list_push(&f->late, &row->tts_tid);
 }
 
 /* The end of a window (or session) from start that lasts us, which must be a timestamptz. */
@@ -1214,7 +1189,7 @@ session_absorb(WindowFold *f)
 	TupleTableSlot *slot;
 	Snapshot	snapshot;
 	TableScanDesc scan;
-	TidList		gone = {0};
+	TidList		gone = {.cxt = f->cxt};
 	int		   *atts;
 	MemoryContext oldcxt;
 
@@ -1275,7 +1250,7 @@ session_absorb(WindowFold *f)
 		}
 		MemoryContextSwitchTo(oldcxt);
 		MemoryContextReset(f->rowcxt);
-		tid_push(f->cxt, &gone, &slot->tts_tid);
+		tid_list_push(&gone, &slot->tts_tid);
 	}
 	table_endscan(scan);
 	UnregisterSnapshot(snapshot);
@@ -1285,7 +1260,7 @@ session_absorb(WindowFold *f)
 	if (gone.n > 0)
 	{
 		WindowSql  *sql = f->sql ? f->sql : (f->sql = window_sql(f));
-		Datum		tids = tid_array(&gone);
+		Datum		tids = tid_array(gone.tids, gone.n);
 
 		pinned_exec(strcmp(f->mode, "update") != 0 ?
 					psprintf("DELETE FROM %s WHERE ctid = ANY ($1)", sql->state) :
@@ -1322,7 +1297,7 @@ window_write_late(WindowFold *f, Oid input)
 	values[0] = Int64GetDatum(f->batch_id);
 	values[1] = TimestampTzGetDatum(f->w);
 	nulls[1] = f->has_w ? ' ' : 'n';
-	values[2] = tid_array(&f->late);
+	values[2] = tid_array(f->late.tids, f->late.n);
 	pinned_exec(psprintf("INSERT INTO %s (batch_id, watermark%s) SELECT $1, $2%s FROM %s WHERE ctid = ANY ($3)",
 						 sink_relation_name(f->late_table), cols, cols,
 						 quote_qualified_identifier("pg_temp", get_rel_name(input))),

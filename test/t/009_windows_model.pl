@@ -72,17 +72,7 @@ for my $c (@cases)
 		cmp_ok($pairs, '>', scalar(keys %late_ids), "$name: some rows have one late and one on-time window");
 	}
 
-	rows_match(window_db_target($node, "${name}_out"), $model->{target},
-		"$name: target equals the model row for row");
-	rows_match(window_db_late($node, "${name}_late"), $model->{late},
-		"$name: late_rows equals the model");
-	rows_match(window_db_progress($node, $name), $model->{batches},
-		"$name: per batch: input rows, dropped by watermark, watermark, next watermark, event time range, state rows");
-	rows_match(window_db_state($node, "sluice_state_$name"), $model->{state},
-		"$name: state table holds the model's windows");
-	is($node->safe_psql('postgres', "SELECT coalesce(" . us_ts('watermark') . "::text, 'NULL')"
-			  . " FROM sluice.pipelines WHERE name = '$name'"),
-		$model->{W} // 'NULL', "$name: pipelines.watermark is the model's final W");
+	window_check_model($node, $name, $model, $name);
 
 	if ($o{mode} ne 'complete' && defined $o{delay_s})
 	{

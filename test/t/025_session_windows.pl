@@ -163,21 +163,6 @@ sub session_model
 	};
 }
 
-# everything the database holds for pipeline $name equals the model
-sub check_model
-{
-	my ($name, $model, $what) = @_;
-	rows_match(window_db_target($node, "${name}_out"), $model->{target}, "$what: target equals the model");
-	rows_match(window_db_late($node, "${name}_late"), $model->{late}, "$what: late rows equal the model");
-	rows_match(window_db_progress($node, $name), $model->{batches},
-		"$what: per batch: input rows, dropped, watermarks, event times, state rows total/updated/removed, sink rows");
-	rows_match(window_db_state($node, "sluice_state_$name"), $model->{state}, "$what: state equals the model");
-	is($node->safe_psql('postgres', "SELECT coalesce(" . us_ts('watermark') . "::text, 'NULL')"
-			  . " FROM sluice.pipelines WHERE name = '$name'"),
-		$model->{W} // 'NULL', "$what: pipelines.watermark is the model's W");
-	return;
-}
-
 # 1. the model, in every output mode
 my $nfiles = 16;
 my $dir = $node->basedir . '/feed';
@@ -211,7 +196,7 @@ for my $c (@cases)
 		cmp_ok(scalar(grep { (split /\|/)[1] - (split /\|/)[0] > 30_000_000 } @{ $model->{target} }), '>=', 20,
 			"$name: many sessions hold more than one row");
 	}
-	check_model($name, $model, $name);
+	window_check_model($node, $name, $model, $name);
 	if (defined $o{delay_s} && $o{mode} ne 'complete')
 	{
 		is($node->safe_psql('postgres',
@@ -250,7 +235,7 @@ for my $stage (qw(after_plan after_read after_sink before_commit after_commit))
 	wait_for_server($node);
 	is(log_count($node, qr/kills itself at stage "\Q$stage\E"/, $offset), $n, "$stage: the worker killed itself once per batch");
 	is($node->safe_psql('postgres', "SELECT count(*) FROM sluice.errors WHERE pipeline = '$name'"), '0', "$stage: no error");
-	check_model($name, $model, $stage);
+	window_check_model($node, $name, $model, $stage);
 	set_crash_at($node, '');
 	$node->safe_psql('postgres', "SELECT sluice.stop('$name')");
 	wait_until($node, "SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'sluice worker'",
@@ -267,13 +252,8 @@ my $model = session_model(\@kp, %spec);
 create_window_pipeline($node, $name, $kdir, %spec, trigger => '100 milliseconds');
 $node->safe_psql('postgres', "SELECT sluice.start('$name')");
 
-kill_then_stop($node, $name);
-wait_until($node, "SELECT count(*) FROM sluice.progress('$name', 1000) WHERE status = 'committed'", $nkill,
-	'kill: all batches committed');
-cmp_ok($node->safe_psql('postgres', "SELECT count(*) FROM sluice.progress('$name', 1000) WHERE attempts > 1"),
-	'>=', 1, 'kill: at least one batch was replayed');
-is($node->safe_psql('postgres', "SELECT count(*) FROM sluice.errors WHERE pipeline = '$name'"), '0', 'kill: no error');
-check_model($name, $model, 'kill + immediate stop');
+kill_then_stop($node, $name, $nkill);
+window_check_model($node, $name, $model, 'kill + immediate stop');
 
 $node->stop;
 done_testing();

@@ -23,7 +23,7 @@ our @EXPORT = qw(
   log_size log_count wait_for_log_count wait_for_server
   wait_until poll_value batch_reading kill_then_stop start_session progress_summary
   gen_window_feed window_model create_window_pipeline
-  window_db_target window_db_late window_db_progress window_db_state
+  window_db_target window_db_late window_db_progress window_db_state window_check_model
   rows_match us_ts csv_rows fmt_cents last_per_customer
 );
 
@@ -330,10 +330,12 @@ sub batch_reading
 
 # A running pipeline's worker killed with SIGKILL in the middle of a batch
 # after the first, then the server stopped in immediate mode in the middle
-# of a later batch, and started again.
+# of a later batch, and started again; then, once its $batches batches
+# have committed, at least one of them was replayed and none failed.
 sub kill_then_stop
 {
-	my ($node, $name) = @_;
+	my ($node, $name, $batches) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
 	my ($batch, $pid) = batch_reading($node, $name, 1);
 	note "SIGKILL of worker $pid during batch $batch";
 	my $offset = log_size($node);
@@ -344,6 +346,12 @@ sub kill_then_stop
 	note "immediate stop during batch $batch";
 	$node->stop('immediate');
 	$node->start;
+	wait_until($node, "SELECT count(*) FROM sluice.progress('$name', 1000) WHERE status = 'committed'", $batches,
+		'kill: all batches committed');
+	cmp_ok($node->safe_psql('postgres', "SELECT count(*) FROM sluice.progress('$name', 1000) WHERE attempts > 1"),
+		'>=', 1, 'kill: at least one batch was replayed');
+	is($node->safe_psql('postgres', "SELECT count(*) FROM sluice.errors WHERE pipeline = '$name'"), '0',
+		'kill: no error');
 	return;
 }
 
@@ -739,6 +747,24 @@ sub window_db_progress
 		  . ", state_rows_total, state_rows_updated, state_rows_removed, sink_rows)"
 		  . " FROM sluice.progress('$name', 100000) ORDER BY batch_id");
 	return [ grep { $_ ne '' } split /\n/, $out ];
+}
+
+# Everything the database holds for window pipeline $name (target
+# <name>_out, late rows <name>_late, progress, state, watermark) equals
+# what the model (window_model, or a test's own) says.
+sub window_check_model
+{
+	my ($node, $name, $model, $what) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+	rows_match(window_db_target($node, "${name}_out"), $model->{target}, "$what: target equals the model");
+	rows_match(window_db_late($node, "${name}_late"), $model->{late}, "$what: late rows equal the model");
+	rows_match(window_db_progress($node, $name), $model->{batches},
+		"$what: per batch: input rows, dropped, watermarks, event times, state rows total/updated/removed, sink rows");
+	rows_match(window_db_state($node, "sluice_state_$name"), $model->{state}, "$what: state equals the model");
+	is($node->safe_psql('postgres', "SELECT coalesce(" . us_ts('watermark') . "::text, 'NULL')"
+			  . " FROM sluice.pipelines WHERE name = '$name'"),
+		$model->{W} // 'NULL', "$what: pipelines.watermark is the model's W");
+	return;
 }
 
 # is_deeply for two lists of lines, with a readable diagnostic
