@@ -663,8 +663,9 @@ SELECT sluice._sink(p) - 'relid' AS sink FROM sluice.pipeline p;
 -- the launcher wakes up, finds nothing new to do
 SELECT sluice._wake();
 RESET ROLE;
-SELECT wait_until($$(SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'sluice worker'
-                       AND application_name <> 'victim_run')$$);
+-- (a warm run_once() worker, idle, runs nothing: sluice._workers() leaves it out)
+SELECT wait_until($$(SELECT count(*) = 0 FROM sluice._workers() AS w JOIN sluice.pipeline AS p ON p.id = w.pipeline_id
+                      WHERE p.name <> 'victim_run')$$);
 SELECT * FROM victim_changes();
 SELECT to_regclass('hostile_own.x') AS hostile_x, to_regclass('hostile_victim.w') AS victim_w;
 DROP TABLE hostile_own.w;

@@ -370,6 +370,9 @@ sluice_set_state(PG_FUNCTION_ARGS)
 					 (Oid[]) {INT4OID, TEXTOID}, values, NULL, SPI_OK_UPDATE);
 	}
 	SPI_finish();
+	/* a warm run_once() worker of a dropped pipeline has nothing to wait for */
+	if (drop)
+		slot_retire_warm(DatumGetInt32(values[0]));
 	sluice_wake_launcher();
 	PG_RETURN_VOID();
 }
@@ -415,7 +418,9 @@ sluice_workers(PG_FUNCTION_ARGS)
 		Datum		values[5];
 		bool		nulls[5] = {false, false, false, false, true};	/* 0.1 had a fifth column */
 
-		if (slot->pipeline_id == 0 || slot->worker_pid == 0 || !may_see_pipeline(slot->owner))
+		/* a warm run_once() worker runs nothing until it is called */
+		if (slot->pipeline_id == 0 || slot->worker_pid == 0 || slot->warm || slot->leaving ||
+			!may_see_pipeline(slot->owner))
 			continue;
 		values[0] = Int32GetDatum(slot->pipeline_id);
 		values[1] = Int32GetDatum(slot->worker_pid);
@@ -554,6 +559,83 @@ sluice_metrics(PG_FUNCTION_ARGS)
 }
 
 /*
+ * Reserve a slot for a run_once() of a pipeline and start its worker; the
+ * worker of a pipeline that was just stopped may still be on its way out,
+ * so give it a little time.
+ */
+static int
+run_once_start(int32 id, Oid owner, const char *name, uint64 *generation, BackgroundWorkerHandle **handle)
+{
+	SluiceWorkerArgs args;
+	int			slotno;
+
+	for (int waited = 0;; waited += 100)
+	{
+		slotno = slot_reserve(id, owner, MyProcPid, 1, generation);
+		if (slotno >= 0)
+			break;
+		if (slot_count(id, false) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+					 errmsg("no free sluice worker slot to run pipeline \"%s\"", name),
+					 errdetail("All %d slots are taken by running pipelines and other run_once() calls.",
+							   sluice_max_workers),
+					 errhint("Stop a pipeline, or raise sluice.max_workers and restart the server.")));
+		if (waited >= RUN_ONCE_WAIT_MS)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_IN_USE),
+					 errmsg("pipeline \"%s\" is being run by another worker", name),
+					 errdetail("Another sluice.run_once() call is running it, or its stopped worker did not exit within %d seconds.",
+							   RUN_ONCE_WAIT_MS / 1000),
+					 errhint("Wait for the other call to return, then try again.")));
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 100, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+
+	memset(&args, 0, sizeof(args));
+	args.database = MyDatabaseId;
+	args.owner = owner;
+	args.pipeline_id = id;
+	args.generation = *generation;
+	args.run_once = true;
+	*handle = sluice_start_worker(slotno, &args, MyProcPid);
+	if (*handle == NULL)
+	{
+		slot_release(slotno, *generation);
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("could not start a worker for pipeline \"%s\"", name),
+				 errhint("Raise max_worker_processes.")));
+	}
+	return slotno;
+}
+
+/*
+ * Wait until the worker of a slot served our request or exited; handle is
+ * the worker's if we started it (NULL for a warm one), which tells of a
+ * worker that never got to its slot.
+ */
+static void
+run_once_wait(SluiceSlot *slot, uint64 generation, BackgroundWorkerHandle *handle)
+{
+	for (;;)
+	{
+		bool		done;
+		pid_t		pid;
+
+		LWLockAcquire(sluice_shared->lock, LW_SHARED);
+		done = slot->generation != generation || slot->served == slot->request || slot->worker_done;
+		LWLockRelease(sluice_shared->lock);
+		if (done || (handle && GetBackgroundWorkerPid(handle, &pid) == BGWH_STOPPED))
+			return;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 1000, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/*
  * sluice.run_once(name text) returns bigint
  *
  * Spark's availableNow: a worker drains what the source holds now, batch by
@@ -571,9 +653,10 @@ sluice_run_once(PG_FUNCTION_ARGS)
 	int32		id;
 	Oid			owner;
 	char	   *state;
-	SluiceWorkerArgs args;
 	int			slotno;
 	uint64		generation;
+	uint64		request = 1;
+	uint64		hash;
 	BackgroundWorkerHandle *handle;
 	SluiceSlot *slot;
 	SluiceSlot	result;
@@ -619,75 +702,58 @@ sluice_run_once(PG_FUNCTION_ARGS)
 				 errmsg("pipeline \"%s\" is running", text_to_cstring(name)),
 				 errhint("Stop it with sluice.stop() first; its worker already processes what arrives.")));
 
-	/*
-	 * The worker of a pipeline that was just stopped may still be on its way
-	 * out: give it a little time.
-	 */
-	for (int waited = 0;; waited += 100)
-	{
-		slotno = slot_reserve(id, owner, MyProcPid, 1, &generation);
-		if (slotno >= 0)
-			break;
-		if (slot_count(id, false) == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-					 errmsg("no free sluice worker slot to run pipeline \"%s\"", text_to_cstring(name)),
-					 errdetail("All %d slots are taken by running pipelines and other run_once() calls.",
-							   sluice_max_workers),
-					 errhint("Stop a pipeline, or raise sluice.max_workers and restart the server.")));
-		if (waited >= RUN_ONCE_WAIT_MS)
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_IN_USE),
-					 errmsg("pipeline \"%s\" is being run by another worker", text_to_cstring(name)),
-					 errdetail("Another sluice.run_once() call is running it, or its stopped worker did not exit within %d seconds.",
-							   RUN_ONCE_WAIT_MS / 1000),
-					 errhint("Wait for the other call to return, then try again.")));
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 100, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
-		CHECK_FOR_INTERRUPTS();
-	}
-
-	memset(&args, 0, sizeof(args));
-	args.database = MyDatabaseId;
-	args.owner = owner;
-	args.pipeline_id = id;
-	args.generation = generation;
-	args.run_once = true;
-	handle = sluice_start_worker(slotno, &args, MyProcPid);
-	if (handle == NULL)
-	{
-		slot_release(slotno, generation);
-		ereport(ERROR,
-				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("could not start a worker for pipeline \"%s\"", text_to_cstring(name)),
-				 errhint("Raise max_worker_processes.")));
-	}
-
+	/* its warm worker, if it has one; else a new one */
+	hash = settings_hash(owner);
+	slotno = slot_claim_warm(id, owner, hash, &generation, &request);
+	handle = NULL;
+	if (slotno < 0)
+		slotno = run_once_start(id, owner, text_to_cstring(name), &generation, &handle);
 	slot = &sluice_shared->slots[slotno];
-	PG_TRY();
-	{
-		(void) WaitForBackgroundWorkerShutdown(handle);
-	}
-	PG_CATCH();
-	{
-		/* cancelled: stop the worker; its batch rolls back */
-		TerminateBackgroundWorker(handle);
-		LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
-		if (slot->generation == generation)
-		{
-			slot->waiter_pid = 0;
-			if (slot->worker_done || slot->worker_pid == 0)
-				slot->pipeline_id = 0;
-		}
-		LWLockRelease(sluice_shared->lock);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
 
-	LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
-	memcpy(&result, slot, sizeof(SluiceSlot));
-	slot->pipeline_id = 0;
-	LWLockRelease(sluice_shared->lock);
+	for (;;)
+	{
+		bool		done;
+
+		PG_TRY();
+		{
+			run_once_wait(slot, generation, handle);
+		}
+		PG_CATCH();
+		{
+			/* cancelled: stop the worker; its batch rolls back */
+			LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
+			if (slot->generation == generation)
+			{
+				if (slot->worker_pid != 0)
+					kill(slot->worker_pid, SIGTERM);
+				slot->waiter_pid = 0;
+				slot->waiter_latch = NULL;
+				if (slot->worker_done || slot->worker_pid == 0)
+					slot->pipeline_id = 0;
+			}
+			LWLockRelease(sluice_shared->lock);
+			if (handle)
+				TerminateBackgroundWorker(handle);
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+
+		LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
+		memcpy(&result, slot, sizeof(SluiceSlot));
+		slot->waiter_pid = 0;
+		slot->waiter_latch = NULL;
+		if (slot->worker_done || slot->worker_pid == 0)
+			slot->pipeline_id = 0;
+		LWLockRelease(sluice_shared->lock);
+		done = result.served == request || result.failed || handle != NULL;
+
+		/* a warm worker that exited before it took the request: start one */
+		if (done)
+			break;
+		slotno = run_once_start(id, owner, text_to_cstring(name), &generation, &handle);
+		slot = &sluice_shared->slots[slotno];
+		request = 1;
+	}
 
 	if (result.failed)
 		ereport(ERROR,
@@ -696,7 +762,7 @@ sluice_run_once(PG_FUNCTION_ARGS)
 				 result.detail[0] ? errdetail_internal("%s", result.detail) : 0,
 				 result.hint[0] ? errhint("%s", result.hint) : 0,
 				 result.context[0] ? errcontext("%s", result.context) : 0));
-	if (!result.finished)
+	if (!result.finished || result.served != request)
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("the worker of pipeline \"%s\" exited before it finished", text_to_cstring(name)),

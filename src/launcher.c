@@ -639,8 +639,8 @@ launcher_reconcile(void)
 		SluiceSlot *slot = &sluice_shared->slots[i];
 		bool		wanted = false;
 
-		if (slot->pipeline_id == 0 || slot->worker_pid == 0 || slot->waiter_pid != 0)
-			continue;			/* free, not started yet, or a run_once() */
+		if (slot->pipeline_id == 0 || slot->worker_pid == 0 || slot->waiter_pid != 0 || slot->warm)
+			continue;			/* free, not started yet, or a run_once()'s */
 		foreach(lc, running)
 			if (((RunningPipeline *) lfirst(lc))->id == slot->pipeline_id)
 				wanted = true;

@@ -25,10 +25,29 @@ static bool wake_at_commit = false;
 static bool xact_callback_registered = false;
 
 /*
- * Reserve a free slot for a pipeline, which may hold max_per_pipeline
- * slots at most.  Returns -1 when it holds that many already (its workers
- * run it, or are about to), when a run_once() call holds one, or when no
- * slot is free; the caller tells which by slot_count().
+ * A slot that a reservation may take: a free one, or one without a waiter
+ * whose worker idles warm (it is woken to see that it lost it) or exits.
+ */
+static bool
+slot_takeable(SluiceSlot *slot)
+{
+	return slot->pipeline_id == 0 || ((slot->warm || slot->leaving) && slot->waiter_pid == 0);
+}
+
+/* in which order slot_reserve() takes takeable slots */
+static int
+slot_rank(SluiceSlot *slot, int32 pipeline_id)
+{
+	return slot->pipeline_id == pipeline_id ? 0 : slot->pipeline_id == 0 ? 1 : 2;
+}
+
+/*
+ * Reserve a slot for a pipeline, which may hold max_per_pipeline slots at
+ * most.  Returns -1 when it holds that many already (its workers run it,
+ * or are about to), when a run_once() call holds one, or when no slot is
+ * free; the caller tells which by slot_count().  The pipeline's own warm
+ * slot is taken first, so that it has one warm worker at most, then a free
+ * one, then another pipeline's warm one.
  */
 int
 slot_reserve(int32 pipeline_id, Oid owner, pid_t waiter, int max_per_pipeline, uint64 *generation)
@@ -42,12 +61,13 @@ slot_reserve(int32 pipeline_id, Oid owner, pid_t waiter, int max_per_pipeline, u
 	{
 		SluiceSlot *slot = &sluice_shared->slots[i];
 
-		if (slot->pipeline_id == pipeline_id)
+		if (slot->pipeline_id == pipeline_id && !slot_takeable(slot))
 		{
 			held++;
 			run_once |= slot->waiter_pid != 0;
 		}
-		if (slot->pipeline_id == 0 && found < 0)
+		if (slot_takeable(slot) && (found < 0 || slot_rank(slot, pipeline_id) <
+									slot_rank(&sluice_shared->slots[found], pipeline_id)))
 			found = i;
 	}
 	if (held >= max_per_pipeline || run_once)
@@ -56,13 +76,61 @@ slot_reserve(int32 pipeline_id, Oid owner, pid_t waiter, int max_per_pipeline, u
 	{
 		SluiceSlot *slot = &sluice_shared->slots[found];
 
+		if (slot->latch)
+			SetLatch(slot->latch);	/* a warm worker: go */
 		memset(slot, 0, sizeof(SluiceSlot));
 		slot->pipeline_id = pipeline_id;
 		slot->owner = owner;
 		slot->waiter_pid = waiter;
+		slot->waiter_latch = waiter ? MyLatch : NULL;
+		slot->request = waiter ? 1 : 0;
 		/* unique enough: pid in the high bits, a local counter below */
 		slot->generation = ((uint64) MyProcPid << 32) | ++next_generation;
 		*generation = slot->generation;
+	}
+	LWLockRelease(sluice_shared->lock);
+	return found;
+}
+
+/*
+ * Hand a run_once() request to the pipeline's warm worker, if it has one
+ * that connected as owner with the settings that the role and database have
+ * now (ALTER ROLE ... SET applies at connection); returns its slot, or -1.
+ * The worker's batches of this request are counted from zero.
+ */
+int
+slot_claim_warm(int32 pipeline_id, Oid owner, uint64 settings_hash, uint64 *generation, uint64 *request)
+{
+	int			found = -1;
+
+	LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < sluice_max_workers; i++)
+	{
+		SluiceSlot *slot = &sluice_shared->slots[i];
+
+		if (slot->pipeline_id != pipeline_id)
+			continue;
+		if (slot->waiter_pid != 0)
+		{
+			found = -1;			/* another run_once() runs it */
+			break;
+		}
+		if (slot->warm && slot->owner == owner && slot->settings_hash == settings_hash && !slot->retire)
+			found = i;
+	}
+	if (found >= 0)
+	{
+		SluiceSlot *slot = &sluice_shared->slots[found];
+
+		slot->warm = false;
+		slot->waiter_pid = MyProcPid;
+		slot->waiter_latch = MyLatch;
+		slot->finished = false;
+		slot->failed = false;
+		slot->batches_committed = 0;
+		*generation = slot->generation;
+		*request = ++slot->request;
+		SetLatch(slot->latch);
 	}
 	LWLockRelease(sluice_shared->lock);
 	return found;
@@ -80,6 +148,24 @@ slot_retire(int slotno, uint64 generation)
 		slot->retire = true;
 		if (slot->latch)
 			SetLatch(slot->latch);
+	}
+	LWLockRelease(sluice_shared->lock);
+}
+
+/* Tell the warm run_once() worker of a pipeline, if it has one, to exit. */
+void
+slot_retire_warm(int32 pipeline_id)
+{
+	LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < sluice_max_workers; i++)
+	{
+		SluiceSlot *slot = &sluice_shared->slots[i];
+
+		if (slot->pipeline_id == pipeline_id && slot->warm && slot->waiter_pid == 0)
+		{
+			slot->retire = true;
+			SetLatch(slot->latch);
+		}
 	}
 	LWLockRelease(sluice_shared->lock);
 }
@@ -111,8 +197,9 @@ slot_held_batches(int32 pipeline_id, SluiceSlot *mine, Datum *elems)
 }
 
 /*
- * How many slots a pipeline holds (pipeline_id 0: how many are free); with
- * live, only those whose worker runs.
+ * How many slots a pipeline holds (pipeline_id 0: how many may be
+ * reserved); with live, only those whose worker runs.  A warm worker
+ * without a waiter holds its slot only until someone needs it.
  */
 int
 slot_count(int32 pipeline_id, bool live)
@@ -121,9 +208,13 @@ slot_count(int32 pipeline_id, bool live)
 
 	LWLockAcquire(sluice_shared->lock, LW_SHARED);
 	for (int i = 0; i < sluice_max_workers; i++)
-		if (sluice_shared->slots[i].pipeline_id == pipeline_id &&
-			(!live || sluice_shared->slots[i].worker_pid != 0))
+	{
+		SluiceSlot *slot = &sluice_shared->slots[i];
+
+		if (pipeline_id == 0 ? slot_takeable(slot)
+			: slot->pipeline_id == pipeline_id && !slot_takeable(slot) && (!live || slot->worker_pid != 0))
 			n++;
+	}
 	LWLockRelease(sluice_shared->lock);
 	return n;
 }

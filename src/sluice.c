@@ -19,6 +19,7 @@ PG_MODULE_MAGIC;
 
 char	   *sluice_database = NULL;
 int			sluice_max_workers = 4;
+int			sluice_run_once_idle_timeout = 60000;
 int			sluice_launcher_naptime = 10;
 int			sluice_restart_delay = 5;
 int			sluice_rescan_interval = 300;
@@ -149,6 +150,12 @@ _PG_init(void)
 							"A batch whose partials outgrow it is folded in parts, each merged into the state table.",
 							&sluice_window_memory, 256 * 1024, 64, MAX_KILOBYTES,
 							PGC_SUSET, GUC_UNIT_KB, NULL, NULL, NULL);
+	DefineCustomIntVariable("sluice.run_once_idle_timeout",
+							"How long the worker of a sluice.run_once() call waits for the next call before it exits.",
+							"The next sluice.run_once() of the pipeline finds it connected; 0 for exiting at once. "
+							"While it waits it holds a connection, a background worker and a sluice worker slot, which it gives up when another worker needs one.",
+							&sluice_run_once_idle_timeout, 60000, 0, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 	DefineCustomStringVariable("sluice.crash_at",
 							   "Testing only: a worker kills itself with SIGKILL at this stage of the first attempt of each batch.",
 							   "One of after_plan, after_read, after_sink, before_commit, after_commit; empty for never.",

@@ -32,6 +32,7 @@ extern int	sluice_max_retry_delay;
 extern int	sluice_errors_retention;
 extern bool sluice_notify_details;
 extern int	sluice_window_memory;
+extern int	sluice_run_once_idle_timeout;
 
 /* sluice's own SQLSTATEs (class SL), all transient */
 #define ERRCODE_SLUICE_FILE_CHANGED MAKE_SQLSTATE('S', 'L', '0', '0', '1')
@@ -46,6 +47,13 @@ extern int	sluice_window_memory;
  * running sluice.run_once()), which makes "one worker per pipeline" a single
  * check under the lock.  The worker fills in its results; the slot is freed
  * by the last of the worker and the waiting backend to let go of it.
+ *
+ * The worker of a run_once() call stays warm for a while after it drained
+ * (sluice.run_once_idle_timeout): the next run_once() of the pipeline hands
+ * it a request (request > served) rather than starting a worker.  A warm
+ * or leaving slot without a waiter counts as free: whoever needs it
+ * reserves it anew, and its worker, woken, sees the new generation and
+ * exits, touching it no more.
  */
 typedef struct SluiceSlot
 {
@@ -54,6 +62,12 @@ typedef struct SluiceSlot
 	uint64		generation;		/* changes on every reservation */
 	pid_t		worker_pid;		/* 0 until the worker attached, and after */
 	pid_t		waiter_pid;		/* run_once caller, 0 if none */
+	Latch	   *waiter_latch;	/* its latch, set when its request is served */
+	uint64		request;		/* run_once requests handed to the worker */
+	uint64		served;			/* ... and the last it finished */
+	bool		warm;			/* the worker idles, waiting for a request */
+	bool		leaving;		/* the worker served its last request and exits */
+	uint64		settings_hash;	/* of the role and database settings it connected with */
 	bool		worker_done;	/* the worker attached and has exited */
 	bool		connected;		/* the worker connected to its database */
 	bool		finished;		/* ... and it ended its loop normally */
@@ -122,7 +136,10 @@ typedef struct SluiceWorkerArgs
 extern void sluice_shmem_init(void);
 extern int	slot_reserve(int32 pipeline_id, Oid owner, pid_t waiter, int max_per_pipeline,
 						 uint64 *generation);
+extern int	slot_claim_warm(int32 pipeline_id, Oid owner, uint64 settings_hash, uint64 *generation,
+							uint64 *request);
 extern void slot_retire(int slotno, uint64 generation);
+extern void slot_retire_warm(int32 pipeline_id);
 extern Datum slot_leases(int32 pipeline_id, SluiceSlot *mine);
 extern int	slot_batches_in_flight(int32 pipeline_id);
 extern int	slot_count(int32 pipeline_id, bool live);
@@ -181,6 +198,7 @@ extern void check_single_select(const char *query);
 extern void roles_install_hook(void);
 
 /* launcher.c, worker.c */
+extern uint64 settings_hash(Oid role);
 extern PGDLLEXPORT void sluice_launcher_main(Datum arg);
 extern PGDLLEXPORT void sluice_worker_main(Datum arg);
 

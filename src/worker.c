@@ -11,10 +11,20 @@
  * server shutdown) ends it at once: a batch in flight rolls back and is
  * replayed later.  A failed batch is recorded and ends the worker; the
  * pipeline stays 'failed' until start() or run_once() retries it.
+ *
+ * The worker of a run_once() call that drained stays warm for
+ * sluice.run_once_idle_timeout, waiting for the next run_once() of its
+ * pipeline to hand it a request through its slot, so that a call finds it
+ * connected, its plans and its source open.
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
 #include "access/xact.h"
+#include "catalog/pg_db_role_setting.h"
+#include "common/hashfn.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -43,8 +53,11 @@ worker_detach(int code, Datum arg)
 		slot->worker_pid = 0;
 		slot->latch = NULL;
 		slot->worker_done = true;
+		slot->warm = false;
 		if (slot->waiter_pid == 0)
 			slot->pipeline_id = 0;
+		else
+			SetLatch(slot->waiter_latch);
 	}
 	/* the launcher that started us may be gone: tell the current one */
 	if (sluice_shared->launcher_latch)
@@ -64,9 +77,115 @@ worker_retiring(SluiceSlot *slot)
 	return retire;
 }
 
-/* Run a statement about this pipeline in a transaction of its own. */
+/*
+ * A hash of the settings that ALTER ROLE ... SET and ALTER DATABASE ... SET
+ * give a session of role in this database as it connects: a warm worker
+ * serves a run_once() only while they are the ones it connected with.  In
+ * a transaction.
+ */
+uint64
+settings_hash(Oid role)
+{
+	Relation	rel = table_open(DbRoleSettingRelationId, AccessShareLock);
+	SysScanDesc scan = systable_beginscan(rel, InvalidOid, false, NULL, 0, NULL);
+	HeapTuple	tup;
+	uint64		hash = 0;
+
+	while (HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		Form_pg_db_role_setting s = (Form_pg_db_role_setting) GETSTRUCT(tup);
+		bool		isnull;
+		Datum		config;
+		struct varlena *v;
+
+		if ((s->setdatabase != InvalidOid && s->setdatabase != MyDatabaseId) ||
+			(s->setrole != InvalidOid && s->setrole != role))
+			continue;
+		config = heap_getattr(tup, Anum_pg_db_role_setting_setconfig, RelationGetDescr(rel), &isnull);
+		if (isnull)
+			continue;
+		v = pg_detoast_datum_packed((struct varlena *) DatumGetPointer(config));
+		/* a sum: the order of the rows does not matter */
+		hash += hash_bytes_extended((unsigned char *) VARDATA_ANY(v), VARSIZE_ANY_EXHDR(v),
+									((uint64) s->setdatabase << 32) | s->setrole);
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return hash;
+}
+
+/* How long a warm worker may still wait, by sluice.run_once_idle_timeout as it is now. */
+static long
+idle_left_ms(TimestampTz served_at)
+{
+	return TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
+										   TimestampTzPlusMilliseconds(served_at, sluice_run_once_idle_timeout));
+}
+
+/*
+ * A run_once() request is served: tell its caller, then, unless told to go,
+ * wait warm for the next one.  Returns true when one came; false to exit.
+ */
+static bool
+worker_next_request(SluiceSlot *slot)
+{
+	TimestampTz served_at;
+	bool		warm;
+
+	/* as a session does when it goes idle, and before the caller looks */
+	pgstat_report_stat(true);
+	served_at = GetCurrentTimestamp();
+	LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
+	slot->finished = true;
+	slot->served = slot->request;
+	warm = sluice_run_once_idle_timeout > 0 && !slot->retire;
+	slot->warm = warm;
+	slot->leaving = !warm;
+	if (slot->waiter_latch)
+		SetLatch(slot->waiter_latch);
+	LWLockRelease(sluice_shared->lock);
+
+	while (warm)
+	{
+		long		wait_ms = idle_left_ms(served_at);
+
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 Max(wait_ms, 1), PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
+		if (slot->generation != my_generation)
+		{
+			/* the slot was reserved anew: it is no longer ours */
+			LWLockRelease(sluice_shared->lock);
+			proc_exit(0);
+		}
+		if (slot->request != slot->served)
+		{
+			LWLockRelease(sluice_shared->lock);
+			return true;
+		}
+		if (slot->retire || idle_left_ms(served_at) <= 0)
+		{
+			warm = slot->warm = false;
+			slot->leaving = true;
+		}
+		LWLockRelease(sluice_shared->lock);
+	}
+	return false;
+}
+
+/*
+ * Run a statement about this pipeline in a transaction of its own, whose
+ * commit waits for the disk if durable.
+ */
 static char *
-worker_exec(int32 id, const char *sql, int expected_rc)
+worker_exec(int32 id, const char *sql, int expected_rc, bool durable)
 {
 	char	   *result = NULL;
 	Datum		value = Int32GetDatum(id);
@@ -74,6 +193,9 @@ worker_exec(int32 id, const char *sql, int expected_rc)
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
+	if (!durable)
+		(void) set_config_option("synchronous_commit", "off", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_LOCAL, true, 0, false);
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	catalog_exec(sql, 1, &type, &value, NULL, expected_rc);
@@ -86,13 +208,65 @@ worker_exec(int32 id, const char *sql, int expected_rc)
 	return result;
 }
 
+/*
+ * Run batches until the pipeline stops, fails or is scaled down (false), or
+ * in available-now mode until nothing is left (true).
+ */
+static bool
+worker_loop(PipelineRun *run)
+{
+	for (;;)
+	{
+		TimestampTz start = GetCurrentTimestamp();
+		TimestampTz next;
+		BatchOutcome outcome;
+
+		/* scaled down: go between batches */
+		if (worker_retiring(run->slot))
+			return false;
+		outcome = batch_run(run);
+		if (outcome == BATCH_FAILED || outcome == BATCH_STOP)
+			return false;
+		if (run->available_now && outcome != BATCH_RETRY)
+		{
+			if (outcome == BATCH_NONE)
+				return true;
+			continue;
+		}
+
+		/*
+		 * Like Spark's processing-time trigger: batches start an interval
+		 * apart, the next one at once when a batch took longer.  An idle
+		 * trigger of zero still sleeps a little; a retry waits its backoff.
+		 */
+		next = outcome == BATCH_RETRY ? TimestampTzPlusMilliseconds(GetCurrentTimestamp(), run->retry_ms) :
+			TimestampTzPlusMilliseconds(start, outcome == BATCH_COMMITTED ? run->trigger_ms : Max(run->trigger_ms, 100));
+		for (;;)
+		{
+			long		wait_ms = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), next);
+
+			CHECK_FOR_INTERRUPTS();
+			if (ConfigReloadPending)
+			{
+				ConfigReloadPending = false;
+				ProcessConfigFile(PGC_SIGHUP);
+			}
+			if (wait_ms <= 0 || worker_retiring(run->slot))
+				break;
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 wait_ms, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+		}
+	}
+}
+
 void
 sluice_worker_main(Datum arg)
 {
 	SluiceWorkerArgs args;
 	PipelineRun run;
 	SluiceSlot *slot;
-	bool		drained = false;
+	uint64		hash = 0;
 
 	memcpy(&args, MyBgworkerEntry->bgw_extra, sizeof(args));
 	my_slotno = DatumGetInt32(arg);
@@ -116,8 +290,15 @@ sluice_worker_main(Datum arg)
 	before_shmem_exit(worker_detach, 0);
 
 	BackgroundWorkerInitializeConnectionByOid(args.database, args.owner, 0);
+	if (args.run_once)
+	{
+		StartTransactionCommand();
+		hash = settings_hash(args.owner);
+		CommitTransactionCommand();
+	}
 	LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
 	slot->connected = true;
+	slot->settings_hash = hash;
 	LWLockRelease(sluice_shared->lock);
 
 	memset(&run, 0, sizeof(run));
@@ -127,7 +308,7 @@ sluice_worker_main(Datum arg)
 	run.slot = slot;
 	run.run_cxt = AllocSetContextCreate(TopMemoryContext, "sluice pipeline", ALLOCSET_DEFAULT_SIZES);
 	run.batch_cxt = AllocSetContextCreate(TopMemoryContext, "sluice batch", ALLOCSET_DEFAULT_SIZES);
-	run.name = worker_exec(run.id, "SELECT name FROM sluice.pipeline WHERE id = $1", SPI_OK_SELECT);
+	run.name = worker_exec(run.id, "SELECT name FROM sluice.pipeline WHERE id = $1", SPI_OK_SELECT, true);
 	if (run.name == NULL)
 	{
 		/* told to the run_once() caller through the slot */
@@ -141,70 +322,37 @@ sluice_worker_main(Datum arg)
 		LWLockRelease(sluice_shared->lock);
 		proc_exit(0);
 	}
-	/* a run of its own, as start() gives one (progress_json's runId) */
-	if (run.run_once)
-		(void) worker_exec(run.id, "UPDATE sluice.pipeline SET run_id = gen_random_uuid() WHERE id = $1",
-						   SPI_OK_UPDATE);
 	SetConfigOption("application_name", run.name, PGC_USERSET, PGC_S_SESSION);
 	pgstat_report_appname(run.name);
 
 	for (;;)
 	{
-		TimestampTz start = GetCurrentTimestamp();
-		TimestampTz next;
-		BatchOutcome outcome;
-
-		/* scaled down: go between batches */
-		if (worker_retiring(slot))
-			break;
-		outcome = batch_run(&run);
-		if (outcome == BATCH_FAILED || outcome == BATCH_STOP)
-			break;
-		if (run.available_now && outcome != BATCH_RETRY)
-		{
-			if (outcome == BATCH_NONE)
-			{
-				drained = true;
-				break;
-			}
-			continue;
-		}
-
 		/*
-		 * Like Spark's processing-time trigger: batches start an interval
-		 * apart, the next one at once when a batch took longer.  An idle
-		 * trigger of zero still sleeps a little; a retry waits its backoff.
+		 * A run of its own, as start() gives one (progress_json's runId).
+		 * Its commit need not wait for the disk: a batch of the run commits
+		 * after it and flushes it, and without one nothing showed the id.
 		 */
-		next = outcome == BATCH_RETRY ? TimestampTzPlusMilliseconds(GetCurrentTimestamp(), run.retry_ms) :
-			TimestampTzPlusMilliseconds(start, outcome == BATCH_COMMITTED ? run.trigger_ms : Max(run.trigger_ms, 100));
-		for (;;)
-		{
-			long		wait_ms = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), next);
+		if (run.run_once)
+			(void) worker_exec(run.id, "UPDATE sluice.pipeline SET run_id = gen_random_uuid() WHERE id = $1",
+							   SPI_OK_UPDATE, false);
+		if (!worker_loop(&run))
+			break;
 
-			CHECK_FOR_INTERRUPTS();
-			if (ConfigReloadPending)
-			{
-				ConfigReloadPending = false;
-				ProcessConfigFile(PGC_SIGHUP);
-			}
-			if (wait_ms <= 0 || worker_retiring(slot))
-				break;
-			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							 wait_ms, PG_WAIT_EXTENSION);
-			ResetLatch(MyLatch);
-		}
-	}
-
-	if (drained)
-	{
 		/* a drained available-now pipeline is stopped; a retried failure is over */
 		worker_exec(run.id, run.run_once
 					? "UPDATE sluice.pipeline SET state = 'stopped' WHERE id = $1 AND state = 'failed'"
 					: "UPDATE sluice.pipeline SET state = 'stopped' WHERE id = $1 AND state = 'running'",
-					SPI_OK_UPDATE);
-		LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
-		slot->finished = true;
-		LWLockRelease(sluice_shared->lock);
+					SPI_OK_UPDATE, true);
+		if (!run.run_once)
+		{
+			LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
+			slot->finished = true;
+			LWLockRelease(sluice_shared->lock);
+			break;
+		}
+		if (!worker_next_request(slot))
+			break;
+		run.retries = 0;
 	}
 	proc_exit(0);
 }

@@ -1,0 +1,121 @@
+# The warm worker of run_once() (sluice.run_once_idle_timeout): after a
+# call drains, its worker waits for the next call of the pipeline, which
+# hands it the request instead of starting a worker.  The same worker
+# serves call after call, and through every crash (a SIGKILL while it
+# waits, a SIGKILL in the middle of a batch it runs for a call, an
+# immediate stop of the server in the middle of one) every row arrives
+# once.
+use strict;
+use warnings;
+
+use FindBin;
+use lib $FindBin::RealBin;
+
+use IPC::Run;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use SluiceTest;
+
+my $node = sluice_node('warm', "sluice.run_once_idle_timeout = '10min'\n");
+my $dir = $node->basedir . '/feed';
+mkdir $dir or die "mkdir $dir: $!";
+create_csv_pipeline($node, 'w', $dir, 't_w', max_files => 1);
+
+my @paths;
+my $first_id = 1;
+my $prefix = 'a';
+
+# $files new files of $rows rows each, read one per batch
+sub more_files
+{
+	my ($files, $rows) = @_;
+	push @paths, gen_files($dir, files => $files, rows => $rows, first_id => $first_id, prefix => $prefix++);
+	$first_id += $files * $rows;
+	return;
+}
+
+sub run_once
+{
+	return $node->safe_psql('postgres', "SELECT sluice.run_once('w')");
+}
+
+# the pid of the pipeline's worker, warm or busy
+sub worker_pid
+{
+	return $node->safe_psql('postgres',
+		"SELECT string_agg(pid::text, ',') FROM pg_stat_activity"
+		  . " WHERE backend_type = 'sluice worker' AND application_name = 'w'");
+}
+
+# 1. calls served by one worker
+is(run_once(), '0', 'an empty directory: no batch');
+my $pid = worker_pid();
+like($pid, qr/^\d+$/, 'the worker of the call waits warm');
+is($node->safe_psql('postgres', "SELECT worker_pid IS NULL AND workers = 0 FROM sluice.pipelines WHERE name = 'w'"),
+	't', 'sluice.pipelines shows no worker running the stopped pipeline');
+more_files(3, 200);
+is(run_once(), '3', 'the next call reads the new files, a batch each');
+is(worker_pid(), $pid, 'with the same worker');
+more_files(2, 200);
+is(run_once(), '2', 'and again');
+is(worker_pid(), $pid, 'still the same worker');
+check_table($node, 't_w', \@paths, 'every row once');
+
+# 2. the warm worker killed while it waits
+my $offset = log_size($node);
+kill 'KILL', $pid;
+wait_for_log_count($node, qr/\(PID $pid\) was terminated by signal 9/, 1, $offset);
+wait_for_server($node);
+more_files(2, 200);
+is(run_once(), '2', 'after a SIGKILL of the waiting worker, a call starts a new one');
+isnt(worker_pid(), $pid, 'a new worker');
+$pid = worker_pid();
+check_table($node, 't_w', \@paths, 'every row once after the SIGKILL');
+
+# A call of a warm worker, in the background, caught in the middle of
+# reading a batch after the first: returns the batch and the call's psql.
+sub call_caught_reading
+{
+	my $before = $node->safe_psql('postgres',
+		"SELECT coalesce(max(batch_id), 0) FROM sluice.progress('w', 1000)");
+	my ($out, $err) = ('', '');
+	my $h = IPC::Run::start(
+		[ 'psql', '-XAtq', '-d', $node->connstr('postgres'), '-c', "SELECT sluice.run_once('w')" ],
+		'>', \$out, '2>', \$err);
+	my ($batch, $reader) = batch_reading($node, 'w', $before + 1);
+	is($reader, $pid, "batch $batch is read by the warm worker");
+	return ($batch, $h);
+}
+
+# 3. SIGKILL of the warm worker in the middle of a batch of a call
+more_files(8, 20000);
+my ($batch, $call) = call_caught_reading();
+$offset = log_size($node);
+kill 'KILL', $pid;
+wait_for_log_count($node, qr/\(PID $pid\) was terminated by signal 9/, 1, $offset);
+$call->finish;
+wait_for_server($node);
+cmp_ok(run_once(), '>=', 1, 'after a SIGKILL mid-batch, the next call reads the rest');
+is(run_once(), '0', 'and then nothing is left');
+check_table($node, 't_w', \@paths, 'every row once after the SIGKILL mid-batch');
+is($node->safe_psql('postgres', "SELECT attempts FROM sluice.progress('w', 1000) WHERE batch_id = $batch"),
+	'2', "batch $batch, cut short, was replayed");
+
+# 4. immediate stop of the server in the middle of a batch of a call
+$pid = worker_pid();
+more_files(8, 20000);
+($batch, $call) = call_caught_reading();
+$node->stop('immediate');
+$call->finish;
+$node->start;
+cmp_ok(run_once(), '>=', 1, 'after an immediate stop mid-batch, a call reads the rest');
+check_table($node, 't_w', \@paths, 'every row once after the immediate stop');
+is($node->safe_psql('postgres', "SELECT attempts FROM sluice.progress('w', 1000) WHERE batch_id = $batch"),
+	'2', "batch $batch, cut short, was replayed");
+is($node->safe_psql('postgres', "SELECT count(*) FROM sluice.errors WHERE pipeline = 'w'"), '0', 'no error');
+is($node->safe_psql('postgres', "SELECT state FROM sluice.pipelines WHERE name = 'w'"), 'stopped',
+	'the pipeline is stopped between calls');
+
+$node->stop;
+done_testing();
