@@ -599,7 +599,15 @@ run_once_start(int32 id, Oid owner, const char *name, uint64 *generation, Backgr
 	args.pipeline_id = id;
 	args.generation = *generation;
 	args.run_once = true;
-	*handle = sluice_start_worker(slotno, &args, MyProcPid);
+	/*
+	 * A warm worker whose slot we took exits at once, but its background
+	 * worker entry is free only once it is gone: give it a second.
+	 */
+	for (int tries = 0; (*handle = sluice_start_worker(slotno, &args, MyProcPid)) == NULL && tries < 20; tries++)
+	{
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 50, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
 	if (*handle == NULL)
 	{
 		slot_release(slotno, *generation);
@@ -744,8 +752,11 @@ sluice_run_once(PG_FUNCTION_ARGS)
 		slot->waiter_latch = NULL;
 		if (slot->worker_done || slot->worker_pid == 0)
 			slot->pipeline_id = 0;
+		/* the slot may be taken now: a pipeline may be waiting for one */
+		if (sluice_shared->launcher_latch)
+			SetLatch(sluice_shared->launcher_latch);
 		LWLockRelease(sluice_shared->lock);
-		done = result.served == request || result.failed || handle != NULL;
+		done = result.served == request || result.failed || handle != NULL || result.taken == request;
 
 		/* a warm worker that exited before it took the request: start one */
 		if (done)

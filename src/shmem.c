@@ -20,7 +20,6 @@
 
 SluiceShared *sluice_shared = NULL;
 
-static uint64 next_generation = 0;
 static bool wake_at_commit = false;
 static bool xact_callback_registered = false;
 
@@ -84,8 +83,8 @@ slot_reserve(int32 pipeline_id, Oid owner, pid_t waiter, int max_per_pipeline, u
 		slot->waiter_pid = waiter;
 		slot->waiter_latch = waiter ? MyLatch : NULL;
 		slot->request = waiter ? 1 : 0;
-		/* unique enough: pid in the high bits, a local counter below */
-		slot->generation = ((uint64) MyProcPid << 32) | ++next_generation;
+		/* unique while the server runs: a warm worker must never see its own come back */
+		slot->generation = ++sluice_shared->next_generation;
 		*generation = slot->generation;
 	}
 	LWLockRelease(sluice_shared->lock);

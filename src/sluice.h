@@ -64,6 +64,7 @@ typedef struct SluiceSlot
 	pid_t		waiter_pid;		/* run_once caller, 0 if none */
 	Latch	   *waiter_latch;	/* its latch, set when its request is served */
 	uint64		request;		/* run_once requests handed to the worker */
+	uint64		taken;			/* ... the last it began */
 	uint64		served;			/* ... and the last it finished */
 	bool		warm;			/* the worker idles, waiting for a request */
 	bool		leaving;		/* the worker served its last request and exits */
@@ -109,6 +110,7 @@ typedef struct SluicePipelineStats
 typedef struct SluiceShared
 {
 	LWLock	   *lock;
+	uint64		next_generation;	/* of slot reservations */
 	ConditionVariable batch_committed;	/* broadcast after every batch's commit */
 	Latch	   *launcher_latch;
 	bool		owners_known;	/* the launcher has read them since startup */

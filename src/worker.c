@@ -41,6 +41,7 @@
 
 static int	my_slotno = -1;
 static uint64 my_generation = 0;
+static int32 my_pipeline = 0;
 
 static void
 worker_detach(int code, Datum arg)
@@ -159,7 +160,7 @@ worker_next_request(SluiceSlot *slot)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 		LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);
-		if (slot->generation != my_generation)
+		if (slot->generation != my_generation || slot->pipeline_id != my_pipeline)
 		{
 			/* the slot was reserved anew: it is no longer ours */
 			LWLockRelease(sluice_shared->lock);
@@ -167,6 +168,7 @@ worker_next_request(SluiceSlot *slot)
 		}
 		if (slot->request != slot->served)
 		{
+			slot->taken = slot->request;
 			LWLockRelease(sluice_shared->lock);
 			return true;
 		}
@@ -271,6 +273,7 @@ sluice_worker_main(Datum arg)
 	memcpy(&args, MyBgworkerEntry->bgw_extra, sizeof(args));
 	my_slotno = DatumGetInt32(arg);
 	my_generation = args.generation;
+	my_pipeline = args.pipeline_id;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -352,6 +355,8 @@ sluice_worker_main(Datum arg)
 		}
 		if (!worker_next_request(slot))
 			break;
+		if (run.retries > 0)
+			stats_set_retry(run.id, 0, 0);
 		run.retries = 0;
 	}
 	proc_exit(0);
