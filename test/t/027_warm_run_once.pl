@@ -21,6 +21,20 @@ my $node = sluice_node('warm', "sluice.run_once_idle_timeout = '10min'\n");
 my $dir = $node->basedir . '/feed';
 mkdir $dir or die "mkdir $dir: $!";
 create_csv_pipeline($node, 'w', $dir, 't_w', max_files => 1);
+# the last row of each file of 20,000 rows (ids from 1,401) holds its batch
+# up for a second, so that a kill or a stop seen in the middle of a batch
+# lands there, before its commit
+$node->safe_psql('postgres', q{
+CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.id % 20000 = 1400 THEN
+        PERFORM pg_sleep(1);
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER slow BEFORE INSERT ON t_w FOR EACH ROW EXECUTE FUNCTION slow_row();
+});
 
 my @paths;
 my $first_id = 1;
