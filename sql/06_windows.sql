@@ -506,6 +506,56 @@ SELECT total, mean, n, total = (SELECT sum(9223372036854775800 + i) FROM generat
   FROM win_big;
 
 --
+-- the values the table of partials keeps: text groups long and short and
+-- null, min and max of text that grow and shrink, numeric sums whose digits
+-- grow; folded in one part, then in many (sluice.window_memory at its
+-- least), and both the same as GROUP BY over the same rows
+--
+\! mkdir -p "$SLUICE_TEST_DIR"/windows/kept
+\set f :dir/kept/a.csv
+CREATE TABLE win_kept_src AS
+  SELECT i AS id, '2024-01-01 00:00:00+00'::timestamptz + i * interval '37 seconds' AS ts,
+         CASE WHEN i % 11 = 0 THEN NULL WHEN i % 3 = 0 THEN repeat('k', 150 + i % 7) ELSE 'k' || i % 5 END AS k,
+         repeat(chr(97 + i % 26), 1 + (i * 7) % 200) AS w,
+         (10::numeric ^ (i % 25)) + i / 7.0 AS v
+    FROM generate_series(1, 3000) AS i;
+COPY win_kept_src TO :'f' WITH (FORMAT csv, HEADER);
+\set kept :dir/kept
+CREATE TABLE win_kept_ref AS
+  SELECT date_bin('1 hour', ts, '2024-01-01') AS window_start, date_bin('1 hour', ts, '2024-01-01') + interval '1 hour' AS window_end,
+         k, count(*) AS n, sum(v) AS total, avg(v) AS mean, min(w) AS lo, max(w) AS hi, min(v) AS vlo, max(v) AS vhi
+    FROM win_kept_src GROUP BY 1, 2, 3;
+CREATE TABLE win_kept (LIKE win_kept_ref);
+CREATE TABLE win_kept_parts (LIKE win_kept_ref);
+\set kept_aggs '{count(*) AS n, sum(v) AS total, avg(v) AS mean, min(w) AS lo, max(w) AS hi, min(v) AS vlo, max(v) AS vhi}'
+\set kept_cols 'id int, ts timestamptz, k text, w text, v numeric'
+SELECT sluice.create_pipeline(t, sluice.csv_source(:'kept', :'kept_cols'),
+    sluice.window_sink(t, '1 hour', group_by => '{k}', aggregates => :'kept_aggs', output_mode => 'complete'),
+    event_time => 'ts') FROM (VALUES ('win_kept')) AS x(t);
+SELECT sluice.run_once('win_kept');
+SELECT current_user AS me \gset
+ALTER ROLE :"me" IN DATABASE :"DBNAME" SET sluice.window_memory = 64;
+SELECT sluice.create_pipeline(t, sluice.csv_source(:'kept', :'kept_cols'),
+    sluice.window_sink(t, '1 hour', group_by => '{k}', aggregates => :'kept_aggs', output_mode => 'complete'),
+    event_time => 'ts') FROM (VALUES ('win_kept_parts')) AS x(t);
+SELECT sluice.run_once('win_kept_parts');
+ALTER ROLE :"me" IN DATABASE :"DBNAME" RESET sluice.window_memory;
+SELECT (SELECT count(*) FROM win_kept_ref) AS windows,
+       (SELECT count(*) FROM win_kept_ref WHERE k IS NULL) AS null_groups,
+       (SELECT max(length(k)) FROM win_kept_ref) AS longest_group,
+       (SELECT max(scale(total)) FROM win_kept_ref) AS sum_scale,
+       (SELECT count(*) FROM (TABLE win_kept EXCEPT ALL TABLE win_kept_ref) AS x) AS one_part_not_in_ref,
+       (SELECT count(*) FROM (TABLE win_kept_ref EXCEPT ALL TABLE win_kept) AS x) AS ref_not_in_one_part,
+       (SELECT count(*) FROM (TABLE win_kept_parts EXCEPT ALL TABLE win_kept_ref) AS x) AS parts_not_in_ref,
+       (SELECT count(*) FROM (TABLE win_kept_ref EXCEPT ALL TABLE win_kept_parts) AS x) AS ref_not_in_parts;
+-- the second folded in parts: each merged its windows into the state table
+SELECT a.state_rows_updated AS one_part_upserted, b.state_rows_updated > a.state_rows_updated AS parts_upserted_more
+  FROM sluice.progress('win_kept') AS a, sluice.progress('win_kept_parts') AS b;
+SELECT sluice.drop_pipeline('win_kept');
+SELECT sluice.drop_pipeline('win_kept_parts');
+DROP TABLE win_kept_src, win_kept_ref, win_kept, win_kept_parts;
+
+--
 -- drop_pipeline() drops the state table, not the target nor the late rows
 --
 SELECT sluice.drop_pipeline('win_app');

@@ -4,10 +4,12 @@
  *
  * Rows reach the sink one at a time: as the source parses them when there
  * is no transform (no staging table holds them), or from a scan of the
- * transform's result.  Each row is folded, window by window, into a
- * TupleHashTable of partial aggregates keyed by (window start, group), in
- * the batch's memory, with the types' own equality, hash, comparison and
- * addition functions.  The batch then writes the table of partials with a
+ * transform's result.  Each row is folded, window by window, into a hash
+ * table (simplehash) of partial aggregates keyed by (window start, group),
+ * in the batch's memory, with the types' own equality, hash, comparison and
+ * addition functions.  An entry of the table is 16 bytes: its hash and where
+ * its key and partials are, carved from large blocks with no allocator
+ * header each; a partial takes only the fields its aggregate needs.  The batch then writes the table of partials with a
  * few statements over sluice._window_partials(), which returns it: the
  * windows its watermark closes go straight to the target (merged with what
  * the state table kept of them), the others to the state table.
@@ -39,6 +41,7 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "common/int.h"
 #include "executor/executor.h"
 #include "executor/spi.h"
@@ -82,9 +85,14 @@ typedef struct WinAgg
 	bool		typbyval;
 	FmgrInfo	cmp;			/* min, max: the type's btree comparison */
 	Oid			collation;
+	int			off;			/* where its partial is among an entry's */
 } WinAgg;
 
-/* one aggregate of one (window, group), 24 bytes */
+/*
+ * One aggregate of one (window, group).  Only the fields its aggregate
+ * needs are kept (see partial_size): 8 bytes for a count, 16 for a min,
+ * a max or a numeric sum, 24 for an integer or float sum.
+ */
 typedef struct Partial
 {
 	int64		n;				/* values folded (count(*): rows) */
@@ -96,12 +104,13 @@ typedef struct Partial
 	}			acc;
 } Partial;
 
-/* a session window of one group: [start, end), then its partials */
+/* a session window of one group: [start, end), the group's key, then its partials */
 typedef struct Session
 {
 	TimestampTz start;
 	TimestampTz end;
-	Partial		parts[FLEXIBLE_ARRAY_MEMBER];
+	const char *key;
+	char		parts[FLEXIBLE_ARRAY_MEMBER];
 } Session;
 
 /* the sessions of one group, in start order, none touching another */
@@ -111,6 +120,44 @@ typedef struct SessionList
 	int			max;
 	Session   **s;
 } SessionList;
+
+/*
+ * The key of an entry: the window's start (0 for sessions), the groups,
+ * then whether each is null.  The groups' values passed by reference are
+ * copies in the table's memory.  The entry's partials (or its SessionList)
+ * follow the key.
+ */
+typedef struct FoldKey
+{
+	TimestampTz ws;
+	Datum		g[FLEXIBLE_ARRAY_MEMBER];
+} FoldKey;
+
+/* an entry of the table of partials */
+typedef struct FoldEntry
+{
+	char	   *data;			/* its FoldKey, then its partials */
+	uint32		hash;
+	char		status;
+} FoldEntry;
+
+struct WindowFold;
+static uint32 fold_probe_hash(struct WindowFold *f);
+static bool fold_key_equal(struct WindowFold *f, const char *data);
+
+/* a key of NULL stands for the probe: the key being looked up, kept in the WindowFold */
+#define SH_PREFIX foldhash
+#define SH_ELEMENT_TYPE FoldEntry
+#define SH_KEY_TYPE char *
+#define SH_KEY data
+#define SH_HASH_KEY(tb, key) fold_probe_hash((struct WindowFold *) (tb)->private_data)
+#define SH_EQUAL(tb, a, b) fold_key_equal((struct WindowFold *) (tb)->private_data, a)
+#define SH_STORE_HASH
+#define SH_GET_HASH(tb, a) ((a)->hash)
+#define SH_SCOPE static inline
+#define SH_DECLARE
+#define SH_DEFINE
+#include "lib/simplehash.h"
 
 typedef struct WindowFold
 {
@@ -147,10 +194,20 @@ typedef struct WindowFold
 	char	   *name;			/* the pipeline's */
 
 	/* the table of partials */
-	TupleDesc	keydesc;		/* window_start, the groups */
-	TupleTableSlot *keyslot;
-	TupleTableSlot *entryslot;
-	TupleHashTable hash;
+	foldhash_hash *hash;
+	FmgrInfo   *g_eq;			/* the groups' equality and hash functions */
+	FmgrInfo   *g_hash;
+	Oid		   *g_coll;
+	bool	   *g_byval;
+	int16	   *g_len;
+	Size		keysize;		/* of an entry's FoldKey */
+	Size		partsize;		/* of a window's (or session's) partials */
+	Size		payload;		/* of what follows an entry's key: its partials, or a SessionList */
+	TimestampTz probe_ws;		/* the key looked up: ws, and the groups at probe_values[probe_atts[g]] */
+	Datum	   *probe_values;
+	bool	   *probe_isnull;
+	const int  *probe_atts;
+	uint32		probe_hash;
 	int64		entries;		/* windows (or sessions) in the table now */
 	int64		folded;			/* windows made in the batch, over all parts; sessions written */
 	char	   *arena;			/* where the next entry's partials go */
@@ -158,7 +215,8 @@ typedef struct WindowFold
 	int64		check_at;		/* entries at which the memory is looked at next (every 64) */
 	int64		upserted;		/* state rows the parts inserted or updated */
 	int			parts;			/* times the table was merged into the state table */
-	Size		peak;			/* the most memory the table used */
+	Size		peak;			/* the most memory the worker used, as far as seen */
+	Size		table_peak;		/* and the batch's (the table of partials, its buckets, its order) */
 
 	/* late rows: inserted into late_into (the staging table) or found by tid */
 	Relation	late_into;
@@ -239,6 +297,23 @@ window_fold_gone(void *arg)
 		current_fold = NULL;
 }
 
+/* The bytes of an entry's partial for a: the leading fields of Partial it uses. */
+static Size
+partial_size(WinAgg *a)
+{
+	if (a->fn == WIN_COUNT_STAR || a->fn == WIN_COUNT)
+		return offsetof(Partial, v);
+	if (a->fn == WIN_MIN || a->fn == WIN_MAX || a->kind == SUM_NUMERIC)
+		return offsetof(Partial, acc);
+	return sizeof(Partial);
+}
+
+static inline Partial *
+agg_partial(WinAgg *a, char *parts)
+{
+	return (Partial *) (parts + a->off);
+}
+
 /*
  * The fold of one batch: the pipeline's settings, read under its row lock,
  * and an empty table of partials for rows shaped like desc.
@@ -258,9 +333,6 @@ window_fold_begin(Pipeline *p, Batch *b, TupleDesc desc)
 	ListCell   *lc;
 	Oid		   *eqops;
 	Oid		   *eqfuncs;
-	FmgrInfo   *hashfuncs;
-	Oid		   *collations;
-	AttrNumber *keycols;
 	Relation	state;
 	MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
 
@@ -375,14 +447,11 @@ window_fold_begin(Pipeline *p, Batch *b, TupleDesc desc)
 	groups = jsonb_get_text_list(sk, "group_by");
 	f->ngroups = list_length(groups);
 	f->group_att = palloc(sizeof(int) * (f->ngroups + 1));
-	f->keydesc = CreateTemplateTupleDesc(f->ngroups + 1);
-	TupleDescInitEntry(f->keydesc, 1, "window_start", TIMESTAMPTZOID, -1, 0);
 	eqops = palloc(sizeof(Oid) * (f->ngroups + 1));
-	collations = palloc(sizeof(Oid) * (f->ngroups + 1));
-	keycols = palloc(sizeof(AttrNumber) * (f->ngroups + 1));
-	eqops[0] = lookup_type_cache(TIMESTAMPTZOID, TYPECACHE_EQ_OPR)->eq_opr;
-	collations[0] = InvalidOid;
-	keycols[0] = 1;
+	f->g_coll = palloc(sizeof(Oid) * (f->ngroups + 1));
+	f->g_byval = palloc(sizeof(bool) * (f->ngroups + 1));
+	f->g_len = palloc(sizeof(int16) * (f->ngroups + 1));
+	f->g_eq = palloc(sizeof(FmgrInfo) * (f->ngroups + 1));
 	foreach(lc, groups)
 	{
 		int			i = foreach_current_index(lc);
@@ -391,7 +460,6 @@ window_fold_begin(Pipeline *p, Batch *b, TupleDesc desc)
 
 		f->group_att[i] = column_index(desc, lfirst(lc));
 		att = TupleDescAttr(desc, f->group_att[i]);
-		TupleDescCopyEntry(f->keydesc, i + 2, desc, f->group_att[i] + 1);
 		tc = lookup_type_cache(att->atttypid, TYPECACHE_EQ_OPR | TYPECACHE_HASH_PROC);
 		if (!OidIsValid(tc->eq_opr) || !OidIsValid(tc->hash_proc))
 			ereport(ERROR,
@@ -399,18 +467,24 @@ window_fold_begin(Pipeline *p, Batch *b, TupleDesc desc)
 					 errmsg("cannot group windows by column \"%s\" of type %s", (char *) lfirst(lc),
 							format_type_be(att->atttypid)),
 					 errdetail("Window sinks group rows in a hash table, and the type has no hash function.")));
-		eqops[i + 1] = tc->eq_opr;
-		collations[i + 1] = att->attcollation;
-		keycols[i + 1] = i + 2;
+		eqops[i] = tc->eq_opr;
+		f->g_coll[i] = att->attcollation;
+		f->g_byval[i] = att->attbyval;
+		f->g_len[i] = att->attlen;
 	}
-	execTuplesHashPrepare(f->ngroups + 1, eqops, &eqfuncs, &hashfuncs);
+	execTuplesHashPrepare(f->ngroups, eqops, &eqfuncs, &f->g_hash);
+	for (int g = 0; g < f->ngroups; g++)
+		fmgr_info(eqfuncs[g], &f->g_eq[g]);
+	f->keysize = MAXALIGN(offsetof(FoldKey, g) + (sizeof(Datum) + sizeof(bool)) * f->ngroups);
+	for (int i = 0; i < f->naggs; i++)
+	{
+		f->aggs[i].off = (int) f->partsize;
+		f->partsize += partial_size(&f->aggs[i]);
+	}
+	f->payload = f->gap_us > 0 ? sizeof(SessionList) : f->partsize;
 	f->tablecxt = AllocSetContextCreate(f->cxt, "sluice window partials", ALLOCSET_DEFAULT_SIZES);
 	f->rowcxt = AllocSetContextCreate(f->cxt, "sluice window row", ALLOCSET_DEFAULT_SIZES);
-	f->hash = BuildTupleHashTableExt(NULL, f->keydesc, f->ngroups + 1, keycols, eqfuncs, hashfuncs,
-									 collations, 1024, sizeof(Partial) * f->naggs, f->cxt, f->tablecxt,
-									 f->rowcxt, false);
-	f->keyslot = MakeSingleTupleTableSlot(f->keydesc, &TTSOpsVirtual);
-	f->entryslot = MakeSingleTupleTableSlot(f->keydesc, &TTSOpsMinimalTuple);
+	f->hash = foldhash_create(f->cxt, 1024, f);
 
 	/* the state table's columns, as sluice._window_create_state() made them */
 	f->coltypes = palloc(sizeof(Oid) * (2 + f->ngroups + f->npartcols));
@@ -436,47 +510,87 @@ window_fold_begin(Pipeline *p, Batch *b, TupleDesc desc)
 	return f;
 }
 
-/* Add a numeric to the numeric part of a sum, kept in the table's memory. */
+/* Zeroed memory for the table, carved from large blocks: no allocator header each. */
+static void *
+fold_alloc(WindowFold *f, Size size)
+{
+	void	   *p;
+
+	size = MAXALIGN(size);
+	if (f->arena_left < size)
+	{
+		f->arena_left = Max(8 * 1024, size);
+		f->arena = MemoryContextAlloc(f->tablecxt, f->arena_left);
+	}
+	p = memset(f->arena, 0, size);
+	f->arena += size;
+	f->arena_left -= size;
+	return p;
+}
+
+/*
+ * value, kept in the table's memory: in the place of old (a value kept
+ * before, or (Datum) 0) when it fits there.  A varlena goes with a short
+ * header when it can, as in a tuple.
+ */
+static Datum
+fold_keep(WindowFold *f, Datum old, Datum value, bool byval, int16 typlen)
+{
+	Size		size;
+	char	   *p;
+
+	if (byval)
+		return value;
+	if (typlen == -1)
+	{
+		struct varlena *v = PG_DETOAST_DATUM_PACKED(value);
+
+		if (VARATT_IS_4B_U(v) && VARATT_CAN_MAKE_SHORT(v))
+		{
+			size = VARATT_CONVERTED_SHORT_SIZE(v);
+			p = (old != (Datum) 0 && MAXALIGN(size) <= MAXALIGN(VARSIZE_ANY(DatumGetPointer(old)))) ?
+				DatumGetPointer(old) : fold_alloc(f, size);
+			SET_VARSIZE_SHORT(p, size);
+			memcpy(p + VARHDRSZ_SHORT, VARDATA(v), size - VARHDRSZ_SHORT);
+			return PointerGetDatum(p);
+		}
+		value = PointerGetDatum(v);
+	}
+	size = datumGetSize(value, false, typlen);
+	p = (old != (Datum) 0 && MAXALIGN(size) <= MAXALIGN(datumGetSize(old, false, typlen))) ?
+		DatumGetPointer(old) : fold_alloc(f, size);
+	memmove(p, DatumGetPointer(value), size);
+	return PointerGetDatum(p);
+}
+
+/* Add a numeric to the numeric part of a sum. */
 static void
 partial_add_numeric(WindowFold *f, Partial *part, Datum value)
 {
 	MemoryContext oldcxt;
-	Datum		sum;
 
-	if (part->v == (Datum) 0)
+	if (part->v != (Datum) 0)
 	{
-		oldcxt = MemoryContextSwitchTo(f->tablecxt);
-		part->v = PointerGetDatum(PG_DETOAST_DATUM_COPY(value));
+		/* added in the row's memory */
+		oldcxt = MemoryContextSwitchTo(f->rowcxt);
+		value = NumericGetDatum(numeric_add_opt_error(DatumGetNumeric(part->v), DatumGetNumeric(value), NULL));
 		MemoryContextSwitchTo(oldcxt);
-		return;
 	}
-	/* added in the row's memory, kept in the table's */
-	oldcxt = MemoryContextSwitchTo(f->rowcxt);
-	sum = NumericGetDatum(numeric_add_opt_error(DatumGetNumeric(part->v), DatumGetNumeric(value), NULL));
-	MemoryContextSwitchTo(f->tablecxt);
-	pfree(DatumGetPointer(part->v));
-	part->v = datumCopy(sum, false, -1);
-	MemoryContextSwitchTo(oldcxt);
+	part->v = fold_keep(f, part->v, value, false, -1);
 }
 
 /* Keep value as the min or max of a partial (its first, or a better one). */
 static void
 partial_keep_extreme(WindowFold *f, WinAgg *a, Partial *part, Datum value)
 {
-	MemoryContext oldcxt;
-
 	if (part->n > 0)
 	{
 		int			c = DatumGetInt32(FunctionCall2Coll(&a->cmp, a->collation, value, part->v));
 
 		if (a->fn == WIN_MIN ? c >= 0 : c <= 0)
 			return;
-		if (!a->typbyval)
-			pfree(DatumGetPointer(part->v));
 	}
-	oldcxt = MemoryContextSwitchTo(f->tablecxt);
-	part->v = datumCopy(value, a->typbyval, a->typlen);
-	MemoryContextSwitchTo(oldcxt);
+	part->v = fold_keep(f, part->n > 0 ? part->v : (Datum) 0, value, a->typbyval, a->typlen);
 }
 
 /* Add to the int64 part of a sum, moving it into the numeric part when it is full. */
@@ -574,50 +688,88 @@ partial_merge(WindowFold *f, WinAgg *a, Partial *into, const Partial *from)
 	into->n += from->n;
 }
 
-/* Zeroed memory for the table, carved from large blocks: no allocator header each. */
-static void *
-fold_alloc(WindowFold *f, Size size)
-{
-	void	   *p;
-
-	size = MAXALIGN(size);
-	if (f->arena_left < size)
-	{
-		f->arena_left = Max(8 * 1024, size);
-		f->arena = MemoryContextAlloc(f->tablecxt, f->arena_left);
-	}
-	p = memset(f->arena, 0, size);
-	f->arena += size;
-	f->arena_left -= size;
-	return p;
-}
-
 /* Merge the table of partials into the state table, and empty it. */
 static void window_merge_into_state(WindowFold *f, const char *which);
 static void session_absorb(WindowFold *f);
 
-/*
- * The entry of (ws, the groups) in the table, made if new (NULL if isnew is
- * and there is none): the groups are values[atts[g]].
- */
-static TupleHashEntry
-fold_entry(WindowFold *f, TimestampTz ws, Datum *values, bool *isnull, const int *atts, bool *isnew)
+/* The hash of the key looked up (for simplehash, which asks only when it was not given one). */
+static uint32
+fold_probe_hash(WindowFold *f)
 {
-	ExecClearTuple(f->keyslot);
-	f->keyslot->tts_values[0] = TimestampTzGetDatum(ws);
-	f->keyslot->tts_isnull[0] = false;
+	return f->probe_hash;
+}
+
+/* Whether the key of an entry (data) is the one looked up: a null group equals a null. */
+static bool
+fold_key_equal(WindowFold *f, const char *data)
+{
+	const FoldKey *k = (const FoldKey *) data;
+	const bool *nulls = (const bool *) &k->g[f->ngroups];
+
+	if (k->ws != f->probe_ws)
+		return false;
 	for (int g = 0; g < f->ngroups; g++)
 	{
-		f->keyslot->tts_values[g + 1] = values[atts[g]];
-		f->keyslot->tts_isnull[g + 1] = isnull[atts[g]];
+		int			att = f->probe_atts[g];
+
+		if (nulls[g] != f->probe_isnull[att])
+			return false;
+		if (!nulls[g] &&
+			!DatumGetBool(FunctionCall2Coll(&f->g_eq[g], f->g_coll[g], k->g[g], f->probe_values[att])))
+			return false;
 	}
-	ExecStoreVirtualTuple(f->keyslot);
-	return LookupTupleHashEntry(f->hash, f->keyslot, isnew, NULL);
+	return true;
+}
+
+/*
+ * The entry of (ws, the groups) in the table, made if new (NULL if isnew is
+ * and there is none): the groups are values[atts[g]].  Returns its data:
+ * the key, then f->payload bytes, zeroed when new.
+ */
+static char *
+fold_entry(WindowFold *f, TimestampTz ws, Datum *values, bool *isnull, const int *atts, bool *isnew)
+{
+	uint32		h = murmurhash32((uint32) ((uint64) ws ^ ((uint64) ws >> 32)));
+	FoldEntry  *e;
+	bool		found;
+	FoldKey    *k;
+	bool	   *nulls;
+
+	for (int g = 0; g < f->ngroups; g++)
+		h = hash_combine(h, isnull[atts[g]] ? 0 :
+						 DatumGetUInt32(FunctionCall1Coll(&f->g_hash[g], f->g_coll[g], values[atts[g]])));
+	f->probe_ws = ws;
+	f->probe_values = values;
+	f->probe_isnull = isnull;
+	f->probe_atts = atts;
+	f->probe_hash = h = murmurhash32(h);
+	if (isnew == NULL)
+	{
+		e = foldhash_lookup_hash(f->hash, NULL, h);
+		return e ? e->data : NULL;
+	}
+	e = foldhash_insert_hash(f->hash, NULL, h, &found);
+	*isnew = !found;
+	if (found)
+		return e->data;
+
+	/* a new key: the groups passed by reference are copied */
+	e->data = fold_alloc(f, f->keysize + f->payload);
+	k = (FoldKey *) e->data;
+	nulls = (bool *) &k->g[f->ngroups];
+	k->ws = ws;
+	for (int g = 0; g < f->ngroups; g++)
+	{
+		nulls[g] = isnull[atts[g]];
+		if (!nulls[g])
+			k->g[g] = fold_keep(f, (Datum) 0, values[atts[g]], f->g_byval[g], f->g_len[g]);
+	}
+	return e->data;
 }
 
 /* Fold the aggregated columns of a row into partials. */
 static void
-fold_values(WindowFold *f, Partial *parts, TupleTableSlot *row)
+fold_values(WindowFold *f, char *parts, TupleTableSlot *row)
 {
 	for (int i = 0; i < f->naggs; i++)
 	{
@@ -625,7 +777,7 @@ fold_values(WindowFold *f, Partial *parts, TupleTableSlot *row)
 
 		if (a->att >= 0 && row->tts_isnull[a->att])
 			continue;
-		partial_add(f, a, &parts[i], a->att >= 0 ? row->tts_values[a->att] : (Datum) 0);
+		partial_add(f, a, agg_partial(a, parts), a->att >= 0 ? row->tts_values[a->att] : (Datum) 0);
 	}
 }
 
@@ -634,15 +786,14 @@ static void
 window_fold_pair(WindowFold *f, TupleTableSlot *row, TimestampTz ws)
 {
 	bool		isnew;
-	TupleHashEntry entry = fold_entry(f, ws, row->tts_values, row->tts_isnull, f->group_att, &isnew);
+	char	   *data = fold_entry(f, ws, row->tts_values, row->tts_isnull, f->group_att, &isnew);
 
 	if (isnew)
 	{
-		entry->additional = fold_alloc(f, sizeof(Partial) * f->naggs);
 		f->entries++;
 		f->folded++;
 	}
-	fold_values(f, entry->additional, row);
+	fold_values(f, data + f->keysize, row);
 }
 
 /* The first of a group's sessions that starts after t (l->n if none does). */
@@ -670,8 +821,9 @@ session_after(SessionList *l, TimestampTz t)
  * or a new one.
  */
 static Session *
-session_place(WindowFold *f, SessionList *l, TimestampTz start, TimestampTz end)
+session_place(WindowFold *f, const char *key, TimestampTz start, TimestampTz end)
 {
+	SessionList *l = (SessionList *) (key + f->keysize);
 	int			lo = session_after(l, start);
 	int			k;
 	Session    *s;
@@ -691,10 +843,11 @@ session_place(WindowFold *f, SessionList *l, TimestampTz start, TimestampTz end)
 			MemoryContextSwitchTo(oldcxt);
 		}
 		memmove(&l->s[lo + 1], &l->s[lo], sizeof(Session *) * (l->n - lo));
-		l->s[lo] = s = fold_alloc(f, offsetof(Session, parts) + sizeof(Partial) * f->naggs);
+		l->s[lo] = s = fold_alloc(f, offsetof(Session, parts) + f->partsize);
 		l->n++;
 		s->start = start;
 		s->end = end;
+		s->key = key;
 		f->entries++;
 		return s;
 	}
@@ -706,7 +859,7 @@ session_place(WindowFold *f, SessionList *l, TimestampTz start, TimestampTz end)
 		Session    *next = l->s[k + 1];
 
 		for (int i = 0; i < f->naggs; i++)
-			partial_merge(f, &f->aggs[i], &s->parts[i], &next->parts[i]);
+			partial_merge(f, &f->aggs[i], agg_partial(&f->aggs[i], s->parts), agg_partial(&f->aggs[i], next->parts));
 		s->end = Max(s->end, next->end);
 		memmove(&l->s[k + 1], &l->s[k + 2], sizeof(Session *) * (l->n - k - 2));
 		l->n--;
@@ -715,16 +868,13 @@ session_place(WindowFold *f, SessionList *l, TimestampTz start, TimestampTz end)
 	return s;
 }
 
-/* The sessions of a group (values[atts[g]]), made if new. */
-static SessionList *
-session_list(WindowFold *f, Datum *values, bool *isnull, const int *atts)
+/* The key of a group's sessions (values[atts[g]]), made if new; its SessionList follows it. */
+static const char *
+session_key(WindowFold *f, Datum *values, bool *isnull, const int *atts)
 {
 	bool		isnew;
-	TupleHashEntry entry = fold_entry(f, 0, values, isnull, atts, &isnew);
 
-	if (isnew)
-		entry->additional = fold_alloc(f, sizeof(SessionList));
-	return entry->additional;
+	return fold_entry(f, 0, values, isnull, atts, &isnew);
 }
 
 /* Keep a late row, for the late_rows table. */
@@ -807,7 +957,7 @@ window_fold_row(WindowFold *f, TupleTableSlot *row)
 		late = true;
 	}
 	else
-		fold_values(f, session_place(f, session_list(f, row->tts_values, row->tts_isnull, f->group_att),
+		fold_values(f, session_place(f, session_key(f, row->tts_values, row->tts_isnull, f->group_att),
 									 et, window_end(et, f->gap_us))->parts, row);
 	MemoryContextSwitchTo(oldcxt);
 	MemoryContextReset(f->rowcxt);
@@ -819,7 +969,6 @@ window_fold_row(WindowFold *f, TupleTableSlot *row)
 	{
 		Size		used = MemoryContextMemAllocated(f->tablecxt, true);
 
-		f->peak = Max(f->peak, MemoryContextMemAllocated(f->cxt, true));
 		f->check_at = f->entries + 64;
 		if (used > (Size) sluice_window_memory * 1024)
 		{
@@ -893,13 +1042,22 @@ window_fold_relation(WindowFold *f, Oid input)
 	table_close(rel, NoLock);
 }
 
+/*
+ * Note the memory the worker and the batch use now: the table only grows
+ * while it folds, so it peaks when it is written.
+ */
+static void
+fold_note_memory(WindowFold *f)
+{
+	f->peak = Max(f->peak, MemoryContextMemAllocated(TopMemoryContext, true));
+	f->table_peak = Max(f->table_peak, MemoryContextMemAllocated(f->cxt, true));
+}
+
 /* a window (or session) of the table, to be returned in window order */
 typedef struct SortedEntry
 {
 	TimestampTz ws;
-	TimestampTz we;
-	MinimalTuple key;
-	Partial    *parts;
+	char	   *item;			/* the entry's data (a window's), or a Session */
 } SortedEntry;
 
 static int
@@ -969,8 +1127,8 @@ sluice_window_partials(PG_FUNCTION_ARGS)
 	int			natts = 0;
 	Datum	   *values;
 	bool	   *nulls;
-	TupleHashIterator it;
-	TupleHashEntry entry;
+	foldhash_iterator it;
+	FoldEntry  *entry;
 	SortedEntry *sorted;
 	int64		nsorted = 0;
 	bool		want_closed = strcmp(which, "closed") == 0;
@@ -990,60 +1148,61 @@ sluice_window_partials(PG_FUNCTION_ARGS)
 	 * In window order: the target's and the state's indexes lead with the
 	 * window, and rows inserted in its order touch few of their pages.
 	 */
-	sorted = MemoryContextAllocHuge(CurrentMemoryContext, sizeof(SortedEntry) * Max(f->entries, 1));
-	InitTupleHashIterator(f->hash, &it);
-	while ((entry = ScanTupleHashTable(f->hash, &it)) != NULL)
+	sorted = MemoryContextAllocHuge(f->cxt, sizeof(SortedEntry) * Max(f->entries, 1));
+	foldhash_start_iterate(f->hash, &it);
+	while ((entry = foldhash_iterate(f->hash, &it)) != NULL)
 	{
-		SessionList *l = entry->additional;
+		SessionList *l = (SessionList *) (entry->data + f->keysize);
 		int			n = f->gap_us > 0 ? l->n : 1;
 
 		for (int k = 0; k < n; k++)
 		{
 			SortedEntry *e = &sorted[nsorted];
+			TimestampTz we;
 			bool		closed;
 
 			if (f->gap_us > 0)
 			{
+				e->item = (char *) l->s[k];
 				e->ws = l->s[k]->start;
-				e->we = l->s[k]->end;
-				e->parts = l->s[k]->parts;
+				we = l->s[k]->end;
 			}
 			else
 			{
-				bool		isnull;
-
-				ExecStoreMinimalTuple(entry->firstTuple, f->entryslot, false);
-				e->ws = DatumGetTimestampTz(slot_getattr(f->entryslot, 1, &isnull));
-				e->we = e->ws + f->size_us;
-				e->parts = entry->additional;
+				e->item = entry->data;
+				e->ws = ((FoldKey *) entry->data)->ws;
+				we = e->ws + f->size_us;
 			}
-			closed = f->has_new_w && e->we <= f->new_w;
+			closed = f->has_new_w && we <= f->new_w;
 			if ((want_closed && !closed) || (want_open && closed))
 				continue;
-			e->key = entry->firstTuple;
 			nsorted++;
 		}
 	}
 	qsort(sorted, nsorted, sizeof(SortedEntry), sorted_entry_cmp);
+	fold_note_memory(f);
 
 	for (int64 e = 0; e < nsorted; e++)
 	{
 		int			c = 2 + f->ngroups;
+		Session    *ses = (Session *) sorted[e].item;
+		const FoldKey *k = (const FoldKey *) (f->gap_us > 0 ? ses->key : sorted[e].item);
+		const bool *knulls = (const bool *) &k->g[f->ngroups];
+		char	   *parts = f->gap_us > 0 ? ses->parts : sorted[e].item + f->keysize;
 
-		ExecStoreMinimalTuple(sorted[e].key, f->entryslot, false);
-		slot_getallattrs(f->entryslot);
 		values[0] = TimestampTzGetDatum(sorted[e].ws);
-		values[1] = TimestampTzGetDatum(sorted[e].we);
+		values[1] = TimestampTzGetDatum(f->gap_us > 0 ? ses->end : sorted[e].ws + f->size_us);
 		nulls[0] = nulls[1] = false;
 		for (int g = 0; g < f->ngroups; g++)
 		{
-			values[2 + g] = f->entryslot->tts_values[1 + g];
-			nulls[2 + g] = f->entryslot->tts_isnull[1 + g];
+			values[2 + g] = k->g[g];
+			nulls[2 + g] = knulls[g];
 		}
 		for (int i = 0; i < f->naggs; i++)
-			c = partial_values(f, &f->aggs[i], &sorted[e].parts[i], values, nulls, c);
+			c = partial_values(f, &f->aggs[i], agg_partial(&f->aggs[i], parts), values, nulls, c);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
+	pfree(sorted);
 	return (Datum) 0;
 }
 
@@ -1167,7 +1326,7 @@ window_merge_into_state(WindowFold *f, const char *which)
 							   which, SPI_OK_INSERT);
 	if (strcmp(which, "all") == 0)
 	{
-		ResetTupleHashTable(f->hash);
+		foldhash_reset(f->hash);
 		MemoryContextReset(f->tablecxt);
 		f->arena = NULL;
 		f->arena_left = 0;
@@ -1206,7 +1365,7 @@ session_absorb(WindowFold *f)
 	scan = table_beginscan(rel, snapshot, 0, NULL);
 	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
 	{
-		TupleHashEntry entry;
+		const char *key;
 		SessionList *l;
 		TimestampTz ws;
 		TimestampTz we;
@@ -1215,10 +1374,10 @@ session_absorb(WindowFold *f)
 		int			c = 2 + f->ngroups;
 
 		slot_getallattrs(slot);
-		entry = fold_entry(f, 0, slot->tts_values, slot->tts_isnull, atts, NULL);
-		if (entry == NULL)
+		key = fold_entry(f, 0, slot->tts_values, slot->tts_isnull, atts, NULL);
+		if (key == NULL)
 			continue;
-		l = entry->additional;
+		l = (SessionList *) (key + f->keysize);
 		ws = DatumGetTimestampTz(slot->tts_values[0]);
 		we = DatumGetTimestampTz(slot->tts_values[1]);
 
@@ -1228,7 +1387,7 @@ session_absorb(WindowFold *f)
 			continue;
 
 		oldcxt = MemoryContextSwitchTo(f->rowcxt);
-		s = session_place(f, l, ws, we);
+		s = session_place(f, key, ws, we);
 		for (int i = 0; i < f->naggs; i++)
 		{
 			WinAgg	   *a = &f->aggs[i];
@@ -1246,7 +1405,7 @@ session_absorb(WindowFold *f)
 			c++;
 			if (a->fn == WIN_AVG)
 				from.n = DatumGetInt64(slot->tts_values[c++]);
-			partial_merge(f, a, &s->parts[i], &from);
+			partial_merge(f, a, agg_partial(a, s->parts), &from);
 		}
 		MemoryContextSwitchTo(oldcxt);
 		MemoryContextReset(f->rowcxt);
@@ -1335,7 +1494,7 @@ window_write(Pipeline *p, Batch *b, Oid input, Oid stage, Rejects *rj)
 		table_close(f->late_into, NoLock);
 		f->late_into = NULL;
 	}
-	f->peak = Max(f->peak, MemoryContextMemAllocated(f->cxt, true));
+	fold_note_memory(f);
 
 	/* the watermark the batch leaves: append mode writes the windows it closes straight to the target */
 	if (b->seen)
@@ -1452,8 +1611,9 @@ window_write(Pipeline *p, Batch *b, Oid input, Oid stage, Rejects *rj)
 				 11, (Oid[]) {INT4OID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
 					 TIMESTAMPTZOID, INT8OID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID},
 				 values, nulls, SPI_OK_UPDATE);
-	elog(DEBUG1, "sluice: batch " INT64_FORMAT " of pipeline \"%s\" folded " INT64_FORMAT " partials in %zu bytes at most",
-		 b->id, p->name, f->folded, f->peak);
+	elog(DEBUG1, "sluice: batch " INT64_FORMAT " of pipeline \"%s\" folded " INT64_FORMAT " partials;"
+		 " the worker's memory peaked at %zu bytes, %zu of them the batch's",
+		 b->id, p->name, f->folded, f->peak, f->table_peak);
 	if (f->parts > 0)
 		ereport(LOG,
 				(errmsg("batch " INT64_FORMAT " of pipeline \"%s\" was folded in %d parts", b->id, p->name,
