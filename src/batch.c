@@ -462,7 +462,7 @@ elapsed_ms(instr_time start)
 /*
  * run_once() with more waiting: plan the next batch in the transaction of
  * this one, which then commits both, so that a drain of N batches commits
- * N + 1 times, not 2N (the planned batch is durable either way).  Its size
+ * N + 1 times, not 2N, and waits for the disk once.  Its size
  * comes from this batch's speed, as after a commit.  A plan that fails is
  * rolled back alone (a subtransaction) and made again in a transaction of
  * its own.
@@ -652,6 +652,18 @@ batch_process(PipelineRun *run, Batch *b, double plan_ms, bool careful)
 				 6, (Oid[]) {INT4OID, INT8OID, TEXTOID, INT8OID, FLOAT8OID, BOOLOID}, values, NULL, SPI_OK_SELECT);
 
 	batch_plan_ahead(run, p, b, plan_ms, start, careful);
+
+	/*
+	 * With the next batch planned, the commit need not wait for the disk:
+	 * the last batch's commit waits, and with it for every one before (the
+	 * log is flushed in order), and the worker flushes before it tells the
+	 * run_once() caller.  A crash before then may take the last few batches
+	 * back, each with its offsets and its plan of the next: they are read
+	 * again, exactly once.
+	 */
+	if (run->next_batch > 0)
+		(void) set_config_option("synchronous_commit", "off", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_LOCAL, true, 0, false);
 	crash_point("before_commit", b->attempts);
 	return true;
 }

@@ -23,6 +23,7 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/pg_db_role_setting.h"
 #include "common/hashfn.h"
 #include "executor/spi.h"
@@ -133,7 +134,12 @@ worker_next_request(SluiceSlot *slot)
 	TimestampTz served_at;
 	bool		warm;
 
-	/* as a session does when it goes idle, and before the caller looks */
+	/*
+	 * Every batch the call committed is on disk before the caller hears of
+	 * it (those planned ahead committed without waiting).  And as a session
+	 * does when it goes idle, the statistics are reported before it looks.
+	 */
+	XLogFlush(XactLastCommitEnd);
 	pgstat_report_stat(true);
 	served_at = GetCurrentTimestamp();
 	LWLockAcquire(sluice_shared->lock, LW_EXCLUSIVE);

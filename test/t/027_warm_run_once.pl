@@ -102,6 +102,19 @@ sub call_caught_reading
 	return ($batch, $h);
 }
 
+# The batch cut short by a crash was replayed, once; or, if the crash also
+# took back the commit of the batch before (planned ahead with it, it did
+# not wait for the disk), that one was, and the batch was planned again.
+sub replayed
+{
+	my ($batch, $crash) = @_;
+	is($node->safe_psql('postgres',
+			"SELECT string_agg(attempts::text, ',' ORDER BY batch_id) IN ('1,2', '2,1')"
+			  . " FROM sluice.progress('w', 1000) WHERE batch_id IN ($batch - 1, $batch)"),
+		't', "after the $crash, batch $batch, cut short, or the one before was replayed");
+	return;
+}
+
 # 3. SIGKILL of the warm worker in the middle of a batch of a call
 more_files(8, 20000);
 my ($batch, $call) = call_caught_reading();
@@ -113,8 +126,7 @@ wait_for_server($node);
 cmp_ok(run_once(), '>=', 1, 'after a SIGKILL mid-batch, the next call reads the rest');
 is(run_once(), '0', 'and then nothing is left');
 check_table($node, 't_w', \@paths, 'every row once after the SIGKILL mid-batch');
-is($node->safe_psql('postgres', "SELECT attempts FROM sluice.progress('w', 1000) WHERE batch_id = $batch"),
-	'2', "batch $batch, cut short, was replayed");
+replayed($batch, 'SIGKILL');
 
 # 4. immediate stop of the server in the middle of a batch of a call
 $pid = worker_pid();
@@ -125,11 +137,32 @@ $call->finish;
 $node->start;
 cmp_ok(run_once(), '>=', 1, 'after an immediate stop mid-batch, a call reads the rest');
 check_table($node, 't_w', \@paths, 'every row once after the immediate stop');
-is($node->safe_psql('postgres', "SELECT attempts FROM sluice.progress('w', 1000) WHERE batch_id = $batch"),
-	'2', "batch $batch, cut short, was replayed");
+replayed($batch, 'immediate stop');
 is($node->safe_psql('postgres', "SELECT count(*) FROM sluice.errors WHERE pipeline = 'w'"), '0', 'no error');
 is($node->safe_psql('postgres', "SELECT state FROM sluice.pipelines WHERE name = 'w'"), 'stopped',
 	'the pipeline is stopped between calls');
+
+# 5. the worker of a call killed right after a commit that did not wait for
+# the disk (its batch had the next one planned): the crash may take that
+# batch back, with its offsets; the next call reads it again, once
+my $kdir = $node->basedir . '/feed_k';
+mkdir $kdir or die "mkdir $kdir: $!";
+create_csv_pipeline($node, 'k', $kdir, 't_k', max_files => 1);
+my @kpaths = gen_files($kdir, files => 3, rows => 2000, first_id => 1);
+set_crash_at($node, 'after_commit');
+$offset = log_size($node);
+my ($ret) = $node->psql('postgres', "SELECT sluice.run_once('k')");
+isnt($ret, 0, 'the call whose worker killed itself after its first commit fails');
+wait_for_log_count($node, qr/kills itself at stage "after_commit"/, 1, $offset);
+wait_for_server($node);
+set_crash_at($node, '');
+my $kept = $node->safe_psql('postgres', "SELECT count(*) FROM sluice.progress('k', 1000) WHERE status = 'committed'");
+note "batches kept through the crash right after the first commit: $kept";
+is($node->safe_psql('postgres', "SELECT sluice.run_once('k')"), 3 - $kept,
+	'the next call reads what the crash left: the first batch again if it took it back');
+check_table($node, 't_k', \@kpaths, 'every row once after a kill right after a commit that did not wait for the disk');
+is($node->safe_psql('postgres', "SELECT string_agg(batch_id::text, ',' ORDER BY batch_id) FROM sluice.progress('k', 1000)"),
+	'1,2,3', 'three batches, numbered on');
 
 $node->stop;
 done_testing();
