@@ -74,6 +74,29 @@ SELECT j->'batchId' AS batch, (j->'stateOperators'->0) - 'memoryUsedBytes' AS st
        j->'eventTime'->>'watermark' AS watermark
   FROM sluice.progress_json('dd', 3) AS j;
 SELECT name, watermark FROM sluice.pipelines WHERE name = 'dd';
+-- with a window sink, the rows deduplication drops as late go to its
+-- late_rows table, as the sink's own late rows do; duplicates do not:
+--   batch 1: 1 at 10:00, 1 again, 2 with no time (late): W becomes 9:50
+--   batch 2: 3 at 10:30, 4 at 9:45 (late: at or before W), 3 again: W becomes 10:20
+\! mkdir -p "$SLUICE_TEST_DIR"/dd_win
+\set wdir :test_dir/dd_win
+CREATE TABLE dd_win (window_start timestamptz, window_end timestamptz, k text, n bigint);
+CREATE TABLE dd_win_late (batch_id bigint, watermark timestamptz, id int, k text, ts timestamptz);
+SELECT sluice.create_pipeline('dd_win', sluice.csv_source(:'wdir', :'cols', max_files_per_trigger => 1),
+    sluice.window_sink('dd_win', '10 minutes', group_by => '{k}', aggregates => '{count(*) AS n}',
+                       output_mode => 'update', late_rows => 'dd_win_late'),
+    event_time => 'ts', watermark_delay => '10 minutes', dedupe => '{id}');
+\! printf 'id,k,ts,v\n1,a,2024-01-01 10:00:00+00,\n1,a,2024-01-01 10:00:00+00,\n2,b,,\n' > "$SLUICE_TEST_DIR"/dd_win/a.csv && touch -d @1700000001 "$SLUICE_TEST_DIR"/dd_win/a.csv
+\! printf 'id,k,ts,v\n3,c,2024-01-01 10:30:00+00,\n4,d,2024-01-01 09:45:00+00,\n3,c,2024-01-01 10:30:00+00,\n' > "$SLUICE_TEST_DIR"/dd_win/b.csv && touch -d @1700000002 "$SLUICE_TEST_DIR"/dd_win/b.csv
+SELECT sluice.run_once('dd_win');
+SELECT * FROM dd_win_late ORDER BY batch_id, id;
+SELECT * FROM dd_win ORDER BY window_start, k;
+SELECT batch_id, input_rows, num_rows_dropped_by_watermark AS late, num_duplicates_dropped AS dups, watermark
+  FROM sluice.progress('dd_win') ORDER BY batch_id;
+SELECT sluice.drop_pipeline('dd_win');
+DROP TABLE dd_win, dd_win_late;
+\! rm -rf "$SLUICE_TEST_DIR"/dd_win
+
 -- a key table the owner altered fails the batch, which loses nothing
 ALTER TABLE sluice_dedupe_dd ALTER COLUMN id TYPE bigint;
 \! printf 'id,k,ts,v\n9,z,2024-01-01 10:40:00+00,\n' > "$SLUICE_TEST_DIR"/dd/d.csv && touch -d @1700000004 "$SLUICE_TEST_DIR"/dd/d.csv

@@ -9,8 +9,9 @@
  * late; a row whose key a row before it in the batch had is a duplicate,
  * and so is the first row of a key that the pipeline's key table holds, an
  * earlier batch's (looked up in its unique index).  Late rows and
- * duplicates are deleted from the relation the sink then reads, and the
- * other keys go into the key table.  After the batch W advances, and the
+ * duplicates are deleted from the relation the sink then reads (a window
+ * sink keeps the late ones in its late_rows table first, as it keeps its
+ * own), and the other keys go into the key table.  After the batch W advances, and the
  * keys whose event time it passed are forgotten: the table holds what can
  * still come again.  All of it is in the batch's transaction, so a
  * replayed batch reads the same rows in the same order against the same
@@ -155,6 +156,7 @@ dedupe_batch(Pipeline *p, Batch *b, Oid input)
 	Snapshot	snapshot;
 	TableScanDesc scan;
 	TidList		drops = {0};
+	TidList		late = {0};
 	TidList		fresh = {0};
 	int64		dups = 0;
 	int64		total;
@@ -247,14 +249,14 @@ dedupe_batch(Pipeline *p, Batch *b, Oid input)
 		if (!event_time_get(slot, et_att, et_is_tz, &et))
 		{
 			seen->late++;
-			tid_list_push(&drops, &slot->tts_tid);
+			tid_list_push(&late, &slot->tts_tid);
 			continue;
 		}
 		event_times_add(seen, et);
 		if (has_w && et <= w)
 		{
 			seen->late++;
-			tid_list_push(&drops, &slot->tts_tid);
+			tid_list_push(&late, &slot->tts_tid);
 			continue;
 		}
 		ExecClearTuple(keyslot);
@@ -307,6 +309,11 @@ dedupe_batch(Pipeline *p, Batch *b, Oid input)
 							 keys_name, key_list, key_list, quote_identifier(event_time), input_name),
 					2, (Oid[]) {INT8OID, TIDARRAYOID}, args, NULL, SPI_OK_INSERT);
 	}
+	/* the late rows are the sink's to keep, as it keeps its own */
+	if (late.n > 0 && p->sink_routine->late)
+		p->sink_routine->late(p, b, input, &late, w, has_w);
+	for (int64 i = 0; i < late.n; i++)
+		tid_list_push(&drops, &late.tids[i]);
 	if (drops.n > 0)
 	{
 		Datum		arg = tid_array(drops.tids, drops.n);

@@ -21,6 +21,10 @@
  *				transform's result) with statements built here, in C, from
  *				the catalog; with rj, set aside the rows the target refuses.
  *				Returns the rows written, or -1 when the sink cannot tell.
+ *	late		rows of input (by tid) that deduplication drops as late, at
+ *				or before the watermark w the batch started with, before the
+ *				sink sees them: kept as the sink keeps its own late rows (may
+ *				be NULL: the sink keeps none)
  */
 #ifndef SLUICE_SINK_H
 #define SLUICE_SINK_H
@@ -35,6 +39,7 @@ typedef struct SinkRoutine
 	bool		direct;
 	DestReceiver *(*receiver) (Pipeline *p, Batch *b, Oid stage);
 	int64		(*write) (Pipeline *p, Batch *b, Oid input, Oid stage, Rejects *rj);
+	void		(*late) (Pipeline *p, Batch *b, Oid input, const TidList *tids, TimestampTz w, bool has_w);
 } SinkRoutine;
 
 extern const SinkRoutine *sink_routine(const char *type);

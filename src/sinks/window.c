@@ -1433,17 +1433,18 @@ session_absorb(WindowFold *f)
 	f->folded += f->entries;	/* the batch's sessions, as the state now has them */
 }
 
-/* The late rows of the batch, from the relation they were received in, into late_rows. */
+/*
+ * Rows of input (by tid) into the late_rows table late_table, with the
+ * batch and the watermark w they were late for.
+ */
 static void
-window_write_late(WindowFold *f, Oid input)
+late_rows_insert(Oid late_table, int64 batch_id, TimestampTz w, bool has_w, Oid input, const TidList *late)
 {
 	Datum		values[4];
 	char		nulls[4] = "    ";
 	char	   *cols;
 
-	if (!OidIsValid(f->late_table) || f->late.n == 0)
-		return;
-	values[0] = ObjectIdGetDatum(f->late_table);
+	values[0] = ObjectIdGetDatum(late_table);
 	values[1] = ObjectIdGetDatum(input);
 	catalog_exec("SELECT coalesce(string_agg(', ' || quote_ident(l.attname), '' ORDER BY l.attnum), '')"
 				 " FROM pg_catalog.pg_attribute AS l"
@@ -1453,14 +1454,33 @@ window_write_late(WindowFold *f, Oid input)
 				 "                     WHERE attrelid = $2 AND attnum > 0 AND NOT attisdropped)",
 				 2, (Oid[]) {OIDOID, OIDOID}, values, NULL, SPI_OK_SELECT);
 	cols = spi_text(0, 1);
-	values[0] = Int64GetDatum(f->batch_id);
-	values[1] = TimestampTzGetDatum(f->w);
-	nulls[1] = f->has_w ? ' ' : 'n';
-	values[2] = tid_array(f->late.tids, f->late.n);
+	values[0] = Int64GetDatum(batch_id);
+	values[1] = TimestampTzGetDatum(w);
+	nulls[1] = has_w ? ' ' : 'n';
+	values[2] = tid_array(late->tids, late->n);
 	pinned_exec(psprintf("INSERT INTO %s (batch_id, watermark%s) SELECT $1, $2%s FROM %s WHERE ctid = ANY ($3)",
-						 sink_relation_name(f->late_table), cols, cols,
+						 sink_relation_name(late_table), cols, cols,
 						 quote_qualified_identifier("pg_temp", get_rel_name(input))),
 				3, (Oid[]) {INT8OID, TIMESTAMPTZOID, TIDARRAYOID}, values, nulls, SPI_OK_INSERT);
+}
+
+/* The late rows of the batch, from the relation they were received in, into late_rows. */
+static void
+window_write_late(WindowFold *f, Oid input)
+{
+	if (OidIsValid(f->late_table) && f->late.n > 0)
+		late_rows_insert(f->late_table, f->batch_id, f->w, f->has_w, input, &f->late);
+}
+
+/* Rows deduplication drops as late before the sink sees them go to late_rows too. */
+static void
+window_late(Pipeline *p, Batch *b, Oid input, const TidList *tids, TimestampTz w, bool has_w)
+{
+	char	   *late_relid = jsonb_get_text(p->sink, "late_relid");
+
+	if (late_relid != NULL && tids->n > 0)
+		late_rows_insert(DatumGetObjectId(DirectFunctionCall1(oidin, CStringGetDatum(late_relid))), b->id, w,
+						 has_w, input, tids);
 }
 
 /*
@@ -1630,4 +1650,5 @@ const SinkRoutine window_sink_routine = {
 	.direct = false,
 	.receiver = window_receiver,
 	.write = window_write,
+	.late = window_late,
 };
