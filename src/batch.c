@@ -662,8 +662,7 @@ batch_process(PipelineRun *run, Batch *b, double plan_ms, bool careful)
 	 * again, exactly once.
 	 */
 	if (run->next_batch > 0)
-		(void) set_config_option("synchronous_commit", "off", PGC_USERSET, PGC_S_SESSION,
-								 GUC_ACTION_LOCAL, true, 0, false);
+		xact_no_wait();
 	crash_point("before_commit", b->attempts);
 	return true;
 }

@@ -11,9 +11,9 @@
  * earlier batch's (looked up in its unique index).  Late rows and
  * duplicates are deleted from the relation the sink then reads (a window
  * sink keeps the late ones in its late_rows table first, as it keeps its
- * own), and the other keys go into the key table.  After the batch W advances, and the
- * keys whose event time it passed are forgotten: the table holds what can
- * still come again.  All of it is in the batch's transaction, so a
+ * own), and the other keys go into the key table.  After the batch W
+ * advances, and the keys whose event time it passed are forgotten: the
+ * table holds what can still come again.  All of it is in the batch's transaction, so a
  * replayed batch reads the same rows in the same order against the same
  * keys, and drops exactly the same rows.
  *

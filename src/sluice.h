@@ -191,6 +191,7 @@ extern List *jsonb_get_text_list(Jsonb *j, const char *key);
 /* xact.c */
 extern void xact_begin(const char *activity);
 extern void xact_end(void);
+extern void xact_no_wait(void);
 extern ErrorData *xact_catch(MemoryContext cxt);
 
 /* api.c */

@@ -202,8 +202,7 @@ worker_exec(int32 id, const char *sql, int expected_rc, bool durable)
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	if (!durable)
-		(void) set_config_option("synchronous_commit", "off", PGC_USERSET, PGC_S_SESSION,
-								 GUC_ACTION_LOCAL, true, 0, false);
+		xact_no_wait();
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	catalog_exec(sql, 1, &type, &value, NULL, expected_rc);

@@ -8,6 +8,7 @@
 #include "access/xact.h"
 #include "executor/spi.h"
 #include "pgstat.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 
@@ -31,6 +32,18 @@ xact_end(void)
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/*
+ * The commit of the transaction in progress need not wait for the disk
+ * (synchronous_commit off for it alone): a later commit's flush makes it
+ * durable, or a crash before then takes it back whole.
+ */
+void
+xact_no_wait(void)
+{
+	(void) set_config_option("synchronous_commit", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_LOCAL, true, 0, false);
 }
 
 /*

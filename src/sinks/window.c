@@ -9,8 +9,9 @@
  * in the batch's memory, with the types' own equality, hash, comparison and
  * addition functions.  An entry of the table is 16 bytes: its hash and where
  * its key and partials are, carved from large blocks with no allocator
- * header each; a partial takes only the fields its aggregate needs.  The batch then writes the table of partials with a
- * few statements over sluice._window_partials(), which returns it: the
+ * header each; a partial takes only the fields its aggregate needs.  The
+ * batch then writes the table of partials with a few statements over
+ * sluice._window_partials(), which returns it: the
  * windows its watermark closes go straight to the target (merged with what
  * the state table kept of them), the others to the state table.
  *
@@ -207,6 +208,7 @@ typedef struct WindowFold
 	Datum	   *probe_values;
 	bool	   *probe_isnull;
 	const int  *probe_atts;
+	uint32		probe_ghash;	/* the hash of its groups */
 	uint32		probe_hash;
 	int64		entries;		/* windows (or sessions) in the table now */
 	int64		folded;			/* windows made in the batch, over all parts; sessions written */
@@ -536,6 +538,7 @@ fold_alloc(WindowFold *f, Size size)
 static Datum
 fold_keep(WindowFold *f, Datum old, Datum value, bool byval, int16 typlen)
 {
+	bool		make_short = false;
 	Size		size;
 	char	   *p;
 
@@ -543,23 +546,19 @@ fold_keep(WindowFold *f, Datum old, Datum value, bool byval, int16 typlen)
 		return value;
 	if (typlen == -1)
 	{
-		struct varlena *v = PG_DETOAST_DATUM_PACKED(value);
-
-		if (VARATT_IS_4B_U(v) && VARATT_CAN_MAKE_SHORT(v))
-		{
-			size = VARATT_CONVERTED_SHORT_SIZE(v);
-			p = (old != (Datum) 0 && MAXALIGN(size) <= MAXALIGN(VARSIZE_ANY(DatumGetPointer(old)))) ?
-				DatumGetPointer(old) : fold_alloc(f, size);
-			SET_VARSIZE_SHORT(p, size);
-			memcpy(p + VARHDRSZ_SHORT, VARDATA(v), size - VARHDRSZ_SHORT);
-			return PointerGetDatum(p);
-		}
-		value = PointerGetDatum(v);
+		value = PointerGetDatum(PG_DETOAST_DATUM_PACKED(value));
+		make_short = VARATT_IS_4B_U(DatumGetPointer(value)) && VARATT_CAN_MAKE_SHORT(DatumGetPointer(value));
 	}
-	size = datumGetSize(value, false, typlen);
+	size = make_short ? VARATT_CONVERTED_SHORT_SIZE(DatumGetPointer(value)) : datumGetSize(value, false, typlen);
 	p = (old != (Datum) 0 && MAXALIGN(size) <= MAXALIGN(datumGetSize(old, false, typlen))) ?
 		DatumGetPointer(old) : fold_alloc(f, size);
-	memmove(p, DatumGetPointer(value), size);
+	if (make_short)
+	{
+		SET_VARSIZE_SHORT(p, size);
+		memcpy(p + VARHDRSZ_SHORT, VARDATA(DatumGetPointer(value)), size - VARHDRSZ_SHORT);
+	}
+	else
+		memmove(p, DatumGetPointer(value), size);
 	return PointerGetDatum(p);
 }
 
@@ -722,26 +721,38 @@ fold_key_equal(WindowFold *f, const char *data)
 }
 
 /*
- * The entry of (ws, the groups) in the table, made if new (NULL if isnew is
- * and there is none): the groups are values[atts[g]].  Returns its data:
- * the key, then f->payload bytes, zeroed when new.
+ * The groups of the keys looked up next: values[atts[g]], hashed once for
+ * every window of a row.
+ */
+static void
+fold_probe(WindowFold *f, Datum *values, bool *isnull, const int *atts)
+{
+	uint32		h = 0;
+
+	for (int g = 0; g < f->ngroups; g++)
+		h = hash_combine(h, isnull[atts[g]] ? 0 :
+						 DatumGetUInt32(FunctionCall1Coll(&f->g_hash[g], f->g_coll[g], values[atts[g]])));
+	f->probe_values = values;
+	f->probe_isnull = isnull;
+	f->probe_atts = atts;
+	f->probe_ghash = h;
+}
+
+/*
+ * The entry of (ws, the groups of fold_probe()) in the table, made if new
+ * (NULL if isnew is and there is none).  Returns its data: the key, then
+ * f->payload bytes, zeroed when new.
  */
 static char *
-fold_entry(WindowFold *f, TimestampTz ws, Datum *values, bool *isnull, const int *atts, bool *isnew)
+fold_entry(WindowFold *f, TimestampTz ws, bool *isnew)
 {
-	uint32		h = murmurhash32((uint32) ((uint64) ws ^ ((uint64) ws >> 32)));
+	uint32		h = hash_combine(f->probe_ghash, murmurhash32((uint32) ((uint64) ws ^ ((uint64) ws >> 32))));
 	FoldEntry  *e;
 	bool		found;
 	FoldKey    *k;
 	bool	   *nulls;
 
-	for (int g = 0; g < f->ngroups; g++)
-		h = hash_combine(h, isnull[atts[g]] ? 0 :
-						 DatumGetUInt32(FunctionCall1Coll(&f->g_hash[g], f->g_coll[g], values[atts[g]])));
 	f->probe_ws = ws;
-	f->probe_values = values;
-	f->probe_isnull = isnull;
-	f->probe_atts = atts;
 	f->probe_hash = h = murmurhash32(h);
 	if (isnew == NULL)
 	{
@@ -760,9 +771,11 @@ fold_entry(WindowFold *f, TimestampTz ws, Datum *values, bool *isnull, const int
 	k->ws = ws;
 	for (int g = 0; g < f->ngroups; g++)
 	{
-		nulls[g] = isnull[atts[g]];
+		int			att = f->probe_atts[g];
+
+		nulls[g] = f->probe_isnull[att];
 		if (!nulls[g])
-			k->g[g] = fold_keep(f, (Datum) 0, values[atts[g]], f->g_byval[g], f->g_len[g]);
+			k->g[g] = fold_keep(f, (Datum) 0, f->probe_values[att], f->g_byval[g], f->g_len[g]);
 	}
 	return e->data;
 }
@@ -781,12 +794,12 @@ fold_values(WindowFold *f, char *parts, TupleTableSlot *row)
 	}
 }
 
-/* Fold one (row, window) pair. */
+/* Fold one (row, window) pair, the row's groups probed. */
 static void
 window_fold_pair(WindowFold *f, TupleTableSlot *row, TimestampTz ws)
 {
 	bool		isnew;
-	char	   *data = fold_entry(f, ws, row->tts_values, row->tts_isnull, f->group_att, &isnew);
+	char	   *data = fold_entry(f, ws, &isnew);
 
 	if (isnew)
 	{
@@ -874,7 +887,8 @@ session_key(WindowFold *f, Datum *values, bool *isnull, const int *atts)
 {
 	bool		isnew;
 
-	return fold_entry(f, 0, values, isnull, atts, &isnew);
+	fold_probe(f, values, isnull, atts);
+	return fold_entry(f, 0, &isnew);
 }
 
 /* Keep a late row, for the late_rows table. */
@@ -911,6 +925,7 @@ window_fold_windows(WindowFold *f, TupleTableSlot *row, TimestampTz et)
 	int64		first = floor_div(us, f->slide_us) * f->slide_us;
 	bool		late = false;
 
+	fold_probe(f, row->tts_values, row->tts_isnull, f->group_att);
 	for (int k = 0; k < f->nwindows; k++)
 	{
 		int64		ws = first - k * f->slide_us;
@@ -1374,7 +1389,8 @@ session_absorb(WindowFold *f)
 		int			c = 2 + f->ngroups;
 
 		slot_getallattrs(slot);
-		key = fold_entry(f, 0, slot->tts_values, slot->tts_isnull, atts, NULL);
+		fold_probe(f, slot->tts_values, slot->tts_isnull, atts);
+		key = fold_entry(f, 0, NULL);
 		if (key == NULL)
 			continue;
 		l = (SessionList *) (key + f->keysize);

@@ -164,5 +164,16 @@ check_table($node, 't_k', \@kpaths, 'every row once after a kill right after a c
 is($node->safe_psql('postgres', "SELECT string_agg(batch_id::text, ',' ORDER BY batch_id) FROM sluice.progress('k', 1000)"),
 	'1,2,3', 'three batches, numbered on');
 
+# 6. a call that returned: every batch it committed is on disk, those
+# planned ahead (which did not wait) too, so an immediate stop right after
+# takes none back
+push @kpaths, gen_files($kdir, files => 3, rows => 2000, first_id => 6001, prefix => 'more');
+is($node->safe_psql('postgres', "SELECT sluice.run_once('k')"), '3', 'a call reads three more files, a batch each');
+$node->stop('immediate');
+$node->start;
+is($node->safe_psql('postgres', "SELECT count(*) FROM sluice.progress('k', 1000) WHERE status = 'committed'"),
+	'6', 'the immediate stop right after the call took none of its batches back');
+check_table($node, 't_k', \@kpaths, 'every row once after an immediate stop right after a call');
+
 $node->stop;
 done_testing();
